@@ -1,0 +1,160 @@
+"""The frozen DINOv3 backbone and the paper's descriptors (SPEC §2).
+
+Weights always come from a local path: a Hugging Face folder (config.json + safetensors) or an
+official dinov3 `.pth` (converted key by key). A random model (`backbone=tiny`, or any backbone
+with `backbone.seed` set) is first written to the cache as such a folder and then loaded from
+it, so tests and the demo run the exact code path of real weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, file_sha256, fingerprint
+
+ARCH_KEYS = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "num_register_tokens", "use_gated_mlp", "hidden_act",
+             "layer_norm_eps", "rope_theta")
+GEM_P = 3.0
+GEM_EPS = 1e-6
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GEOALIGN_CACHE", Path.home() / ".cache" / "geoalign"))
+
+
+def resolve_layers(layers, depth: int) -> list[int]:
+    resolved = [k + depth if k < 0 else k for k in layers]
+    bad = [k for k, r in zip(layers, resolved) if not 0 <= r < depth]
+    if bad or not resolved:
+        raise ConfigError(f"layers {list(layers)}: block indices must lie in [-{depth}, {depth - 1}]"
+                          f" for a {depth}-block backbone")
+    return resolved
+
+
+def _random_weights_folder(bcfg) -> Path:
+    """Materialise a seeded random model as an HF folder in the cache (once)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    arch = {k: bcfg[k] for k in ARCH_KEYS}
+    folder = cache_dir() / "backbones" / f"{bcfg['name']}-seed{bcfg['seed']}-{fingerprint(arch)[:12]}"
+    if not (folder / "model.safetensors").exists():
+        _quiet_transformers()
+        torch.manual_seed(int(bcfg["seed"]))
+        model = DINOv3ViTModel(DINOv3ViTConfig(**arch))
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp, safe_serialization=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process won the race: its folder is identical
+            pass
+    return folder
+
+
+def weights_source(bcfg, weights) -> Path:
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise ConfigError(f"weights={path} does not exist")
+        return path
+    if bcfg.get("seed") is None:
+        raise ConfigError(f"backbone {bcfg['name']!r} needs weights=PATH (a folder with config.json"
+                          " + safetensors, or the official dinov3 .pth); nothing is downloaded. "
+                          "For timing with random weights add backbone.seed=0")
+    return _random_weights_folder(bcfg)
+
+
+def weights_fingerprint(path: Path) -> str:
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"no *.safetensors in {path}")
+    return fingerprint([file_sha256(f) for f in files])
+
+
+def read_arch(path: Path) -> dict:
+    """Architecture of the weights at `path`, without loading them when it is a folder."""
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{path} has no config.json (expected a Hugging Face DINOv3 folder)")
+        return json.loads((path / "config.json").read_text())
+    from .dinov3_convert import load_official_checkpoint
+    return load_official_checkpoint(path)[0].to_dict()
+
+
+def check_arch(bcfg, arch: dict, path: Path) -> None:
+    for key in ("patch_size", "hidden_size", "num_hidden_layers", "num_register_tokens"):
+        if key in arch and arch[key] != bcfg[key]:
+            raise ConfigError(f"weights {path} have {key}={arch[key]} but backbone "
+                              f"{bcfg['name']!r} expects {bcfg[key]}; choose the matching backbone=")
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    layers: list[int]
+    n_registers: int
+    patch_size: int
+    channels: int
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None = fp32
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_backbone(bcfg, weights, layers, device="cpu", precision="auto") -> Backbone:
+    from transformers import DINOv3ViTModel
+    _quiet_transformers()
+    path = weights_source(bcfg, weights)
+    if path.is_dir():
+        model = DINOv3ViTModel.from_pretrained(path, local_files_only=True)
+    else:
+        from .dinov3_convert import load_official_checkpoint
+        config, state = load_official_checkpoint(path)
+        model = DINOv3ViTModel(config)
+        model.load_state_dict(state, strict=True)
+    cfg = model.config
+    check_arch(bcfg, cfg.to_dict(), path)
+    resolved = resolve_layers(layers, cfg.num_hidden_layers)
+    # Blocks after the deepest requested layer are never needed: drop them.
+    model.model.layer = model.model.layer[: max(resolved) + 1]
+    device = torch.device(device)
+    dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and device.type == "cuda")) else None
+    return Backbone(model.eval().to(device).requires_grad_(False), resolved,
+                    cfg.num_register_tokens, cfg.patch_size, cfg.hidden_size, device, dtype)
+
+
+def layer_tokens(bb: Backbone, pixels: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Final-norm'ed output of each requested block: (B, 1 + registers + patches, C), float32.
+    Block k's output is hidden_states[k + 1] (entry 0 is the embeddings)."""
+    with torch.inference_mode(), torch.autocast(bb.device.type, dtype=bb.dtype or torch.float32,
+                                                enabled=bb.dtype is not None):
+        hidden = bb.model(pixel_values=pixels.to(bb.device, non_blocking=True),
+                          output_hidden_states=True).hidden_states
+        return {k: bb.model.norm(hidden[k + 1]).float() for k in bb.layers}
+
+
+def gem_descriptor(patches: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
+    """The paper's descriptor of (B, P, C) patch tokens: per-position L2 over channels, GeM
+    (p=3, clamp 1e-6) over positions, L2 of the C-vector."""
+    x = F.normalize(patches.float(), dim=-1)
+    pooled = x.clamp(min=GEM_EPS).pow(p).mean(dim=1).pow(1.0 / p)
+    return F.normalize(pooled, dim=-1)
+
+
+def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
+    """(B, P, C) -> (B, P/k^2, C) average pool over k x k patches, for compact token storage."""
+    if k == 1:
+        return tokens
+    b, _, c = tokens.shape
+    x = tokens.transpose(1, 2).reshape(b, c, *grid)
+    return F.avg_pool2d(x, k).flatten(2).transpose(1, 2)

@@ -1,0 +1,166 @@
+"""The extraction engine: blocks of images -> descriptors, in-process or as dask tasks.
+
+A `BlockJob` is the unit of work, of writing and of resuming. Both runners cut a job into the
+same batches (consecutive rows, `batch_size` at a time, never across blocks), so a resumed or a
+distributed run computes every image in exactly the batch it would have had uninterrupted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import store as st
+from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
+from .images import ImageFiles, collate_by_shape
+
+
+@dataclass
+class BlockJob:
+    view_path: str                # the view's group in the store
+    block: int
+    paths: list[str]              # absolute image paths of the block's rows, in row order
+    offset: int = 0               # flat index of the job's first image in a multi-job run
+
+
+@dataclass
+class EncodeOptions:
+    channels: int
+    store_tokens: bool = False
+    token_pool: int = 1
+    image_size: object = None
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+
+
+def plan_jobs(group, data_root: Path, pending: list[int], offset: int = 0) -> list[BlockJob]:
+    """Jobs of the pending blocks of one view, numbered from flat index `offset`."""
+    ids = [str(i) for i in group["ids"][:]]
+    jobs = []
+    for block in pending:
+        rows = st.block_rows(group, block)
+        paths = [str(data_root / i) for i in ids[rows]]
+        jobs.append(BlockJob(group.path, block, paths, offset))
+        offset += len(paths)
+    return jobs
+
+
+def job_batches(jobs: list[BlockJob], batch_size: int) -> list[list[int]]:
+    """Flat image indices of every batch: consecutive rows of one block, batch_size at a time."""
+    return [list(range(j.offset + s, j.offset + min(s + batch_size, len(j.paths))))
+            for j in jobs for s in range(0, len(j.paths), batch_size)]
+
+
+def encode_stack(bb: Backbone, pixels: torch.Tensor, opts: EncodeOptions) -> dict[str, np.ndarray]:
+    """Descriptors of one stack of same-sized images, keyed like the store's arrays."""
+    grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
+    out = {}
+    for k, tokens in layer_tokens(bb, pixels).items():
+        patches = tokens[:, 1 + bb.n_registers:]
+        out[f"layer_{k}/cls"] = tokens[:, 0].cpu().numpy()
+        out[f"layer_{k}/desc"] = gem_descriptor(patches).cpu().numpy()
+        if opts.store_tokens:
+            pooled = pool_tokens(patches, grid, opts.token_pool)
+            out[f"layer_{k}/tokens"] = pooled.half().cpu().numpy()
+    return out
+
+
+@dataclass
+class _Pending:
+    job: BlockJob
+    batches_left: int
+    arrays: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+
+
+class BlockAssembler:
+    """Collects a block's batches and writes the block whole as soon as its last batch is in."""
+
+    def __init__(self, jobs: list[BlockJob], batch_size: int, open_group: Callable,
+                 on_block: Callable[[BlockJob, int], None] | None = None):
+        self.pending = {j.offset: _Pending(j, -(-len(j.paths) // batch_size), errors=[""] * len(j.paths))
+                        for j in jobs}
+        self.starts = sorted(self.pending)
+        self.open_group, self.on_block = open_group, on_block
+
+    def _owner(self, index: int) -> _Pending:
+        return self.pending[self.starts[np.searchsorted(self.starts, index, side="right") - 1]]
+
+    def add(self, bb: Backbone, batch: dict, opts: EncodeOptions) -> None:
+        if not batch["indices"]:
+            return
+        owner = self._owner(batch["indices"][0])
+        for index, error in batch["errors"].items():
+            owner.errors[index - owner.job.offset] = error
+        for indices, pixels in batch["stacks"]:
+            rows = np.asarray(indices) - owner.job.offset
+            for name, values in encode_stack(bb, pixels, opts).items():
+                if name not in owner.arrays:
+                    owner.arrays[name] = np.zeros((len(owner.job.paths), *values.shape[1:]), values.dtype)
+                owner.arrays[name][rows] = values
+        owner.batches_left -= 1
+        if owner.batches_left == 0:
+            self._flush(owner, opts)
+
+    def _flush(self, owner: _Pending, opts: EncodeOptions) -> None:
+        group = self.open_group(owner.job.view_path)
+        # A block whose every image failed still gets (zero) arrays of the right width.
+        arrays = owner.arrays or {n: np.zeros((len(owner.job.paths), opts.channels), np.float32)
+                                  for n in _desc_names(group)}
+        st.write_block(group, owner.job.block, arrays, owner.errors)
+        del self.pending[owner.job.offset]
+        if self.on_block:
+            self.on_block(owner.job, sum(bool(e) for e in owner.errors))
+
+
+def _desc_names(group) -> list[str]:
+    return [f"layer_{k}/{kind}" for k in group.attrs["layers"] for kind in ("desc", "cls")]
+
+
+def run_in_process(bb: Backbone, jobs: list[BlockJob], opts: EncodeOptions, batch_size: int,
+                   num_workers: int, open_group: Callable, on_block=None) -> None:
+    """Decode in DataLoader workers (spawned: forking after zarr started can deadlock) while
+    the main process runs the backbone and writes finished blocks."""
+    paths = [p for j in jobs for p in j.paths]
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(paths, opts.image_size, opts.mean, opts.std),
+        batch_sampler=job_batches(jobs, batch_size), collate_fn=collate_by_shape,
+        num_workers=num_workers, multiprocessing_context="spawn" if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None, pin_memory=bb.device.type == "cuda")
+    assembler = BlockAssembler(jobs, batch_size, open_group, on_block)
+    for batch in loader:
+        assembler.add(bb, batch, opts)
+
+
+_WORKER_BACKBONES: dict[str, Backbone] = {}
+
+
+def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeOptions,
+               batch_size: int, threads: int | None = None) -> int:
+    """One dask task: encode and write one block; the worker keeps its backbone between tasks.
+    Returns the number of images that failed to decode."""
+    if threads:
+        torch.set_num_threads(threads)
+    key = repr(sorted(backbone_args.items()))
+    if key not in _WORKER_BACKBONES:
+        _WORKER_BACKBONES[key] = load_backbone(**backbone_args)
+    bb = _WORKER_BACKBONES[key]
+    job = BlockJob(job.view_path, job.block, job.paths, 0)
+    files = ImageFiles(job.paths, opts.image_size, opts.mean, opts.std)
+    failed = []
+    root = st.open_store(store_url, mode="r+")
+    assembler = BlockAssembler([job], batch_size, lambda p: root[p],
+                               lambda _, n: failed.append(n))
+    for indices in job_batches([job], batch_size):
+        assembler.add(bb, collate_by_shape([files[i] for i in indices]), opts)
+    return failed[0]
+
+
+def iterate_completed(futures: Iterable) -> Iterable:
+    from distributed import as_completed
+    for future in as_completed(list(futures)):
+        yield future.result()

@@ -1,0 +1,74 @@
+"""Image decoding for extraction, kept free of zarr/dask imports so DataLoader workers start
+fast and never inherit the store's async machinery (they are spawned, not forked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _size_hw(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+def load_image(path: str | Path, image_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """RGB, optional bilinear resize to (h, w), ToTensor, mean/std normalisation: (3, H, W)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        hw = _size_hw(image_size)
+        if hw is not None and img.size != (hw[1], hw[0]):
+            img = img.resize((hw[1], hw[0]), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.float32) / 255.0
+    pixels = torch.from_numpy(array).permute(2, 0, 1)
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def image_hw(path: str | Path, image_size=None) -> tuple[int, int]:
+    """(H, W) the model will see, from the file header only."""
+    hw = _size_hw(image_size)
+    if hw is not None:
+        return hw
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decodes images by flat index; a failure becomes an error string, never an exception, so
+    one corrupt file cannot stop a run."""
+
+    def __init__(self, paths: list[str], image_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.paths, self.image_size = paths, image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, load_image(self.paths[index], self.image_size, self.mean, self.std), ""
+        except Exception as e:  # noqa: BLE001 - any decoding failure is recorded, not raised
+            return index, None, f"{type(e).__name__}: {e}"
+
+
+def collate_by_shape(items) -> dict:
+    """A batch as stacks of same-sized images (sizes may differ when image_size is unset)."""
+    groups: dict[tuple, list] = {}
+    for index, pixels, _ in items:
+        if pixels is not None:
+            groups.setdefault(tuple(pixels.shape), []).append((index, pixels))
+    return {
+        "indices": [i for i, _, _ in items],
+        "errors": {i: e for i, p, e in items if p is None},
+        "stacks": [([i for i, _ in g], torch.stack([p for _, p in g])) for g in groups.values()],
+    }

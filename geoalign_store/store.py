@@ -1,0 +1,194 @@
+"""The Zarr v3 feature store: the only code that knows its layout (SPEC §3).
+
+    features/<dataset>/                     attrs: fingerprint {hash, spec}
+        <split>/<view>/                     attrs: n, block_size, layers, complete, n_failed, config
+            ids (N,) str | labels (N,) int64 | in_query, in_gallery (N,) bool | extra/<name>
+            errors (N,) str                 "" = ok, else why the image could not be used
+            block_done (n_blocks,) bool     one chunk per block, written after the block's data
+            layer_<k>/desc (N, C) float32 | layer_<k>/cls (N, C) float32 | layer_<k>/tokens
+
+The unit written, resumed and owned by a dask task is one block of `block_size` rows: its
+chunks are written whole (each chunk key is replaced atomically by the local store), then its
+`block_done` chunk. A killed run leaves at most a partly written block that is not marked done,
+which the rerun overwrites. Two writers of one block write identical bytes, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from .datasets import ViewListing
+
+FEATURES = "features"
+STORE_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """The store cannot serve the request as it stands; the message names the fix."""
+
+
+def view_path(dataset: str, split: str, view: str) -> str:
+    return f"{FEATURES}/{dataset}/{split}/{view}"
+
+
+def open_store(url: str, mode: str = "a") -> zarr.Group:
+    try:
+        return zarr.open_group(str(url), mode=mode)
+    except FileNotFoundError as e:
+        raise StoreError(f"no geoalign store at {url}; run `geoalign extract` first") from e
+
+
+def prepare_dataset(root: zarr.Group, dataset: str, spec: dict, spec_hash: str,
+                    overwrite: bool) -> zarr.Group:
+    """The dataset's feature group, refusing to mix features of another fingerprint."""
+    path = f"{FEATURES}/{dataset}"
+    if path in root:
+        group = root[path]
+        old = group.attrs.get("fingerprint", {})
+        if old.get("hash") == spec_hash:
+            return group
+        if not overwrite:
+            raise StoreError(_mismatch_message(path, old.get("spec", {}), spec))
+        del root[path]
+    group = root.require_group(path)
+    group.attrs.update({"fingerprint": {"hash": spec_hash, "spec": spec},
+                        "store_version": STORE_VERSION})
+    return group
+
+
+def _mismatch_message(path: str, old: dict, new: dict) -> str:
+    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    diffs = "; ".join(f"{k}: stored {old.get(k)!r} vs requested {new.get(k)!r}" for k in keys)
+    return (f"{path} holds features of another fingerprint ({diffs or 'unknown'}). A store never "
+            f"mixes features: add overwrite=true to replace them, or use another store=PATH")
+
+
+@dataclass
+class ViewLayout:
+    """What a view's arrays look like: one entry per layer, C channels, optional tokens."""
+    layers: list[int]
+    channels: int
+    block_size: int
+    token_shape: tuple[int, int] | None = None  # (tokens per image, C) when tokens are stored
+
+
+def prepare_view(root: zarr.Group, dataset: str, listing: ViewListing, layout: ViewLayout,
+                 config: dict) -> zarr.Group:
+    """Create the view's arrays, or check that an existing one matches this listing."""
+    path = view_path(dataset, listing.split, listing.view)
+    if path in root:
+        group = root[path]
+        _check_same_view(group, path, listing, layout)
+        return group
+    group = root.require_group(path)
+    n, bs = len(listing), layout.block_size
+    meta_chunk = (max(1, min(n, 1 << 16)),)
+    group.create_array("ids", shape=(n,), dtype=str, chunks=meta_chunk)[:] = np.array(listing.ids, dtype=object)
+    for name, values in (("labels", listing.labels), ("in_query", listing.in_query),
+                         ("in_gallery", listing.in_gallery),
+                         *((f"extra/{k}", v) for k, v in listing.extra.items())):
+        group.create_array(name, shape=(n,), dtype=values.dtype, chunks=meta_chunk)[:] = values
+    group.create_array("errors", shape=(n,), dtype=str, chunks=(bs,))
+    group.create_array("block_done", shape=(n_blocks(n, bs),), dtype=bool, chunks=(1,),
+                       fill_value=False)
+    for k in layout.layers:
+        for kind in ("desc", "cls"):
+            group.create_array(f"layer_{k}/{kind}", shape=(n, layout.channels), dtype="float32",
+                               chunks=(bs, layout.channels), fill_value=0.0)
+        if layout.token_shape:
+            group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape),
+                               dtype="float16", chunks=(1, *layout.token_shape), fill_value=0.0)
+    group.attrs.update({"n": n, "block_size": bs, "layers": list(layout.layers),
+                        "channels": layout.channels, "complete": False, "config": config})
+    return group
+
+
+def _check_same_view(group, path, listing, layout) -> None:
+    attrs = group.attrs
+    if attrs.get("block_size") != layout.block_size or attrs.get("layers") != list(layout.layers):
+        raise StoreError(f"{path} was written with block_size={attrs.get('block_size')} and "
+                         f"layers={attrs.get('layers')}; add overwrite=true to rewrite it")
+    stored = [str(s) for s in group["ids"][:]]
+    if stored != listing.ids:
+        changed = len(set(stored) ^ set(listing.ids))
+        raise StoreError(f"the images under {path} changed since it was written ({len(stored)} "
+                         f"stored, {len(listing)} now, {changed} differ); add overwrite=true")
+
+
+def n_blocks(n: int, block_size: int) -> int:
+    return -(-n // block_size)
+
+
+def pending_blocks(group: zarr.Group) -> list[int]:
+    return [int(b) for b in np.flatnonzero(~group["block_done"][:])]
+
+
+def block_rows(group: zarr.Group, block: int) -> slice:
+    bs = group.attrs["block_size"]
+    return slice(block * bs, min((block + 1) * bs, group.attrs["n"]))
+
+
+def write_block(group: zarr.Group, block: int, arrays: dict[str, np.ndarray],
+                errors: list[str]) -> None:
+    """Write one whole block (`arrays` keyed like "layer_28/desc"), then mark it done."""
+    rows = block_rows(group, block)
+    for name, values in arrays.items():
+        if values.shape[0] != rows.stop - rows.start:
+            raise StoreError(f"block {block} of {name}: {values.shape[0]} rows for {rows}")
+        if not np.isfinite(values).all():
+            raise StoreError(f"non-finite values in {name} of block {block}; nothing written")
+    for name, values in arrays.items():
+        group[name][rows] = values
+    group["errors"][rows] = np.array(errors, dtype=object)
+    group["block_done"][block] = True
+
+
+def finalize_view(group: zarr.Group) -> dict:
+    """Mark a view complete when every block is done; returns its summary."""
+    done = group["block_done"][:]
+    errors = [str(e) for e in group["errors"][:]]
+    failed = [(str(i), e) for i, e in zip(group["ids"][:], errors) if e]
+    complete = bool(done.all())
+    group.attrs.update({"complete": complete, "n_failed": len(failed)})
+    return {"n": group.attrs["n"], "complete": complete, "failed": failed}
+
+
+def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
+    """Metadata of one view: ids, labels, flags (absent = all true), errors, extra."""
+    path = view_path(dataset, split, view)
+    if path not in root:
+        have = ", ".join(list_views(root)) or "nothing"
+        raise StoreError(f"the store has no {path} (it has: {have})")
+    group = root[path]
+    n = group["labels"].shape[0]
+    out = {"ids": group["ids"][:].astype(object), "labels": group["labels"][:].astype(np.int64)}
+    for flag in ("in_query", "in_gallery"):
+        out[flag] = group[flag][:].astype(bool) if flag in group else np.ones(n, dtype=bool)
+    out["errors"] = (group["errors"][:].astype(object) if "errors" in group
+                     else np.full(n, "", dtype=object))
+    out["extra"] = ({k: group[f"extra/{k}"][:] for k in group["extra"].array_keys()}
+                    if "extra" in group else {})
+    return out
+
+
+def read_layer(root: zarr.Group, dataset: str, split: str, view: str, layer: int,
+               kind: str = "desc", rows=slice(None)) -> np.ndarray:
+    path = f"{view_path(dataset, split, view)}/layer_{layer}/{kind}"
+    if path not in root:
+        raise StoreError(f"the store has no {path}; extract with layers including {layer}")
+    return np.asarray(root[path][rows], dtype=np.float32)
+
+
+def list_views(root: zarr.Group) -> list[str]:
+    if FEATURES not in root:
+        return []
+    return [f"{FEATURES}/{d}/{s}/{v}" for d in sorted(root[FEATURES].group_keys())
+            for s in sorted(root[f"{FEATURES}/{d}"].group_keys())
+            for v in sorted(root[f"{FEATURES}/{d}/{s}"].group_keys())]
+
+
+def list_datasets(root: zarr.Group) -> list[str]:
+    return sorted(root[FEATURES].group_keys()) if FEATURES in root else []

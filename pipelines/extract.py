@@ -1,0 +1,139 @@
+"""Stage `extract`: images -> the fingerprinted, resumable Zarr feature store (SPEC §2-3)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from geoalign_store import store as st
+from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, check_arch, load_backbone,
+                                     read_arch, resolve_layers, weights_fingerprint, weights_source)
+from geoalign_store.config import fingerprint, to_plain
+from geoalign_store.datasets import list_dataset, resolve_data_root
+from geoalign_store.extraction import (BlockJob, EncodeOptions, block_task, plan_jobs,
+                                       run_in_process)
+from geoalign_store.images import image_hw
+
+from .progress import console, progress_bar
+
+STAGE_VERSION = 1
+
+
+def feature_spec(cfg, arch: dict, weights_path: Path, layers: list[int]) -> dict:
+    """Everything that decides the stored values (and nothing that does not: device, batch size
+    and worker counts are left out on purpose)."""
+    bcfg = cfg.backbone
+    return {"backbone": bcfg.name, "arch": {k: arch.get(k) for k in ARCH_KEYS},
+            "weights_sha256": weights_fingerprint(weights_path), "layers": layers,
+            "image_size": to_plain(cfg)["image_size"],
+            "normalisation": {"mean": list(bcfg.mean), "std": list(bcfg.std)},
+            "pooling": {"type": "gem", "p": GEM_P, "clamp": GEM_EPS, "position_l2": True},
+            "tokens": {"stored": bool(cfg.store_tokens), "pool": int(cfg.token_pool)},
+            "stage_version": STAGE_VERSION}
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _layout(cfg, listing, data_root, layers, arch) -> st.ViewLayout:
+    token_shape = None
+    if cfg.store_tokens and len(listing):
+        h, w = image_hw(data_root / listing.ids[0], to_plain(cfg)["image_size"])
+        per_side = arch["patch_size"] * cfg.token_pool
+        token_shape = ((h // per_side) * (w // per_side), arch["hidden_size"])
+    return st.ViewLayout(layers, arch["hidden_size"], int(cfg.block_size), token_shape)
+
+
+def _bytes_per_row(layout: st.ViewLayout) -> int:
+    per_layer = 2 * layout.channels * 4
+    if layout.token_shape:
+        per_layer += layout.token_shape[0] * layout.token_shape[1] * 2
+    return per_layer * len(layout.layers)
+
+
+def run(cfg) -> dict:
+    t0 = time.perf_counter()
+    dcfg = cfg.dataset
+    data_root = resolve_data_root(dcfg, cfg.data_root)
+    splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
+    listings = list_dataset(dcfg, data_root, splits)
+    weights_path = weights_source(cfg.backbone, cfg.weights)
+    arch = read_arch(weights_path)
+    check_arch(cfg.backbone, arch, weights_path)
+    layers = resolve_layers(list(cfg.layers), arch["num_hidden_layers"])
+    spec = feature_spec(cfg, arch, weights_path, layers)
+    root = st.open_store(cfg.store, mode="a")
+    st.prepare_dataset(root, dcfg.name, spec, fingerprint(spec), bool(cfg.overwrite))
+    jobs, groups, n_bytes = [], [], 0
+    for listing in listings:
+        layout = _layout(cfg, listing, data_root, layers, arch)
+        group = st.prepare_view(root, dcfg.name, listing, layout, to_plain(cfg))
+        offset = sum(len(j.paths) for j in jobs)
+        new = plan_jobs(group, data_root, st.pending_blocks(group), offset)
+        n_bytes += _bytes_per_row(layout) * sum(len(j.paths) for j in new)
+        jobs += new
+        groups.append((listing, group))
+    n_images = sum(len(j.paths) for j in jobs)
+    console.print(f"extract {dcfg.name}: {n_images} images in {len(jobs)} blocks to write, "
+                  f"{n_bytes / 1e6:.1f} MB of features -> {cfg.store}")
+    opts = EncodeOptions(arch["hidden_size"], bool(cfg.store_tokens), int(cfg.token_pool),
+                         to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
+    backbone_args = {"bcfg": to_plain(cfg.backbone), "weights": cfg.weights, "layers": layers,
+                     "device": _device(cfg.device), "precision": cfg.precision}
+    if jobs:
+        _run_jobs(cfg, root, jobs, backbone_args, opts)
+    return _summary(cfg, groups, n_images, n_bytes, time.perf_counter() - t0)
+
+
+def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: EncodeOptions) -> None:
+    with progress_bar() as progress:
+        task = progress.add_task("extract", total=sum(len(j.paths) for j in jobs))
+        on_block = lambda job, _failed: progress.advance(task, len(job.paths))  # noqa: E731
+        if cfg.cluster:
+            _run_on_cluster(cfg, jobs, backbone_args, opts, on_block)
+        else:
+            bb = load_backbone(**backbone_args)
+            run_in_process(bb, jobs, opts, int(cfg.batch_size), int(cfg.num_workers),
+                           lambda path: root[path], on_block)
+
+
+def _run_on_cluster(cfg, jobs, backbone_args, opts, on_block) -> None:
+    """Each block is an independent task that writes its own chunks: no locks, any worker."""
+    from distributed import Client, LocalCluster, as_completed
+    address = str(cfg.cluster)
+    if address.startswith("local:"):
+        n = int(address.split(":", 1)[1])
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client, threads = Client(cluster), max(1, (os.cpu_count() or 1) // n)
+    else:
+        cluster, client, threads = None, Client(address), None
+    store_url = str(cfg.store)
+    if "://" not in store_url:
+        store_url = str(Path(store_url).resolve())
+    try:
+        futures = {client.submit(block_task, store_url, job, backbone_args, opts,
+                                 int(cfg.batch_size), threads, pure=False): job for job in jobs}
+        for future in as_completed(futures):
+            on_block(futures[future], future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _summary(cfg, groups, n_images, n_bytes, wall_s) -> dict:
+    views, failed = {}, []
+    for listing, group in groups:
+        info = st.finalize_view(group)
+        views[f"{listing.split}/{listing.view}"] = {"n": info["n"], "complete": info["complete"],
+                                                    "n_failed": len(info["failed"])}
+        failed += info["failed"]
+    return {"stage": "extract", "store": str(cfg.store), "dataset": cfg.dataset.name,
+            "views": views, "images_extracted": n_images, "bytes_written": n_bytes,
+            "wall_s": round(wall_s, 3), "n_failed": len(failed), "skip_bad": bool(cfg.skip_bad),
+            "failed": [{"id": i, "reason": r} for i, r in failed[:50]]}

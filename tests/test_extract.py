@@ -1,0 +1,212 @@
+"""Extraction: the paper's descriptors, resumability, scale-out, and bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from conftest import extract_overrides, make_folder_dataset
+from geoalign_store.backbone import load_backbone, weights_source
+from geoalign_store.config import compose
+from geoalign_store.images import load_image
+from geoalign_store.store import StoreError
+from pipelines import extract
+from pipelines.cli import app
+
+VIEWS = ("train/drone", "train/satellite", "test/drone", "test/satellite")
+
+
+def run_extract(store: Path, data_root: Path, *extra: str) -> dict:
+    return extract.run(compose("extract", extract_overrides(store, data_root, *extra)))
+
+
+def view_arrays(store: Path, dataset: str = "folder") -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    out = {}
+    for view in VIEWS:
+        for name in ("layer_26/desc", "layer_26/cls", "layer_28/desc", "layer_28/cls", "errors"):
+            out[f"{view}/{name}"] = group[f"features/{dataset}/{view}/{name}"][:]
+    return out
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def extracted(folder_dataset, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("stores") / "ref.zarr"
+    run_extract(store, folder_dataset)
+    return store
+
+
+def reference_descriptor(model, pixels: torch.Tensor, layer: int, n_reg: int):
+    """Slow float64 per-image reference: a manual pass through the blocks, then the paper's
+    pooling written out position by position."""
+    model = model.double()
+    x = pixels[None].double()
+    hidden = model.embeddings(x)
+    rope = model.rope_embeddings(x)
+    for block in model.model.layer[: layer + 1]:
+        hidden = block(hidden, position_embeddings=rope)
+    tokens = model.norm(hidden)[0].detach().numpy()
+    cls, patches = tokens[0], tokens[1 + n_reg:]
+    acc = np.zeros(patches.shape[1])
+    for position in patches:
+        acc += np.maximum(position / np.linalg.norm(position), 1e-6) ** 3
+    gem = (acc / len(patches)) ** (1 / 3)
+    return gem / np.linalg.norm(gem), cls
+
+
+def test_descriptors_equal_float64_reference(extracted, folder_dataset):
+    cfg = compose("extract", ["dataset=folder"])
+    bb = load_backbone(OmegaConf.to_container(cfg.backbone), None, [26, 28])
+    group = zarr.open_group(str(extracted), mode="r")["features/folder/test/drone"]
+    ids = [str(i) for i in group["ids"][:]]
+    for row in (0, len(ids) - 1):
+        pixels = load_image(folder_dataset / ids[row])
+        for layer in (26, 28):
+            desc, cls = reference_descriptor(bb.model, pixels, layer, bb.n_registers)
+            np.testing.assert_allclose(group[f"layer_{layer}/desc"][row], desc, atol=2e-6)
+            np.testing.assert_allclose(group[f"layer_{layer}/cls"][row], cls, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_mapping_against_manual_pass(folder_dataset):
+    """Block k's output is hidden_states[k + 1]; negative indices count from the end."""
+    cfg = compose("extract", ["dataset=folder"])
+    bb = load_backbone(OmegaConf.to_container(cfg.backbone), None, [-6, -4])
+    assert bb.layers == [26, 28] and len(bb.model.model.layer) == 29
+    from geoalign_store.backbone import layer_tokens
+    pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
+    got = layer_tokens(bb, pixels)
+    x, hidden = pixels.double(), None
+    model = bb.model.double()
+    hidden, rope = model.embeddings(x), model.rope_embeddings(x)
+    for k, block in enumerate(model.model.layer):
+        hidden = block(hidden, position_embeddings=rope)
+        if k in got:
+            np.testing.assert_allclose(got[k].numpy(), model.norm(hidden).detach().numpy(), atol=1e-4)
+
+
+def test_store_read_with_plain_zarr_and_dask(extracted):
+    group = zarr.open_group(str(extracted), mode="r")
+    view = group["features/folder/test/satellite"]
+    ids = view["ids"][:]
+    assert [str(i) for i in ids] == sorted(str(i) for i in ids)
+    assert len(ids) == 5 and view["labels"][:].tolist() == [100, 101, 102, 103, 104]
+    # the distractor satellite (no drone images) is gallery-only
+    assert view["in_query"][:].tolist() == [True, True, True, True, False]
+    desc = da.from_zarr(str(extracted), component="features/folder/test/drone/layer_28/desc")
+    norms = da.linalg.norm(desc, axis=1).compute()
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert group["features/folder"].attrs["fingerprint"]["spec"]["layers"] == [26, 28]
+    assert view.attrs["complete"] is True
+
+
+def test_rerun_is_a_no_op(extracted, folder_dataset):
+    before = view_arrays(extracted)
+    result = run_extract(extracted, folder_dataset)
+    assert result["images_extracted"] == 0
+    assert_same_arrays(before, view_arrays(extracted))
+
+
+def test_resume_after_sigkill_is_identical(tmp_path, extracted):
+    data = make_folder_dataset(tmp_path / "data", n_locations=12, drones=5, seed=0)
+    full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
+    args = [sys.executable, "-m", "pipelines.cli", "extract",
+            *extract_overrides(killed, data, "block_size=2", "batch_size=2")]
+    proc = subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    markers = killed / "features/folder/train/drone/block_done/c"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if markers.is_dir() and len(os.listdir(markers)) >= 3:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = run_extract(killed, data, "block_size=2", "batch_size=2")
+    assert 0 < resumed["images_extracted"] < 12 * 5 * 2 + 12 * 2 + 1
+    run_extract(full, data, "block_size=2", "batch_size=2")
+    assert_same_arrays(view_arrays(full), view_arrays(killed))
+
+
+def test_local_cluster_equals_in_process(tmp_path, extracted, folder_dataset):
+    store = tmp_path / "cluster.zarr"
+    result = run_extract(store, folder_dataset, "cluster=local:2")
+    assert result["images_extracted"] == 33
+    assert_same_arrays(view_arrays(extracted), view_arrays(store))
+
+
+def test_dataloader_workers_equal_in_process(tmp_path, extracted, folder_dataset):
+    store = tmp_path / "workers.zarr"
+    run_extract(store, folder_dataset, "num_workers=2")
+    assert_same_arrays(view_arrays(extracted), view_arrays(store))
+
+
+def test_other_fingerprint_refused_then_overwritten(tmp_path, folder_dataset):
+    store = tmp_path / "fp.zarr"
+    run_extract(store, folder_dataset, "split=test")
+    with pytest.raises(StoreError, match=r"layers.*overwrite=true"):
+        run_extract(store, folder_dataset, "split=test", "layers=[20,28]")
+    result = run_extract(store, folder_dataset, "split=test", "layers=[20,28]", "overwrite=true")
+    assert result["images_extracted"] == 17
+    assert "layer_20" in zarr.open_group(str(store), mode="r")["features/folder/test/drone"]
+
+
+def test_changed_image_set_refused(tmp_path, folder_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(folder_dataset, data)
+    store = tmp_path / "changed.zarr"
+    run_extract(store, data, "split=test")
+    (data / "test/drone/0100/view-00.png").unlink()
+    with pytest.raises(StoreError, match="changed since it was written"):
+        run_extract(store, data, "split=test")
+
+
+def test_corrupt_image_recorded_and_run_continues(tmp_path, folder_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(folder_dataset, data)
+    (data / "test/drone/0101/view-01.png").write_bytes(b"not a png")
+    store = tmp_path / "corrupt.zarr"
+    runner = CliRunner()
+    args = ["extract", *extract_overrides(store, data, "split=test")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "1 image(s) could not be read" in result.output and "skip_bad=true" in result.output
+    group = zarr.open_group(str(store), mode="r")["features/folder/test/drone"]
+    errors = {str(i): str(e) for i, e in zip(group["ids"][:], group["errors"][:]) if e}
+    assert list(errors) == ["test/drone/0101/view-01.png"]
+    assert "UnidentifiedImageError" in errors["test/drone/0101/view-01.png"]
+    assert group.attrs["complete"] is True and group.attrs["n_failed"] == 1
+    again = runner.invoke(app, [*args, "skip_bad=true"])
+    assert again.exit_code == 0, again.output
+
+
+def test_missing_folder_names_path_and_layout(tmp_path):
+    (tmp_path / "test" / "drone" / "0001").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["extract", *extract_overrides(tmp_path / "s.zarr", tmp_path)])
+    assert result.exit_code == 2
+    assert "missing folder" in result.output and "satellite" in result.output
+    assert "<view>/<location>/<image>" in result.output
+
+
+def test_weights_required_for_real_backbone(tmp_path, folder_dataset):
+    with pytest.raises(Exception, match="needs weights=PATH"):
+        weights_source(compose("extract", ["backbone=dinov3_vith16plus"]).backbone, None)
