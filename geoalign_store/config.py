@@ -18,7 +18,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("dataset", "backbone")
+# Keys whose value names a file of configs/<key>/, per stage. Elsewhere `dataset` is just the
+# name of a dataset in the store (which may have been written without any config of ours).
+STAGE_GROUPS = {"extract": ("dataset", "backbone"), "demo": ()}
 
 
 class ConfigError(ValueError):
@@ -80,13 +82,14 @@ def compose(stage: str, overrides: Iterable[str] = ()) -> DictConfig:
     if stage_file.exists():
         base.update(_load_yaml(stage_file))
     pairs = parse_overrides(overrides)
-    for group in GROUPS:
+    groups = STAGE_GROUPS.get(stage, ())
+    for group in groups:
         if group in base:
             chosen = [v for k, v in pairs if k == group]
             base[group] = _load_group(group, chosen[-1] if chosen else base[group])
     cfg = OmegaConf.create(base)
     for key, value in pairs:
-        if key in GROUPS and key in base:
+        if key in groups and key in base:
             continue
         _check_key(cfg, key)
         OmegaConf.update(cfg, key, value, merge=False)

@@ -15,7 +15,10 @@ which the rerun overwrites. Two writers of one block write identical bytes, so n
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -180,6 +183,49 @@ def read_layer(root: zarr.Group, dataset: str, split: str, view: str, layer: int
     if path not in root:
         raise StoreError(f"the store has no {path}; extract with layers including {layer}")
     return np.asarray(root[path][rows], dtype=np.float32)
+
+
+def read_view_layers(root: zarr.Group, dataset: str, split: str, view: str) -> list[int]:
+    group = root[view_path(dataset, split, view)]
+    return sorted(int(k.split("_", 1)[1]) for k in group.group_keys() if k.startswith("layer_"))
+
+
+def resolve_dataset(root: zarr.Group, dataset: str | None) -> str:
+    """The dataset to read: as named, or the store's only one."""
+    have = list_datasets(root)
+    if dataset is None and len(have) == 1:
+        return have[0]
+    if dataset in have:
+        return dataset
+    raise StoreError(f"dataset={dataset} is not in the store (it holds: {', '.join(have) or 'none'})"
+                     + ("; name one with dataset=NAME" if dataset is None and have else ""))
+
+
+def artefact_dir(store_url: str, *parts: str) -> Path:
+    """A folder inside a local store for files that are not Zarr arrays (FAISS indices, head
+    weights, reports); they are written to temp files and moved into place."""
+    if "://" in str(store_url) and not str(store_url).startswith("file://"):
+        raise StoreError(f"{'/'.join(parts)} needs a local store path, not {store_url}")
+    path = Path(str(store_url).removeprefix("file://")).joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def write_topk(root: zarr.Group, path: str, query_ids, topk_ids, topk_scores) -> None:
+    """Top-k gallery ids per query as plain Zarr arrays under `path` (replaced whole)."""
+    if path in root:
+        del root[path]
+    group = root.require_group(path)
+    n, k = topk_ids.shape
+    group.create_array("query_ids", shape=(n,), dtype=str, chunks=(max(1, min(n, 65536)),))[:] = query_ids
+    group.create_array("topk_ids", shape=(n, k), dtype=str, chunks=(max(1, min(n, 8192)), k))[:] = topk_ids
+    group.create_array("topk_scores", shape=(n, k), dtype="float32", chunks=(max(1, min(n, 8192)), k))[:] = topk_scores
 
 
 def list_views(root: zarr.Group) -> list[str]:

@@ -40,8 +40,8 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
     except USER_ERRORS as e:
         console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    if as_json:
-        print(json.dumps(result), flush=True)
+    if as_json:  # keys starting with "_" are for the terminal only
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
     else:
         render(result)
     return result
@@ -73,6 +73,79 @@ def extract(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) ->
                       + ("" if skip else "; add skip_bad=true to accept this"))
         if not skip:
             raise typer.Exit(1)
+
+
+def _render_index(result: dict) -> None:
+    for item in result["indices"]:
+        verb = f"built in {item['build_s']:.2f} s" if item["built"] else "up to date"
+        console.print(f"index {item['name']}: {item['n']} x {item['dim']} ({verb})")
+
+
+def _render_score(result: dict) -> None:
+    from rich.table import Table
+    from .report import METRIC_KEYS, table_rows
+    table = Table(title=f"{result['dataset']} {result['mode']} | heads={result['heads']} | "
+                        f"protocol={result['gallery_protocol']}")
+    for col in ("subset", "queries", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "AP non-interp"):
+        table.add_column(col, justify="right")
+    for name, m in table_rows(result):
+        table.add_row(name, str(m["n_queries"]), str(m["n_gallery"]),
+                      *(f"{100 * m['recall'][k]:.2f}" for k in METRIC_KEYS),
+                      f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
+    console.print(table)
+    outputs = result.get("_outputs", {})
+    console.print(f"report: {outputs.get('report')}  pictures: {', '.join(outputs.get('pictures', [])) or 'none'}")
+
+
+def _with_mode(overrides, mode):
+    return [*(overrides or []), *([f"mode={mode}"] if mode else [])]
+
+
+@app.command()
+def index(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
+          mode: Optional[str] = typer.Option(None, "--mode", help="D2S | S2D")) -> None:
+    """Build the FAISS index of a direction's gallery (reused while its embeddings are unchanged)."""
+    from . import index as stage
+    run_stage("index", _with_mode(overrides, mode), as_json, stage.run, _render_index)
+
+
+@app.command()
+def score(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
+          mode: Optional[str] = typer.Option(None, "--mode", help="D2S | S2D")) -> None:
+    """Recall@K and AP of a direction, exactly as the benchmark's official evaluation."""
+    from . import score as stage
+    run_stage("score", _with_mode(overrides, mode), as_json, stage.run, _render_score)
+
+
+def _render_fit(result: dict) -> None:
+    verb = "trained" if result["trained"] else "up to date"
+    console.print(f"heads {result['name']} ({verb}) in {result['folder']}; last epoch: {result['final']}")
+
+
+@app.command("fit-heads")
+def fit_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
+    """Train AGRA + ISMS on the store's train descriptors, without labels (resumable)."""
+    from . import fit_heads as stage
+    run_stage("fit-heads", overrides, as_json, stage.run, _render_fit)
+
+
+def _render_demo(result: dict) -> None:
+    from rich.table import Table
+    table = Table(title=f"geoalign demo ({result['images']} images, {result['wall_s']:.0f} s)")
+    for col in ("embedding", "mode", "R@1", "R@5", "R@10", "AP", "AP non-interp"):
+        table.add_column(col, justify="right")
+    for label, modes in result["results"].items():
+        for mode, m in modes.items():
+            table.add_row(label, mode, *(f"{100 * m['recall'][k]:.2f}" for k in ("1", "5", "10")),
+                          f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
+    console.print(table)
+
+
+@app.command()
+def demo(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
+    """Every stage on the bundled (generated) demo data, on a CPU, in minutes."""
+    from . import demo as stage
+    run_stage("demo", overrides, as_json, stage.run, _render_demo)
 
 
 def main() -> None:

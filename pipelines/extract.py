@@ -72,6 +72,7 @@ def run(cfg) -> dict:
     for listing in listings:
         layout = _layout(cfg, listing, data_root, layers, arch)
         group = st.prepare_view(root, dcfg.name, listing, layout, to_plain(cfg))
+        group.attrs["data_root"] = str(data_root)  # for pictures of retrievals at score time
         offset = sum(len(j.paths) for j in jobs)
         new = plan_jobs(group, data_root, st.pending_blocks(group), offset)
         n_bytes += _bytes_per_row(layout) * sum(len(j.paths) for j in new)

@@ -52,3 +52,30 @@ def folder_dataset(tmp_path_factory) -> Path:
 def extract_overrides(store: Path, data_root: Path, *extra: str) -> list[str]:
     return [f"store={store}", "dataset=folder", f"data_root={data_root}", "block_size=4",
             "batch_size=3", "num_workers=0", *extra]
+
+
+def write_plain_store(path: Path, dataset: str = "mine", n_loc: int = 30, drones: int = 4,
+                      distractors: int = 5, dim: int = 16, noise: float = 0.8, seed: int = 0,
+                      altitudes: tuple = ()) -> Path:
+    """A store written with plain zarr only, as a user with descriptors of their own would:
+    no config, no fingerprint, only ids/labels/(flags)/layer_<k>/desc of test drone/satellite."""
+    import zarr
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_loc + distractors, dim))
+    root = zarr.open_group(str(path), mode="a")
+    sat_labels = np.arange(n_loc + distractors)
+    per_alt = max(1, len(altitudes))
+    drone_labels = np.repeat(np.arange(n_loc), drones * per_alt)
+    views = {"satellite": (sat_labels, centres), "drone": (drone_labels, centres[drone_labels])}
+    for view, (labels, base) in views.items():
+        group = root.require_group(f"features/{dataset}/test/{view}")
+        group.create_array("ids", shape=(len(labels),), dtype=str)[:] = np.array(
+            [f"{view}/{i}.png" for i in range(len(labels))], dtype=object)
+        group.create_array("labels", shape=(len(labels),), dtype="int64")[:] = labels
+        for layer in (26, 28):
+            desc = base + noise * rng.standard_normal(base.shape)
+            group.create_array(f"layer_{layer}/desc", shape=desc.shape, dtype="float32")[:] = desc
+        if view == "drone" and altitudes:
+            alt = np.tile(np.repeat(np.array(altitudes), drones), n_loc)
+            group.create_array("extra/altitude", shape=alt.shape, dtype="int64")[:] = alt
+    return path

@@ -1,0 +1,126 @@
+"""Extraction overhead and store read throughput, as ratios measured in one run.
+
+    python benchmarks/extract.py [--images 96] [--size 224] [--width 384] [--workers 1]
+
+(1) `geoalign extract` wall time (listing, store creation, decoding in DataLoader workers,
+    forward, pooling, writes) / the bare backbone forward on the same batches of already
+    decoded tensors. A random-weight DINOv3 of production depth (32 blocks) and width `--width`
+    stands in for ViT-H+ so that the forward, as on a GPU with the real model, dominates.
+(2) Reading a stored descriptor array with zarr (and dask) / reading the same array from .npy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_images(root: Path, n: int, size: int) -> None:
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        view = "drone" if i % 4 else "satellite"
+        folder = root / "test" / view / f"{i // 4:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((size, size), Image.BILINEAR).save(folder / f"{i}.png")
+
+
+def overrides(args, store: Path, data: Path) -> list[str]:
+    heads = max(1, args.width // 64)
+    return [f"store={store}", "dataset=folder", f"data_root={data}", "split=test",
+            f"backbone.hidden_size={args.width}", f"backbone.num_attention_heads={heads}",
+            f"backbone.intermediate_size={4 * args.width}", f"batch_size={args.batch}",
+            f"num_workers={args.workers}", "block_size=64"]
+
+
+def time_pure_forward(cfg, store: Path, data: Path) -> float:
+    """The bare backbone over the very batches extraction used, images decoded beforehand."""
+    from geoalign_store.backbone import load_backbone, layer_tokens
+    from geoalign_store.config import to_plain
+    from geoalign_store.extraction import job_batches, plan_jobs
+    from geoalign_store.images import load_image
+    import zarr
+    bb = load_backbone(to_plain(cfg.backbone), None, list(cfg.layers))
+    seconds = 0.0
+    for view in ("drone", "satellite"):
+        group = zarr.open_group(str(store), mode="r")[f"features/folder/test/{view}"]
+        jobs = plan_jobs(group, data, list(range(group["block_done"].shape[0])))
+        paths = [p for j in jobs for p in j.paths]
+        for batch in job_batches(jobs, int(cfg.batch_size)):
+            pixels = torch.stack([load_image(paths[i]) for i in batch])
+            t0 = time.perf_counter()
+            layer_tokens(bb, pixels)
+            seconds += time.perf_counter() - t0
+    return seconds
+
+
+def bench_extract(args) -> None:
+    from geoalign_store.config import compose
+    from pipelines import extract
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ.setdefault("GEOALIGN_CACHE", str(tmp / "cache"))
+        make_images(tmp / "data", args.images, args.size)
+        cfg = compose("extract", overrides(args, tmp / "warm.zarr", tmp / "data"))
+        extract.run(cfg)  # warm-up: materialises the random backbone, fills OS caches
+        cfg = compose("extract", overrides(args, tmp / "s.zarr", tmp / "data"))
+        t0 = time.perf_counter()
+        extract.run(cfg)
+        wall = time.perf_counter() - t0
+        pure = time_pure_forward(cfg, tmp / "s.zarr", tmp / "data")
+    print(f"extract: {args.images} images {args.size}px, width {args.width}, depth 32, "
+          f"{args.workers} decode worker(s), torch threads {torch.get_num_threads()}")
+    print(f"  geoalign extract wall  {wall:8.2f} s  ({args.images / wall:.1f} img/s)")
+    print(f"  pure backbone forward  {pure:8.2f} s  ({args.images / pure:.1f} img/s)")
+    print(f"  ratio extract / forward = {wall / pure:.3f}  (target <= 1.10)")
+
+
+def bench_read(rows: int = 200_000, dim: int = 1280) -> None:
+    import dask.array as da
+    import zarr
+    with tempfile.TemporaryDirectory() as tmp:
+        data = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
+        np.save(f"{tmp}/a.npy", data)
+        arr = zarr.create_array(f"{tmp}/a.zarr", shape=data.shape, dtype="float32",
+                                chunks=(256, dim))  # the layout extract writes (block_size rows)
+        arr[:] = data
+        del data
+        timings = {}
+        for name, read in (("numpy .npy", lambda: np.load(f"{tmp}/a.npy")),
+                           ("zarr", lambda: zarr.open_array(f"{tmp}/a.zarr", mode="r")[:]),
+                           ("dask.from_zarr", lambda: da.from_zarr(f"{tmp}/a.zarr", chunks=(8192, dim)).compute())):
+            read()
+            t0 = time.perf_counter()
+            out = read()
+            timings[name] = time.perf_counter() - t0
+            del out
+    gb = rows * dim * 4 / 1e9
+    print(f"store read: {rows} x {dim} float32 ({gb:.2f} GB)")
+    for name, seconds in timings.items():
+        print(f"  {name:15s} {seconds:6.2f} s  {gb / seconds:5.2f} GB/s  "
+              f"ratio to numpy {seconds / timings['numpy .npy']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--skip-read", action="store_true")
+    args = parser.parse_args()
+    bench_extract(args)
+    if not args.skip_read:
+        bench_read()
+
+
+if __name__ == "__main__":
+    main()

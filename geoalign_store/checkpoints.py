@@ -1,0 +1,74 @@
+"""Head weights and training checkpoints as safetensors (never pickles), written atomically.
+
+A training checkpoint holds the model, the learnable logit scale, the optimiser's state and both
+random generators' states, so that resuming continues bit-for-bit where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .heads import export_state_dict
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as f:
+        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return load_file(str(path)), metadata
+
+
+def save_module(path: Path, module: torch.nn.Module, metadata: dict | None = None) -> None:
+    save_tensors(path, export_state_dict(module), metadata)
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_training_state(path: Path, state) -> None:
+    opt_tensors, opt_meta = _optimizer_tensors(state.optimizer)
+    tensors = {**{f"model.{k}": v for k, v in export_state_dict(state.model).items()},
+               "log_scale": state.log_scale.data, **opt_tensors,
+               "rng.torch": torch.get_rng_state(), "rng.sampler": state.sampler.get_state()}
+    save_tensors(path, tensors, {"epoch": state.epoch, "optimizer": opt_meta})
+
+
+def load_training_state(path: Path, state) -> None:
+    """Restore `state` (built fresh with the same recipe and seed) from a checkpoint."""
+    tensors, meta = load_tensors(path)
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    state.model.load_state_dict(model, strict=False)
+    state.log_scale.data.copy_(tensors["log_scale"])
+    opt_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    for key, value in meta["optimizer"]["scalars"].items():
+        index, name = key.split(".", 1)
+        opt_state.setdefault(int(index), {})[name] = value
+    state.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    state.sampler.set_state(tensors["rng.sampler"])
+    state.epoch = int(meta["epoch"])

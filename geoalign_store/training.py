@@ -1,0 +1,181 @@
+"""Label-free training of the heads on cached descriptors (SPEC §4), with exact resume.
+
+Stream 1 (AGRA): one optimiser step per epoch on every train satellite plus one drone drawn from
+each drone group (a flight folder). The drone group ids are used only to group drone rows; they
+are never compared with satellite labels. Pseudo-labels come from entropic OT (OTCA) on the
+similarities of the shared space, and drive DAMO's soft distillation and reliable matching.
+
+Stream 2 (ISMS): a whitening autoencoder on the pooled train rows of both views, no pairing.
+
+Determinism: all randomness comes from torch's global generator (gate noise, dropout) and one
+sampling generator, both seeded and saved in every checkpoint, so a resumed run continues the
+exact same sequence of steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import alignment as al
+from .heads import AGRA, ISMS, export_state_dict, isms_losses, l2n
+
+
+@dataclass
+class AgraRecipe:
+    """The paper's recipe (its configs' values); flags switch parts off for ablations."""
+    epochs: int = 300
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 1
+    clip_value: float = 100.0
+    eps_start: float = 0.2
+    eps_end: float = 0.05
+    sinkhorn_iters: int = 3
+    scale_init: float = 14.28
+    distill_weight: float = 1.05
+    match_weight: float = 1.0
+    match_threshold: float = 0.2
+    label_smoothing: float = 0.15
+    recon_weight: float = 1.0
+    aux_weight: float = 0.01
+    distill: bool = True
+    matching: bool = True
+    moe: bool = True
+    checkpoint_every: int = 25
+
+
+@dataclass
+class IsmsRecipe:
+    epochs: int = 60
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    mse_weight: float = 1.0
+    decorrelation_weight: float = 1.0
+    orthogonality_weight: float = 1.0
+
+
+def group_index(groups: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows sorted by group, each group's first position and size (for vectorised draws)."""
+    order = np.argsort(groups, kind="stable")
+    _, start, count = np.unique(groups[order], return_index=True, return_counts=True)
+    return torch.from_numpy(order), torch.from_numpy(start), torch.from_numpy(count)
+
+
+def draw_one_per_group(index, generator: torch.Generator) -> torch.Tensor:
+    order, start, count = index
+    offset = (torch.rand(len(start), generator=generator, dtype=torch.float64) * count).long()
+    return order[start + offset]
+
+
+@dataclass
+class AgraState:
+    model: AGRA
+    log_scale: torch.nn.Parameter
+    optimizer: torch.optim.Optimizer
+    sampler: torch.Generator
+    epoch: int = 0
+    history: list = field(default_factory=list)
+
+
+def new_agra_state(dim: int, recipe: AgraRecipe, seed: int) -> AgraState:
+    torch.manual_seed(seed)
+    model = AGRA(dim)
+    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(recipe.scale_init))))
+    params = [p for p in model.parameters() if p.requires_grad] + [log_scale]
+    optimizer = al.CautiousAdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sampler = torch.Generator().manual_seed(seed + 1)
+    return AgraState(model, log_scale, optimizer, sampler)
+
+
+def agra_losses(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, epsilon: float,
+                recipe: AgraRecipe) -> dict[str, torch.Tensor]:
+    model = state.model
+    z_sat = model.encode_satellite(sat)
+    if recipe.moe:
+        z_drone, aux = model.encode_drone(drone)
+    else:
+        z_drone, aux = model.encode_satellite(drone), sat.new_zeros(())
+    S = l2n(z_sat) @ l2n(z_drone).T
+    with torch.no_grad():
+        plan = al.sinkhorn_log(1.0 - S.detach(), epsilon, recipe.sinkhorn_iters)
+    scale = state.log_scale.exp()
+    parts = {"recon": (F.l1_loss(model.decode(z_sat), sat) + F.l1_loss(model.decode(z_drone), drone)),
+             "aux": aux}
+    if recipe.distill:
+        parts["distill"] = al.distillation_loss(S, *al.soft_targets(plan), scale)
+    if recipe.matching:
+        pairs = al.reliable_pairs(plan, S.detach(), recipe.match_threshold)
+        parts["match"] = al.matching_loss(S, *pairs, scale, recipe.label_smoothing)
+        parts["pairs"] = torch.tensor(float(len(pairs[0])))
+    weights = {"recon": recipe.recon_weight, "aux": recipe.aux_weight,
+               "distill": recipe.distill_weight, "match": recipe.match_weight}
+    parts["total"] = sum(weights[k] * v for k, v in parts.items() if k in weights)
+    return parts
+
+
+def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: np.ndarray,
+             recipe: AgraRecipe, on_epoch: Callable[[AgraState, dict], None] | None = None) -> AgraState:
+    """Train from `state.epoch` to `recipe.epochs`; `on_epoch` logs and checkpoints."""
+    index = group_index(groups)
+    state.model.train()
+    for epoch in range(state.epoch, recipe.epochs):
+        lr = al.warmup_cosine(epoch, recipe.epochs, recipe.warmup_epochs, recipe.lr)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        picked = draw_one_per_group(index, state.sampler)
+        epsilon = al.epsilon_schedule(epoch, recipe.epochs, recipe.eps_start, recipe.eps_end)
+        parts = agra_losses(state, sat, drone[picked], epsilon, recipe)
+        state.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        torch.nn.utils.clip_grad_value_(state.model.parameters(), recipe.clip_value)
+        state.optimizer.step()
+        state.epoch = epoch + 1
+        record = {"epoch": epoch, "lr": lr, "epsilon": epsilon, "scale": float(state.log_scale.exp()),
+                  **{k: float(v) for k, v in parts.items()}}
+        state.history.append(record)
+        if on_epoch:
+            on_epoch(state, record)
+    state.model.eval()
+    return state
+
+
+def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
+             on_epoch: Callable[[int, dict], None] | None = None) -> ISMS:
+    """Whitening autoencoder on pooled rows (satellite and drone, no pairing)."""
+    torch.manual_seed(seed)
+    model = ISMS(x.shape[1], latent_dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    generator = torch.Generator().manual_seed(seed + 2)
+    batch = min(recipe.batch_size, x.shape[0])
+    model.train()
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(x.shape[0], generator=generator)
+        sums: dict[str, float] = {}
+        for start in range(0, x.shape[0] - batch + 1, batch):  # full batches: BatchNorm needs >1 row
+            xb = x[order[start:start + batch]]
+            latent, recon = model(xb)
+            parts = isms_losses(xb, latent, recon, model)
+            total = (recipe.mse_weight * parts["mse"] + recipe.decorrelation_weight * parts["decorrelation"]
+                     + recipe.orthogonality_weight * parts["orthogonality"])
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for k, v in {**parts, "total": total}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if on_epoch:
+            on_epoch(epoch, sums)
+    return model.eval()
+
+
+def recipe_dict(recipe) -> dict:
+    return asdict(recipe)
+
+
+__all__ = ["AgraRecipe", "IsmsRecipe", "AgraState", "new_agra_state", "fit_agra", "fit_isms",
+           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict", "recipe_dict"]

@@ -1,0 +1,159 @@
+"""Stage `fit-heads`: train AGRA + ISMS on the store's train descriptors, without labels.
+
+Everything lands in `heads/<name>/`: agra.safetensors, isms.safetensors, heads.json (resolved
+config, fingerprint of the features read, completion), train_log.jsonl and, while training,
+checkpoint.safetensors. A killed run resumes from its last checkpoint and ends with the weights
+an uninterrupted run would have; a finished one is not retrained unless the request changed
+(then `overwrite=true` is needed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geoalign_store import store as st
+from geoalign_store.checkpoints import (load_training_state, save_module, save_training_state)
+from geoalign_store.config import ConfigError, fingerprint, to_plain
+from geoalign_store.heads import agra_dim_error
+from geoalign_store.embeddings import l2n
+from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state)
+
+from .progress import console, progress_bar
+from .retrieval import resolve_layers
+
+STAGE_VERSION = 1
+
+
+def read_train(root, dataset: str, layers: list[int]) -> dict:
+    """Train descriptors of both views (failed images left out) and the drone group ids."""
+    out = {}
+    for view in ("satellite", "drone"):
+        meta = st.read_view(root, dataset, "train", view)
+        rows = np.flatnonzero(meta["errors"] == "")
+        out[view] = {k: l2n(st.read_layer(root, dataset, "train", view, k)[rows]) for k in layers}
+        if view == "drone":
+            out["drone_groups"] = meta["labels"][rows]  # grouping only: never compared to satellites
+    return out
+
+
+def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
+    features = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    return {"features": features or _content_hash(root, dataset, layers), "dataset": dataset,
+            "layers": layers, "agra": to_plain(cfg.agra), "isms": to_plain(cfg.isms),
+            "seed": int(cfg.seed), "stage_version": STAGE_VERSION}
+
+
+def _content_hash(root, dataset, layers) -> str:
+    """Stores written with plain zarr carry no fingerprint: hash what training reads."""
+    data = read_train(root, dataset, layers)
+    return fingerprint([float(np.float64(v[k]).sum()) for v in (data["satellite"], data["drone"])
+                        for k in layers] + [int(data["drone_groups"].sum())])
+
+
+def _check_existing(folder: Path, spec: dict, overwrite: bool) -> dict | None:
+    meta_path = folder / "heads.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("fingerprint") == fingerprint(spec):
+        return meta
+    if not overwrite:
+        raise st.StoreError(f"{folder} holds heads trained for another request (features, layers, "
+                            "recipe or seed changed); add overwrite=true to retrain, or name=OTHER")
+    for path in folder.iterdir():
+        path.unlink()
+    return None
+
+
+def run(cfg) -> dict:
+    root = st.open_store(cfg.store, mode="r+")
+    dataset = st.resolve_dataset(root, cfg.dataset)
+    layers = resolve_layers(root, dataset, list(cfg.layers))
+    if len(layers) != 2:
+        raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
+    folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
+    spec = heads_spec(cfg, root, dataset, layers)
+    meta = _check_existing(folder, spec, bool(cfg.overwrite)) or {
+        "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
+    st.write_json(folder / "heads.json", meta)
+    if meta["complete"]:
+        console.print(f"heads {cfg.name}: up to date ({folder})")
+        return _summary(cfg, dataset, folder, meta, trained=False)
+    data = read_train(root, dataset, layers)
+    problem = agra_dim_error(int(data["satellite"][layers[1]].shape[1]))
+    if problem:
+        raise ConfigError(problem)
+    _train_isms(cfg, folder, data, layers)
+    history = _train_agra(cfg, folder, data, layers)
+    meta.update({"complete": True, "dim": int(data["satellite"][layers[1]].shape[1]),
+                 "n_train": {"satellite": len(data["satellite"][layers[1]]),
+                             "drone": len(data["drone"][layers[1]]),
+                             "drone_groups": int(len(np.unique(data["drone_groups"])))},
+                 "final": history[-1] if history else None})
+    st.write_json(folder / "heads.json", meta)
+    (folder / "checkpoint.safetensors").unlink(missing_ok=True)
+    return _summary(cfg, dataset, folder, meta, trained=True)
+
+
+def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
+    if (folder / "isms.safetensors").exists():
+        return
+    a, b = layers
+    x = np.concatenate([np.concatenate([data[v][a], data[v][b]], axis=1) for v in ("satellite", "drone")])
+    recipe = IsmsRecipe(**to_plain(cfg.isms))
+    with progress_bar() as progress:
+        task = progress.add_task("ISMS", total=recipe.epochs)
+        def on_epoch(epoch, losses):  # noqa: E306
+            progress.update(task, advance=1, description=f"ISMS loss {losses['total']:.4f}")
+        model = fit_isms(torch.from_numpy(x), data["satellite"][b].shape[1], recipe,
+                         int(cfg.seed), on_epoch)
+    save_module(folder / "isms.safetensors", model, {"in_dim": x.shape[1], "latent_dim": model.latent_dim})
+
+
+def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
+    b = layers[1]
+    sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b])
+    recipe = AgraRecipe(**to_plain(cfg.agra))
+    state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
+    ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
+    if ckpt.exists():
+        load_training_state(ckpt, state)
+        console.print(f"resuming AGRA at epoch {state.epoch} from {ckpt}")
+    _truncate_log(log_path, state.epoch)
+    with progress_bar() as progress, open(log_path, "a") as log:
+        task = progress.add_task("AGRA", total=recipe.epochs, completed=state.epoch)
+        def on_epoch(st_, record):  # noqa: E306
+            log.write(json.dumps(record) + "\n")
+            progress.update(task, advance=1, description=_describe(record))
+            if st_.epoch % recipe.checkpoint_every == 0 or st_.epoch == recipe.epochs:
+                log.flush()
+                save_training_state(ckpt, st_)
+        fit_agra(state, sat, drone, data["drone_groups"], recipe, on_epoch)
+    save_module(folder / "agra.safetensors", state.model,
+                {"dim": sat.shape[1], "config": state.model.config, "logit_scale": float(state.log_scale.exp())})
+    return state.history
+
+
+def _describe(record: dict) -> str:
+    keys = ("total", "distill", "match", "recon")
+    return "AGRA " + " ".join(f"{k} {record[k]:.3f}" for k in keys if k in record)
+
+
+def _truncate_log(path: Path, epoch: int) -> None:
+    """Keep the log lines of the epochs a resumed run does not redo."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < epoch]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def _summary(cfg, dataset, folder, meta, trained) -> dict:
+    return {"stage": "fit-heads", "store": str(cfg.store), "dataset": dataset, "name": str(cfg.name),
+            "folder": str(folder), "trained": trained, "layers": meta["spec"]["layers"],
+            "n_train": meta.get("n_train"), "final": meta.get("final")}

@@ -1,0 +1,58 @@
+"""Stage `index`: FAISS indices over a direction's gallery embeddings, in `indices/<name>/`.
+
+An index is rebuilt only when the fingerprint of the embeddings it holds changes (features,
+heads, layers, gallery rows) or when its type/parameters change; otherwise it is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from geoalign_store import index as fx
+from geoalign_store import store as st
+from geoalign_store.config import fingerprint, to_plain
+
+from .retrieval import gallery_fingerprint, open_direction, side_embeddings
+
+
+def index_name(dataset: str, embedder, ds, index_type: str) -> str:
+    subset = "" if ds.subset == "all" else f"-{ds.subset.replace('=', '')}"
+    return f"{dataset}-{ds.mode}-{embedder.name}-{index_type}{subset}"
+
+
+def ensure_index(cfg, root, dataset, embedder, ds) -> tuple[object, dict]:
+    """The index of `ds`'s gallery: loaded when up to date, else built and saved."""
+    params = fx.resolve_params(cfg.index, to_plain(cfg.index_params) or {})
+    name = index_name(dataset, embedder, ds, cfg.index)
+    folder = st.artefact_dir(cfg.store, "indices", name)
+    want = {"embeddings": gallery_fingerprint(embedder, ds), "type": cfg.index, "params": params}
+    meta_path = folder / "index.json"
+    if meta_path.exists() and (folder / "index.faiss").exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint(want):
+            return fx.load_index(folder / "index.faiss"), {"name": name, "built": False, **meta}
+    t0 = time.perf_counter()
+    gallery = side_embeddings(root, dataset, embedder, ds.gallery)
+    index = fx.build_index(gallery, cfg.index, params, seed=int(cfg.seed))
+    fx.save_index(index, folder / "index.faiss")
+    np.save(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
+    st.write_json(folder / "gallery_ids.json", [str(i) for i in ds.gallery.ids])
+    meta = {"fingerprint": fingerprint(want), "spec": want, "n": len(gallery), "dim": gallery.dim,
+            "gallery_view": ds.gallery.view, "config": to_plain(cfg),
+            "build_s": round(time.perf_counter() - t0, 3)}
+    st.write_json(meta_path, meta)
+    return index, {"name": name, "built": True, **meta}
+
+
+def run(cfg) -> dict:
+    root, dataset, embedder, sets = open_direction(cfg)
+    built = []
+    for ds in sets:
+        _, meta = ensure_index(cfg, root, dataset, embedder, ds)
+        built.append({"name": meta["name"], "subset": ds.subset, "n": meta["n"], "dim": meta["dim"],
+                      "built": meta["built"], "build_s": meta["build_s"]})
+    return {"stage": "index", "store": str(cfg.store), "dataset": dataset, "mode": cfg.mode,
+            "heads": embedder.name, "index": cfg.index, "indices": built}

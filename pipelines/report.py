@@ -1,0 +1,98 @@
+"""Score outputs for people: the pooled metrics, report.md and a picture of retrievals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+METRIC_KEYS = ("1", "5", "10", "1%")
+
+
+def pooled_metrics(subsets: dict[str, dict]) -> dict:
+    """One subset: its metrics. Several (SUES-200 altitudes): query-weighted means of every rate
+    (= the metric over all their queries pooled), sizes summed."""
+    rows = list(subsets.values())
+    if len(rows) == 1:
+        return dict(rows[0])
+    n = np.array([r["n_queries"] for r in rows], dtype=np.float64)
+    mean = lambda values: float(np.dot(n, values) / n.sum())  # noqa: E731
+    return {"n_queries": int(n.sum()), "n_gallery": int(sum(r["n_gallery"] for r in rows)),
+            "n_queries_without_match": int(sum(r["n_queries_without_match"] for r in rows)),
+            "recall": {k: mean([r["recall"][k] for r in rows]) for k in METRIC_KEYS},
+            "ap": mean([r["ap"] for r in rows]), "ap_noninterp": mean([r["ap_noninterp"] for r in rows]),
+            "approximate": any(r.get("approximate") for r in rows)}
+
+
+def table_rows(result: dict) -> list[tuple[str, dict]]:
+    subsets = result.get("subsets") or {"all": result}
+    return [*subsets.items(), *([("pooled", result)] if "subsets" in result else [])]
+
+
+def _markdown_table(result: dict) -> str:
+    lines = ["| subset | queries | gallery | R@1 | R@5 | R@10 | R@1% | AP | AP (non-interp.) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in table_rows(result):
+        rates = " | ".join(f"{100 * m['recall'][k]:.2f}" for k in METRIC_KEYS)
+        lines.append(f"| {name} | {m['n_queries']} | {m['n_gallery']} | {rates} | "
+                     f"{100 * m['ap']:.2f} | {100 * m['ap_noninterp']:.2f} |")
+    return "\n".join(lines)
+
+
+PROTOCOLS = {
+    "official": "every gallery folder is ranked, distractor locations included (the benchmarks' "
+                "own evaluation scripts)",
+    "query_locations": "gallery items whose location has no query are junk (Sample4Geo-style "
+                       "re-implementations): higher numbers, not comparable with `official`",
+}
+
+
+def write_report(path: Path, result: dict, subsets: dict, config: dict, pictures: list) -> None:
+    text = f"""# {result['dataset']} {result['mode']} - heads: {result['heads']}
+
+{_markdown_table(result)}
+
+- Direction: {result['mode']} ({'drone queries -> satellite gallery' if result['mode'] == 'D2S' else 'satellite queries -> drone gallery'}), layers {result['layers']}, fusion {result['fusion']}, index `{result['index']}`{' (approximate metrics: goods outside the ANN top-k count as ranked last)' if result.get('approximate') else ' (exact)'}.
+- Gallery protocol `{result['gallery_protocol']}`: {PROTOCOLS[result['gallery_protocol']]}.
+- Metrics are University-1652's official `evaluate_gpu.py` definitions: gallery ranked by cosine similarity, junk (label -1) dropped; R@K = share of queries whose first correct item is in the top K (queries without any correct item count as misses: {result['n_queries_without_match']} here); R@1% = CMC at 0-based index round(0.01 x gallery size).
+- **AP** is the benchmark's trapezoidal AP (sum over correct items of (p_prev + p_i) / 2n): what EM-CVGL and the other baselines report. **AP (non-interp.)** is the mean of precision at each correct item, (i+1)/(r_i+1): what the GeoAlign release computes, so the paper's AP column compares with this one.
+{''.join(f'{chr(10)}![retrievals]({Path(p).name})' for p in pictures)}
+
+## Config
+```json
+{json.dumps(config, indent=2)}
+```
+"""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def draw_retrievals(cfg, root, dataset, ds, top_i, folder: Path, k: int = 5, size: int = 96):
+    """PNG grid: a seeded sample of queries, each with its top-k (green = correct, red = wrong).
+    None when the images cannot be found (a store written without them)."""
+    from PIL import Image, ImageDraw, ImageOps
+    from geoalign_store.store import view_path
+    data_root = cfg.data_root or root[view_path(dataset, "test", ds.query.view)].attrs.get("data_root")
+    if not data_root or not Path(data_root).is_dir():
+        return None
+    rng = np.random.default_rng(int(cfg.seed))
+    picks = np.sort(rng.choice(len(ds.query.rows), min(int(cfg.pictures), len(ds.query.rows)), replace=False))
+    k = min(k, top_i.shape[1])
+    sheet = Image.new("RGB", ((k + 1) * (size + 8) + 8, len(picks) * (size + 8) + 8), "white")
+    for r, q in enumerate(picks):
+        cells = [(ds.query.ids[q], None)] + [
+            (ds.gallery.ids[g], ds.gallery.labels[g] == ds.query.labels[q]) for g in top_i[q, :k] if g >= 0]
+        for c, (image_id, correct) in enumerate(cells):
+            try:
+                thumb = ImageOps.fit(Image.open(Path(data_root) / str(image_id)).convert("RGB"), (size, size))
+            except OSError:
+                thumb = Image.new("RGB", (size, size), "grey")
+            x, y = 8 + c * (size + 8), 8 + r * (size + 8)
+            sheet.paste(thumb, (x, y))
+            colour = "blue" if correct is None else ("green" if correct else "red")
+            ImageDraw.Draw(sheet).rectangle([x - 3, y - 3, x + size + 2, y + size + 2], outline=colour, width=3)
+    path = folder / f"retrievals-{ds.subset.replace('=', '')}.png"
+    sheet.save(path)
+    return path

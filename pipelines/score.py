@@ -1,0 +1,101 @@
+"""Stage `score`: Recall@K and AP of one direction, exactly as University-1652's official
+evaluation (SPEC §5), written to `scores/<name>/<mode>/` with the top-k ranks and pictures.
+
+`index=flat` (default) is exact: queries are streamed in chunks against the gallery embeddings
+read chunk by chunk from the store, so memory is bounded by the chunk, not queries x gallery.
+`index=ivfpq|hnsw` ranks with the approximate FAISS index (built if missing): goods it does not
+return count as ranked past the gallery's end, and the metrics are marked approximate.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from geoalign_store import index as fx
+from geoalign_store import store as st
+from geoalign_store.config import to_plain
+from geoalign_store.metrics import metrics_from_ranks, recall_1pct_index, score_retrieval
+
+from .index import ensure_index
+from .report import draw_retrievals, pooled_metrics, write_report
+from .retrieval import open_direction, side_embeddings
+
+SCHEMA_VERSION = 1
+IN_MEMORY_BYTES = 1 << 30  # galleries above this are streamed from the store
+
+
+def _good_counts(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """Number of good gallery items of each query (its label, junk excluded)."""
+    labels, counts = np.unique(gallery_labels[gallery_labels != -1], return_counts=True)
+    if len(labels) == 0:
+        return np.zeros(len(query_labels), np.int64)
+    pos = np.clip(np.searchsorted(labels, query_labels), 0, len(labels) - 1)
+    return np.where(labels[pos] == query_labels, counts[pos], 0)
+
+
+def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics from an approximate index's top-k lists (junk dropped, unfound goods ranked last)."""
+    n_gal = len(g_labels)
+    scores, ids = fx.search(index, queries, min(n_gal, max(k, recall_1pct_index(n_gal) + 1, 10)))
+    found = ids >= 0
+    labels = np.where(found, g_labels[np.maximum(ids, 0)], -1)
+    kept = found & (labels != -1)
+    position = np.cumsum(kept, axis=1) - 1                     # rank among non-junk results
+    good = kept & (labels == q_labels[:, None])
+    n_good = _good_counts(q_labels, g_labels)
+    slots = max(int(n_good.max(initial=0)), 1)
+    ranks = np.sort(np.where(good, position, np.iinfo(np.int64).max), axis=1)[:, :slots]
+    ranks = np.pad(ranks, ((0, 0), (0, slots - ranks.shape[1])), constant_values=np.iinfo(np.int64).max)
+    unfound = ranks == np.iinfo(np.int64).max
+    ranks = np.where(unfound, n_gal + np.arange(slots), ranks)
+    metrics = metrics_from_ranks(ranks, n_good, n_gal)
+    order = np.argsort(~kept, axis=1, kind="stable")[:, :k]    # non-junk results first, in order
+    return metrics, np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def score_set(cfg, root, dataset, embedder, ds) -> tuple[dict, np.ndarray, np.ndarray]:
+    queries = side_embeddings(root, dataset, embedder, ds.query).materialise()
+    gallery = side_embeddings(root, dataset, embedder, ds.gallery)
+    k = int(cfg.topk)
+    if cfg.index != "flat":
+        index, _ = ensure_index(cfg, root, dataset, embedder, ds)
+        metrics, top_i, top_s = ann_metrics(index, queries, ds.query.labels, ds.gallery.labels, k)
+        return {**metrics, "approximate": True}, top_i, top_s
+    if gallery.shape[0] * gallery.shape[1] * 4 <= IN_MEMORY_BYTES:
+        gallery = gallery.materialise()
+    res = score_retrieval(queries, gallery, ds.query.labels, ds.gallery.labels, topk=k)
+    return {**res.metrics, "approximate": False}, res.topk_indices, res.topk_scores
+
+
+def run(cfg) -> dict:
+    t0 = time.perf_counter()
+    mode = str(cfg.mode).upper()
+    cfg.mode = mode
+    root, dataset, embedder, sets = open_direction(cfg, mode)
+    name = f"{dataset}-{embedder.name}" + ("" if cfg.fusion or embedder.name == "none" else "-stream1") \
+        + ("" if cfg.gallery_protocol == "official" else f"-{cfg.gallery_protocol}")
+    folder = st.artefact_dir(cfg.store, "scores", name, mode)
+    subsets, pictures = {}, []
+    for ds in sets:
+        metrics, top_i, top_s = score_set(cfg, root, dataset, embedder, ds)
+        subsets[ds.subset] = metrics
+        top_ids = np.where(top_i >= 0, ds.gallery.ids[np.maximum(top_i, 0)], "")
+        st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
+                      ds.query.ids.astype(str), top_ids.astype(str), top_s)
+        if cfg.pictures:
+            pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder))
+    head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,
+            "heads": embedder.name, "fusion": bool(cfg.fusion) and embedder.name != "none",
+            "layers": embedder.layers, "gallery_protocol": cfg.gallery_protocol, "index": cfg.index}
+    result = {**head, **pooled_metrics(subsets)}
+    if len(subsets) > 1:
+        result["subsets"] = subsets
+    st.write_json(folder / "metrics.json", result)
+    write_report(folder / "report.md", result, subsets, to_plain(cfg), [p for p in pictures if p])
+    outputs = {"metrics": str(folder / "metrics.json"), "report": str(folder / "report.md"),
+               "pictures": [str(p) for p in pictures if p],
+               "wall_s": round(time.perf_counter() - t0, 3)}
+    # `--json` prints exactly metrics.json; where the files went is shown beside the table
+    return {**result, "_outputs": outputs}
