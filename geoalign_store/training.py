@@ -136,8 +136,8 @@ def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: n
         torch.nn.utils.clip_grad_value_(state.model.parameters(), recipe.clip_value)
         state.optimizer.step()
         state.epoch = epoch + 1
-        record = {"epoch": epoch, "lr": lr, "epsilon": epsilon, "scale": float(state.log_scale.exp()),
-                  **{k: float(v) for k, v in parts.items()}}
+        record = {"epoch": epoch, "lr": lr, "epsilon": epsilon, "scale": float(state.log_scale.detach().exp()),
+                  **{k: float(v.detach()) for k, v in parts.items()}}
         state.history.append(record)
         if on_epoch:
             on_epoch(state, record)
@@ -167,7 +167,7 @@ def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
             total.backward()
             optimizer.step()
             for k, v in {**parts, "total": total}.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
         if on_epoch:
             on_epoch(epoch, sums)
     return model.eval()

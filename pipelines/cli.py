@@ -129,6 +129,14 @@ def fit_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) 
     run_stage("fit-heads", overrides, as_json, stage.run, _render_fit)
 
 
+@app.command("import-heads")
+def import_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
+    """Import the paper's published AGRA/ISMS weights (agra=PATH isms=PATH) into the store."""
+    from . import import_heads as stage
+    run_stage("import-heads", overrides, as_json, stage.run,
+              lambda r: console.print(f"imported heads {r['name']} (C={r['dim']}) into {r['folder']}"))
+
+
 def _render_demo(result: dict) -> None:
     from rich.table import Table
     table = Table(title=f"geoalign demo ({result['images']} images, {result['wall_s']:.0f} s)")

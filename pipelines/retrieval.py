@@ -89,6 +89,9 @@ class HeadsEmbedding:
         from geoalign_store.heads import load_release_agra, load_release_isms
         agra_sd, meta = load_tensors(folder / "agra.safetensors")
         self.agra = load_release_agra(agra_sd, int(meta["dim"]))
+        has_isms = (folder / "isms.safetensors").exists()
+        if fusion and not has_isms:
+            raise st.StoreError(f"{folder} has no ISMS weights (stream 2); score with fusion=false")
         self.isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0]) if fusion else None
         self.layers, self.weight, self.torch = layers, weight, torch
 

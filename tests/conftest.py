@@ -79,3 +79,27 @@ def write_plain_store(path: Path, dataset: str = "mine", n_loc: int = 30, drones
             alt = np.tile(np.repeat(np.array(altitudes), drones), n_loc)
             group.create_array("extra/altitude", shape=alt.shape, dtype="int64")[:] = alt
     return path
+
+
+def write_train_split(path: Path, dataset: str = "mine", n_loc: int = 24, drones: int = 3,
+                      dim: int = 40, group_ids=None, seed: int = 1) -> Path:
+    """train/{satellite,drone} in plain zarr: satellites labelled 0..n-1, drone rows grouped
+    by flight (`group_ids`, default the satellite's id), a fixed distortion between views."""
+    import zarr
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_loc, dim))
+    mix = np.eye(dim) + 0.3 * rng.standard_normal((dim, dim))
+    group_ids = np.arange(n_loc) if group_ids is None else np.asarray(group_ids)
+    root = zarr.open_group(str(path), mode="a")
+    drone_base = np.tanh(centres @ mix)[np.repeat(np.arange(n_loc), drones)]
+    views = {"satellite": (np.arange(n_loc), centres), "drone": (np.repeat(group_ids, drones), drone_base)}
+    for view, (labels, base) in views.items():
+        group = root.require_group(f"features/{dataset}/train/{view}")
+        group.create_array("ids", shape=(len(labels),), dtype=str)[:] = np.array(
+            [f"train/{view}/{i}.png" for i in range(len(labels))], dtype=object)
+        group.create_array("labels", shape=(len(labels),), dtype="int64")[:] = labels
+        for layer in (26, 28):
+            desc = base + 0.2 * rng.standard_normal(base.shape)
+            desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+            group.create_array(f"layer_{layer}/desc", shape=desc.shape, dtype="float32")[:] = desc
+    return path

@@ -1,0 +1,21 @@
+"""The demo end to end: every stage on generated data, through the CLI."""
+
+import json
+
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+
+def test_demo_end_to_end(tmp_path):
+    store = tmp_path / "demo.zarr"
+    result = CliRunner().invoke(app, ["demo", f"store={store}", "agra_epochs=30", "isms_epochs=5", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 570 and summary["heads"] == "geoalign"
+    for label in ("raw", "heads"):
+        for mode, n_queries in (("D2S", 240), ("S2D", 40)):
+            metrics = summary["results"][label][mode]
+            assert metrics["n_queries"] == n_queries and 0 <= metrics["recall"]["1"] <= 1
+    assert (store / "scores/demo-geoalign/S2D/retrievals-all.png").exists()
+    assert summary["results"]["heads"]["D2S"]["heads"] == "geoalign"
