@@ -137,6 +137,14 @@ def import_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSO
               lambda r: console.print(f"imported heads {r['name']} (C={r['dim']}) into {r['folder']}"))
 
 
+@app.command()
+def simulate(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
+    """Write a simulated cross-view store with known ground truth (raw/centred/oracle R@1)."""
+    from . import simulate as stage
+    run_stage("simulate", overrides, as_json, stage.run,
+              lambda r: console.print("D2S R@1 " + ", ".join(f"{k} {100 * v:.1f}" for k, v in r["d2s_r1"].items())))
+
+
 def _render_demo(result: dict) -> None:
     from rich.table import Table
     table = Table(title=f"geoalign demo ({result['images']} images, {result['wall_s']:.0f} s)")

@@ -1,0 +1,121 @@
+"""The cross-view simulator: SPEC §3 layout readable with plain zarr, determinism, no cross-view
+label leak, raw < centred < oracle at the defaults, and the fingerprint guard."""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geoalign_store.simulator import GROUP_BASE, generate, simulate
+from geoalign_store.store import StoreError
+
+SMALL = {"dim": 64, "train_locs": 12, "test_locs": 10, "views": 3, "distractors": 4}
+VIEWS = [(s, v) for s in ("train", "test") for v in ("drone", "satellite")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """Two OpenBLAS threads on 2 cores shared with other processes spin at every barrier (the
+    default simulation takes 30 s instead of 2 s); one thread keeps these tests fast. Numpy's
+    bundled OpenBLAS is found among the loaded libraries; where it is not, this does nothing."""
+    maps = Path("/proc/self/maps")
+    paths = sorted({line.split()[-1] for line in maps.read_text().splitlines()
+                    if "openblas" in line.lower()}) if maps.exists() else []
+    restore = []
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads"):
+            get, set_ = (getattr(lib, name.format(op), None) for op in ("get", "set"))
+            if get is not None and set_ is not None:
+                restore.append((set_, get()))
+                set_(1)
+    yield
+    for set_, before in restore:
+        set_(before)
+
+
+@pytest.fixture(scope="module")
+def default_store(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("sim") / "store.zarr")
+    return url, simulate(url)
+
+
+def _view(url, split, view, dataset="sim"):
+    return zarr.open_group(url, mode="r")[f"features/{dataset}/{split}/{view}"]
+
+
+def test_layout_readable_with_plain_zarr(default_store):
+    url, summary = default_store
+    sizes = {("train", "satellite"): 200, ("train", "drone"): 1600,
+             ("test", "satellite"): 250, ("test", "drone"): 1600}
+    for split, view in VIEWS:
+        g, n = _view(url, split, view), sizes[split, view]
+        assert g.attrs["complete"] and summary["store_views"][f"{split}/{view}"]["complete"]
+        ids = [str(i) for i in g["ids"][:]]
+        assert len(ids) == len(set(ids)) == n and all(i.startswith(f"{split}/{view}/") for i in ids)
+        assert g["labels"].dtype == np.int64 and g["labels"].shape == (n,)
+        for flag in ("in_query", "in_gallery"):
+            assert g[flag].dtype == bool and g[flag].shape == (n,)
+        for layer in (26, 28):
+            for kind in ("desc", "cls"):
+                x = g[f"layer_{layer}/{kind}"][:]
+                assert x.dtype == np.float32 and x.shape == (n, 256)
+                np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    sat = _view(url, "test", "satellite")
+    assert sat["in_query"][:].sum() == 200 and sat["in_gallery"][:].all()   # 50 distractors
+    drone_labels = set(_view(url, "test", "drone")["labels"][:].tolist())
+    distractors = sat["labels"][:][~sat["in_query"][:]]
+    assert not drone_labels & set(distractors.tolist())
+    assert drone_labels == set(sat["labels"][:][sat["in_query"][:]].tolist())
+    fp = zarr.open_group(url, mode="r")["features/sim"].attrs["fingerprint"]
+    assert fp["spec"]["backbone"] == "simulator" and fp["spec"]["seed"] == 0
+
+
+def test_train_drone_groups_match_no_satellite(default_store):
+    url, _ = default_store
+    sat = _view(url, "train", "satellite")["labels"][:]
+    drone = _view(url, "train", "drone")["labels"][:]
+    assert not set(drone.tolist()) & set(sat.tolist())
+    assert (drone >= GROUP_BASE).all() and len(np.unique(drone)) == len(sat)
+    assert (np.diff(drone) >= 0).all() and (np.bincount(drone - GROUP_BASE) == 8).all()
+    sat_ids = {str(i).split("/")[2] for i in _view(url, "train", "satellite")["ids"][:]}
+    drone_ids = {str(i).split("/")[2] for i in _view(url, "train", "drone")["ids"][:]}
+    assert not sat_ids & drone_ids
+
+
+def test_raw_below_centred_below_oracle_at_defaults(default_store):
+    r1 = default_store[1]["d2s_r1"]
+    assert 0.02 < r1["raw"] < r1["centred"] < r1["oracle"]
+    assert r1["oracle"] > 0.8 and r1["oracle"] - r1["centred"] > 0.3
+
+
+def test_deterministic_under_seed(tmp_path):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    sa, sb = simulate(str(a), seed=3, **SMALL), simulate(str(b), seed=3, **SMALL)
+    assert sa["d2s_r1"] == sb["d2s_r1"]
+    for split, view in VIEWS:
+        ga, gb = _view(str(a), split, view), _view(str(b), split, view)
+        for name in ("ids", "labels", "in_query", "layer_26/desc", "layer_28/desc", "layer_28/cls"):
+            np.testing.assert_array_equal(ga[name][:], gb[name][:])
+    other, _ = generate(seed=4, **SMALL)
+    assert not np.array_equal(other["train", "drone"]["layer_28/desc"],
+                              _view(str(a), "train", "drone")["layer_28/desc"][:])
+
+
+def test_resimulate_other_parameters_refused_unless_overwrite(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    first = simulate(url, seed=1, **SMALL)
+    assert simulate(url, seed=1, **SMALL)["d2s_r1"] == first["d2s_r1"]   # same spec: a no-op
+    with pytest.raises(StoreError, match="seed"):
+        simulate(url, seed=2, **SMALL)
+    with pytest.raises(StoreError, match="drone_noise"):
+        simulate(url, seed=1, drone_noise=0.1, **SMALL)
+    before = _view(url, "test", "drone")["layer_28/desc"][:]
+    simulate(url, seed=2, overwrite=True, **SMALL)
+    assert not np.array_equal(before, _view(url, "test", "drone")["layer_28/desc"][:])
+    simulate(url, seed=2, dataset="other", **SMALL)   # another dataset name is its own group
+    with pytest.raises(ValueError, match="unknown simulator parameter"):
+        simulate(url, seed=2, noise=0.3, **SMALL)
