@@ -121,18 +121,21 @@ def _desc_names(group) -> list[str]:
     return [f"layer_{k}/{kind}" for k in group.attrs["layers"] for kind in ("desc", "cls")]
 
 
-def run_in_process(bb: Backbone, jobs: list[BlockJob], opts: EncodeOptions, batch_size: int,
-                   num_workers: int, open_group: Callable, on_block=None) -> None:
+def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: EncodeOptions,
+                   batch_size: int, num_workers: int, open_group: Callable, on_block=None) -> None:
     """Decode in DataLoader workers (spawned: forking after zarr started can deadlock) while
-    the main process runs the backbone and writes finished blocks."""
+    the main process runs the backbone and writes finished blocks. The workers are started
+    before the backbone is loaded, so their start-up overlaps the weights loading."""
     paths = [p for j in jobs for p in j.paths]
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, opts.image_size, opts.mean, opts.std),
         batch_sampler=job_batches(jobs, batch_size), collate_fn=collate_by_shape,
         num_workers=num_workers, multiprocessing_context="spawn" if num_workers > 0 else None,
-        prefetch_factor=4 if num_workers > 0 else None, pin_memory=bb.device.type == "cuda")
+        prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.cuda.is_available())
+    batches = iter(loader)
+    bb = load()
     assembler = BlockAssembler(jobs, batch_size, open_group, on_block)
-    for batch in loader:
+    for batch in batches:
         assembler.add(bb, batch, opts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -97,12 +98,29 @@ def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: Encode
         if cfg.cluster:
             _run_on_cluster(cfg, jobs, backbone_args, opts, on_block)
         else:
-            bb = load_backbone(**backbone_args)
-            run_in_process(bb, jobs, opts, int(cfg.batch_size), int(cfg.num_workers),
-                           lambda path: root[path], on_block)
+            run_in_process(lambda: load_backbone(**backbone_args), jobs, opts, int(cfg.batch_size),
+                           int(cfg.num_workers), lambda path: root[path], on_block)
+
+
+@contextlib.contextmanager
+def _environment_kept():
+    """distributed's LocalCluster sets OMP/MKL/OPENBLAS_NUM_THREADS=1 in *this* process's
+    environment for its workers; left there, they would silently single-thread every later
+    subprocess (and change its floating-point results). Put the environment back."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _run_on_cluster(cfg, jobs, backbone_args, opts, on_block) -> None:
+    with _environment_kept():
+        _submit_blocks(cfg, jobs, backbone_args, opts, on_block)
+
+
+def _submit_blocks(cfg, jobs, backbone_args, opts, on_block) -> None:
     """Each block is an independent task that writes its own chunks: no locks, any worker."""
     from distributed import Client, LocalCluster, as_completed
     address = str(cfg.cluster)

@@ -210,3 +210,10 @@ def test_missing_folder_names_path_and_layout(tmp_path):
 def test_weights_required_for_real_backbone(tmp_path, folder_dataset):
     with pytest.raises(Exception, match="needs weights=PATH"):
         weights_source(compose("extract", ["backbone=dinov3_vith16plus"]).backbone, None)
+
+
+def test_cluster_run_leaves_thread_environment_alone(tmp_path, folder_dataset):
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    before = {k: os.environ.get(k) for k in keys}
+    run_extract(tmp_path / "env.zarr", folder_dataset, "split=test", "cluster=local:1")
+    assert {k: os.environ.get(k) for k in keys} == before
