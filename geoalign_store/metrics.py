@@ -82,20 +82,16 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
                     memory_budget=DEFAULT_MEMORY_BUDGET) -> RetrievalResult:
     """One streamed pass over the gallery giving the metrics (if query_labels) and the top-k."""
     q, n_gal, dtype = _check_inputs(query_emb, gallery_emb, ks, topk)
-    n_q, dim, item = q.shape[0], q.shape[1], q.element_size()
+    n_q = q.shape[0]
     gl = np.zeros(n_gal, np.int64) if gallery_labels is None else _labels(gallery_labels, n_gal, "gallery")
     with_metrics = query_labels is not None
-    ql = _labels(query_labels, n_q, "query") if with_metrics else np.zeros(n_q, np.int64)
-    gidx, n_good = _good_table(ql, gl) if with_metrics else (np.zeros((n_q, 0), np.int64), None)
+    if with_metrics:
+        gidx, n_good = _good_table(_labels(query_labels, n_q, "query"), gl)
+    else:
+        gidx, n_good = np.zeros((n_q, 0), np.int64), None
     n_slots = gidx.shape[1]
     junk = np.flatnonzero(gl == -1)
-    in_memory = isinstance(gallery_emb, (np.ndarray, torch.Tensor))
-    g_step = int(gallery_chunk_size or (n_gal if in_memory else max(1, memory_budget // (dim * item))))
-    row_chunk = (getattr(gallery_emb, "shards", None) or getattr(gallery_emb, "chunks", None) or (0,))[0]
-    if not in_memory and not gallery_chunk_size and row_chunk:  # whole storage chunks per read
-        g_step = max(row_chunk, g_step // row_chunk * row_chunk)
-    g_step = min(g_step, n_gal)
-    q_step = min(n_q, int(chunk_size or max(1, memory_budget // (g_step * item))))
+    g_step, q_step = _plan_chunks(gallery_emb, q, chunk_size, gallery_chunk_size, memory_budget)
     # several gallery chunks: good scores must be known before any chunk is counted
     good_scores = _pair_scores(q, gallery_emb, gidx, n_good, memory_budget) if (
         n_slots and g_step < n_gal) else None
@@ -104,6 +100,7 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
     buf = torch.empty(q_step * g_step, dtype=dtype)
     for g0 in range(0, n_gal, g_step):
         g1 = min(g0 + g_step, n_gal)
+        gc = None  # drop the previous chunk before reading the next: one chunk alive at a time
         gc = _read_rows(gallery_emb, slice(g0, g1), dtype)
         jc = torch.from_numpy(junk[(junk >= g0) & (junk < g1)] - g0)
         for q0 in range(0, n_q, q_step):
@@ -116,15 +113,26 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
             if n_slots:
                 gs = good_scores[q0:q1] if good_scores is not None else _gather_goods(s, gidx[q0:q1], n_good[q0:q1])
                 _count_above(s, gs, gidx[q0:q1], n_good[q0:q1], g0, g1, counts[q0:q1])
-    metrics = None
-    if with_metrics:
-        ranks = counts.numpy() + np.arange(n_slots)  # + i: the good items ranked above good i
-        metrics = metrics_from_ranks(ranks, n_good, n_gal, ks)
+    # rank of good i = non-goods above it (counted) + i (the goods above it, masked when counting)
+    metrics = metrics_from_ranks(counts.numpy() + np.arange(n_slots), n_good, n_gal, ks) if with_metrics else None
     if not topk:
         return RetrievalResult(metrics)
-    scores, idx = best
-    idx[torch.isneginf(scores)] = -1
-    return RetrievalResult(metrics, idx.numpy(), scores.numpy())
+    best[1][torch.isneginf(best[0])] = -1
+    return RetrievalResult(metrics, best[1].numpy(), best[0].numpy())
+
+
+def _plan_chunks(gallery, q, chunk_size, gallery_chunk_size, budget):
+    """(gallery rows per read, queries per block): an in-memory gallery is one chunk; a lazy one
+    is read in ~budget bytes, rounded to whole storage chunks/shards; a similarity block is
+    ~budget bytes."""
+    n_gal, item = gallery.shape[0], q.element_size()
+    in_memory = isinstance(gallery, (np.ndarray, torch.Tensor))
+    g_step = int(gallery_chunk_size or (n_gal if in_memory else max(1, budget // (q.shape[1] * item))))
+    row_chunk = (getattr(gallery, "shards", None) or getattr(gallery, "chunks", None) or (0,))[0]
+    if not in_memory and not gallery_chunk_size and row_chunk:
+        g_step = max(row_chunk, g_step // row_chunk * row_chunk)
+    g_step = min(g_step, n_gal)
+    return g_step, min(q.shape[0], int(chunk_size or max(1, budget // (g_step * item))))
 
 
 def metrics_from_ranks(ranks, n_good, n_gallery, ks=(1, 5, 10)) -> dict:
