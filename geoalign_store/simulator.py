@@ -132,7 +132,7 @@ def _cls(rng, desc: np.ndarray, noise: float) -> np.ndarray:
     return _l2(desc + _gauss_vec(rng, desc.shape, noise)).astype(np.float32)
 
 
-def generate(*, seed=0, dim=256, train_locs=200, test_locs=200, views=8, distractors=50,
+def generate(*, seed=0, dim=240, train_locs=200, test_locs=200, views=8, distractors=50,
              **knobs) -> tuple[dict, dict]:
     """All arrays, keyed (split, view) -> {ids, labels, in_query, in_gallery, layer_k/...}, and
     the ground truth the store never holds: "<split>_drone_loc" (the satellite row of each drone
@@ -186,7 +186,7 @@ def _knobs(knobs: dict) -> dict:
     return {n: type(DEFAULT_KNOBS[n])(v) for n, v in k.items()}
 
 
-def simulate(store_url: str, *, dataset="sim", seed=0, dim=256, train_locs=200, test_locs=200,
+def simulate(store_url: str, *, dataset="sim", seed=0, dim=240, train_locs=200, test_locs=200,
              views=8, distractors=50, overwrite=False, **knobs) -> dict:
     """Write the simulated store; return its summary with raw, domain-centred and oracle D2S R@1."""
     params = {"seed": int(seed), "dim": int(dim), "train_locs": int(train_locs),

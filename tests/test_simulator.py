@@ -62,7 +62,7 @@ def test_layout_readable_with_plain_zarr(default_store):
         for layer in (26, 28):
             for kind in ("desc", "cls"):
                 x = g[f"layer_{layer}/{kind}"][:]
-                assert x.dtype == np.float32 and x.shape == (n, 256)
+                assert x.dtype == np.float32 and x.shape == (n, 240)
                 np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     sat = _view(url, "test", "satellite")
     assert sat["in_query"][:].sum() == 200 and sat["in_gallery"][:].all()   # 50 distractors
