@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from geoalign_store import store as st
-from geoalign_store.checkpoints import (load_training_state, save_module, save_training_state)
+from geoalign_store.checkpoints import (load_training_state, save_module, save_tensors,
+                                        save_training_state)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.heads import agra_dim_error
 from geoalign_store.embeddings import l2n
@@ -28,13 +29,19 @@ from .retrieval import resolve_layers
 STAGE_VERSION = 1
 
 
-def read_train(root, dataset: str, layers: list[int]) -> dict:
-    """Train descriptors of both views (failed images left out) and the drone group ids."""
-    out = {}
+def read_train(root, dataset: str, layers: list[int], center: bool = False) -> dict:
+    """Train descriptors of both views (failed images left out) and the drone group ids. With
+    `center`, each view's mean descriptor is removed (label-free domain centring: the view of
+    an image is known) and kept in out["means"] to apply the same shift at embedding time."""
+    out: dict = {"means": {}}
     for view in ("satellite", "drone"):
         meta = st.read_view(root, dataset, "train", view)
         rows = np.flatnonzero(meta["errors"] == "")
         out[view] = {k: l2n(st.read_layer(root, dataset, "train", view, k)[rows]) for k in layers}
+        if center:
+            for k, x in out[view].items():
+                out["means"][f"{view}.layer_{k}"] = x.mean(0)
+                out[view][k] = l2n(x - x.mean(0))
         if view == "drone":
             out["drone_groups"] = meta["labels"][rows]  # grouping only: never compared to satellites
     return out
@@ -43,7 +50,7 @@ def read_train(root, dataset: str, layers: list[int]) -> dict:
 def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     features = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
     return {"features": features or _content_hash(root, dataset, layers), "dataset": dataset,
-            "layers": layers, "agra": to_plain(cfg.agra), "isms": to_plain(cfg.isms),
+            "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra), "isms": to_plain(cfg.isms),
             "seed": int(cfg.seed), "stage_version": STAGE_VERSION}
 
 
@@ -83,7 +90,10 @@ def run(cfg) -> dict:
     if meta["complete"]:
         console.print(f"heads {cfg.name}: up to date ({folder})")
         return _summary(cfg, dataset, folder, meta, trained=False)
-    data = read_train(root, dataset, layers)
+    data = read_train(root, dataset, layers, bool(cfg.center))
+    if data["means"]:
+        save_tensors(folder / "centering.safetensors",
+                     {k: torch.from_numpy(v) for k, v in data["means"].items()})
     problem = agra_dim_error(int(data["satellite"][layers[1]].shape[1]))
     if problem:
         raise ConfigError(problem)
@@ -134,7 +144,7 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
                 save_training_state(ckpt, st_)
         fit_agra(state, sat, drone, data["drone_groups"], recipe, on_epoch)
     save_module(folder / "agra.safetensors", state.model,
-                {"dim": sat.shape[1], "config": state.model.config, "logit_scale": float(state.log_scale.exp())})
+                {"dim": sat.shape[1], "config": state.model.config, "logit_scale": float(state.log_scale.detach().exp())})
     return state.history
 
 

@@ -94,10 +94,18 @@ class HeadsEmbedding:
             raise st.StoreError(f"{folder} has no ISMS weights (stream 2); score with fusion=false")
         self.isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0]) if fusion else None
         self.layers, self.weight, self.torch = layers, weight, torch
+        centering = folder / "centering.safetensors"
+        self.means = {k: v.numpy() for k, v in load_tensors(centering)[0].items()} if centering.exists() else {}
+
+    def _center(self, layer_desc: dict, view: str) -> dict:
+        if not self.means:
+            return layer_desc
+        return {k: l2n(l2n(x) - self.means[f"{view}.layer_{k}"]) for k, x in layer_desc.items()}
 
     def __call__(self, layer_desc: dict, view: str) -> np.ndarray:
         from geoalign_store.heads import fuse
         torch = self.torch
+        layer_desc = self._center(layer_desc, view)
         a, b = self.layers
         with torch.inference_mode():
             s1 = self.agra.embed(torch.from_numpy(l2n(layer_desc[b])), view)

@@ -1,0 +1,206 @@
+"""Seconds per fit-heads epoch at University-1652 size: geoalign's ``fit_agra`` vs the release design.
+
+One epoch = one optimiser step on all 701 train satellites + one drone drawn from each of 700 drone
+groups (54 rows each, 37,800 drone rows), C = 1280, random L2-normalised descriptors, fp32, CPU.
+
+* **geoalign**: ``new_agra_state`` + ``fit_agra`` with ``AgraRecipe(epochs=warmup + epochs)``, i.e.
+  the real training loop (group draw, warm-up/cosine lr, epsilon curriculum, log-domain Sinkhorn
+  OTCA, DAMO distillation + reliable matching, L1 reconstruction, load-balance aux, value clipping,
+  CautiousAdamW).  Per-epoch times come from its ``on_epoch`` hook.
+* **release design**: :class:`benchmarks.fit_modules.ReleaseStyleAGRA` (expert loops over routing
+  masks, ``nn.MultiheadAttention``), same initial weights, same drone draws, the same losses
+  (plain ``torch.logsumexp`` log-domain Sinkhorn targets, distillation, matching, L1
+  reconstruction, 0.01 x aux) plus the release's cycle pass (``enc(dec(sat))`` through the drone
+  MoE, ``enc(dec(drone))`` as satellite; computed, unused), torch's ``AdamW`` with its defaults,
+  value clipping.  ``--no-cycle`` drops the cycle pass.
+
+The two are interleaved (one geoalign epoch, then one release step, ...) so that a busy machine
+hurts both alike; the first ``--warmup`` epochs of each are not timed.  Medians are reported, with
+the load average before and after: on a machine shared with other jobs, wall times above the CPU
+times / threads mean the run was starved.
+
+    python benchmarks/fit.py [--epochs 5] [--warmup 1] [--threads N] [--no-cycle] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fit_modules, when run as a script
+
+from fit_modules import ReleaseStyleAGRA  # noqa: E402
+
+from geoalign_store import alignment as al  # noqa: E402
+from geoalign_store.training import (AgraRecipe, draw_one_per_group, fit_agra,  # noqa: E402
+                                     group_index, new_agra_state)
+
+TARGET_MINUTES = 5.0
+TARGET_SPEEDUP = 1.8
+
+
+def make_data(n_sat: int, n_groups: int, per_group: int, dim: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    sat = F.normalize(torch.randn(n_sat, dim, generator=g), dim=1)
+    drone = F.normalize(torch.randn(n_groups * per_group, dim, generator=g), dim=1)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    return sat, drone, groups
+
+
+@torch.no_grad()
+def sinkhorn_plain(cost: torch.Tensor, epsilon: float, n_iter: int) -> torch.Tensor:
+    """Textbook log-domain Sinkhorn (uniform marginals, logsumexp per half-iteration)."""
+    n, m = cost.shape
+    log_k = -cost / epsilon
+    log_v = cost.new_zeros(m)
+    for _ in range(n_iter):
+        log_u = -math.log(n) - torch.logsumexp(log_k + log_v[None, :], dim=1)
+        log_v = -math.log(m) - torch.logsumexp(log_k + log_u[:, None], dim=0)
+    return (log_k + log_u[:, None] + log_v[None, :]).exp()
+
+
+class ReleaseTrainer:
+    """One release-design training step per call, with the recipe of ``AgraRecipe``."""
+
+    def __init__(self, model, sat, drone, groups, recipe: AgraRecipe, seed: int, cycle: bool):
+        self.model, self.sat, self.drone, self.recipe, self.cycle = model.train(), sat, drone, recipe, cycle
+        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(recipe.scale_init))))
+        self.opt = torch.optim.AdamW(list(model.parameters()) + [self.log_scale], lr=recipe.lr,
+                                     weight_decay=recipe.weight_decay)
+        self.index = group_index(groups)
+        self.sampler = torch.Generator().manual_seed(seed + 1)  # same draws as new_agra_state
+        self.last: dict = {}
+
+    def step(self, epoch: int) -> None:
+        r, model = self.recipe, self.model
+        lr = al.warmup_cosine(epoch, r.epochs, r.warmup_epochs, r.lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        sat, drone = self.sat, self.drone[draw_one_per_group(self.index, self.sampler)]
+        eps = al.epsilon_schedule(epoch, r.epochs, r.eps_start, r.eps_end)
+        za = model.encode_satellite(sat)
+        zb, aux = model.encode_drone(drone)
+        S = F.normalize(za, dim=-1) @ F.normalize(zb, dim=-1).T
+        plan = sinkhorn_plain(1.0 - S.detach(), eps, r.sinkhorn_iters)
+        scale = self.log_scale.exp()
+        distill = al.distillation_loss(S, *al.soft_targets(plan), scale)
+        pairs = al.reliable_pairs(plan, S.detach(), r.match_threshold)
+        match = al.matching_loss(S, *pairs, scale, r.label_smoothing)
+        recon = F.l1_loss(model.decode(za), sat) + F.l1_loss(model.decode(zb), drone)
+        loss = (r.recon_weight * recon + r.aux_weight * aux + r.distill_weight * distill
+                + r.match_weight * match)
+        if self.cycle:  # release run_train: computed, never used by its losses
+            zab, _ = model.encode_drone(model.decode(za))
+            zba = model.encode_satellite(model.decode(zb))
+            loss = loss + 0.0 * (model.decode(zab).sum() + model.decode(zba).sum())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), r.clip_value)
+        self.opt.step()
+        self.last = {"total": float(loss.detach()), "pairs": len(pairs[0])}
+
+
+def profile_ours(sat, drone, groups, dim, seed, top):
+    """torch.profiler over one geoalign epoch (after one untimed epoch), top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    recipe = AgraRecipe(epochs=2)
+    state = new_agra_state(dim, recipe, seed)
+    fit_agra(state, sat, drone, groups, AgraRecipe(epochs=1))
+    state.model.train()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        fit_agra(state, sat, drone, groups, recipe)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=1280)
+    ap.add_argument("--n-sat", type=int, default=701)
+    ap.add_argument("--groups", type=int, default=700, help="drone groups (one drone drawn from each per step)")
+    ap.add_argument("--per-group", type=int, default=54, help="drone rows per group")
+    ap.add_argument("--epochs", type=int, default=5, help="timed epochs per design")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
+    ap.add_argument("--total-epochs", type=int, default=300, help="epochs of the projected total")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-cycle", action="store_true", help="release design without its unused cycle pass")
+    ap.add_argument("--no-release", action="store_true", help="time geoalign only")
+    ap.add_argument("--profile", action="store_true", help="also profile one geoalign epoch (torch.profiler)")
+    ap.add_argument("--top", type=int, default=25, help="rows of the profile table")
+    a = ap.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    load0 = os.getloadavg()
+
+    sat, drone, groups = make_data(a.n_sat, a.groups, a.per_group, a.dim, a.seed)
+    n = a.warmup + a.epochs
+    recipe = AgraRecipe(epochs=n)
+    state = new_agra_state(a.dim, recipe, a.seed)
+    release = None
+    if not a.no_release:
+        ref = ReleaseStyleAGRA(a.dim)
+        ref.load_state_dict(state.model.state_dict())
+        release = ReleaseTrainer(ref, sat, drone, groups, recipe, a.seed, cycle=not a.no_cycle)
+
+    times = {"geoalign": [], "release": []}
+    cpu = {"geoalign": [], "release": []}
+    mark = [time.perf_counter(), time.process_time()]
+
+    def on_epoch(st, record):
+        wall, c = time.perf_counter() - mark[0], time.process_time() - mark[1]
+        if record["epoch"] >= a.warmup:
+            times["geoalign"].append(wall)
+            cpu["geoalign"].append(c)
+        if release is not None:
+            t0, c0 = time.perf_counter(), time.process_time()
+            release.step(record["epoch"])
+            if record["epoch"] >= a.warmup:
+                times["release"].append(time.perf_counter() - t0)
+                cpu["release"].append(time.process_time() - c0)
+            release.model.train()
+        mark[0], mark[1] = time.perf_counter(), time.process_time()
+
+    fit_agra(state, sat, drone, groups, recipe, on_epoch=on_epoch)
+    load1 = os.getloadavg()
+
+    print(f"fit-heads epoch at University-1652 size: C={a.dim}, {a.n_sat} sat + {a.groups} drones/step "
+          f"(from {a.groups} groups x {a.per_group} = {len(drone)} drone rows), fp32, "
+          f"{a.warmup} warm-up + {a.epochs} timed epochs each (interleaved)")
+    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
+          f"os.cpu_count() = {os.cpu_count()}, load average (1/5/15 min) before "
+          f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, after {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}")
+    last = state.history[-1]
+    labels = {"geoalign": "geoalign fit_agra (CautiousAdamW)",
+              "release": "release design" + ("" if a.no_cycle else " + cycle pass") + " (torch AdamW)"}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    for k, m in med.items():
+        print(f"  {labels[k]:46s} {m:6.3f} s/epoch (min {min(times[k]):.3f}, max {max(times[k]):.3f}, "
+              f"cpu {statistics.median(cpu[k]):.3f} s, got ~{statistics.median(cpu[k]) / m:.2f} cores)  -> {a.total_epochs} epochs: "
+              f"{m * a.total_epochs:6.1f} s = {m * a.total_epochs / 60:4.1f} min")
+    print(f"  geoalign last losses: total {last['total']:.4f}, pairs {last.get('pairs', 0):.0f}"
+          + (f"; release: total {release.last['total']:.4f}, pairs {release.last['pairs']}" if release else ""))
+    ours_min = med["geoalign"] * a.total_epochs / 60
+    line = (f"  target: geoalign <= {TARGET_MINUTES:.0f} min for {a.total_epochs} epochs: "
+            f"{'MET' if ours_min <= TARGET_MINUTES else 'NOT MET'} ({ours_min:.2f} min)")
+    if "release" in med:
+        ratio = med["release"] / med["geoalign"]
+        line += (f"; speed-up release/geoalign = x{ratio:.2f} (target >= {TARGET_SPEEDUP}): "
+                 f"{'MET' if ratio >= TARGET_SPEEDUP else 'NOT MET'}")
+    print(line)
+    print("  ('got ~x cores' = CPU time / wall time: below the thread count means the process was starved or its "
+          "threads waited on each other; OMP_WAIT_POLICY=PASSIVE helps on a shared machine)")
+    if a.profile:
+        profile_ours(sat, drone, groups, a.dim, a.seed, a.top)
+
+
+if __name__ == "__main__":
+    main()
