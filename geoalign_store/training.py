@@ -51,6 +51,8 @@ class AgraRecipe:
 
 @dataclass
 class IsmsRecipe:
+    latent_dim: int | None = None   # None = C (the paper's 2C -> C); smaller whitens fewer directions
+    init: str = "orthogonal"        # orthogonal (the paper's) | pca: start from the principal axes
     epochs: int = 60
     batch_size: int = 512
     lr: float = 1e-3
@@ -149,7 +151,11 @@ def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
              on_epoch: Callable[[int, dict], None] | None = None) -> ISMS:
     """Whitening autoencoder on pooled rows (satellite and drone, no pairing)."""
     torch.manual_seed(seed)
-    model = ISMS(x.shape[1], latent_dim)
+    model = ISMS(x.shape[1], recipe.latent_dim or latent_dim)
+    if recipe.init == "pca":
+        _pca_init(model, x)
+    elif recipe.init != "orthogonal":
+        raise ValueError(f"isms.init must be orthogonal or pca, got {recipe.init!r}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     generator = torch.Generator().manual_seed(seed + 2)
     batch = min(recipe.batch_size, x.shape[0])
@@ -171,6 +177,17 @@ def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
         if on_epoch:
             on_epoch(epoch, sums)
     return model.eval()
+
+
+def _pca_init(model: ISMS, x: torch.Tensor) -> None:
+    """Encoder rows = the top principal axes of the pooled rows (decoder = their transpose):
+    label-free, and the subspace the reconstruction loss converges to anyway, reached at once."""
+    mean = x.mean(0)
+    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    with torch.no_grad():
+        model.encoder.weight.copy_(vt[: model.latent_dim])
+        model.decoder.weight.copy_(vt[: model.latent_dim].T)
+        model.decoder.bias.copy_(mean)
 
 
 def recipe_dict(recipe) -> dict:

@@ -132,3 +132,17 @@ def test_import_refuses_bad_checkpoints(tmp_path):
                           ("missing.t", "missing keys"), ("pickle.t", "weights_only=True refused")):
         with pytest.raises(ConfigError, match=message):
             import_heads.run(compose("import-heads", [f"store={store}", f"agra={tmp_path / name}"]))
+
+
+def test_centring_and_pca_init_options(tmp_path):
+    """Improvement knobs (defaults = the paper): per-view train means are stored and removed at
+    embedding time; `isms.init=pca` starts the encoder at the pooled rows' principal axes."""
+    store = make_store(tmp_path / "c.zarr")
+    fit(store, "center=true", "isms.init=pca", "isms.latent_dim=8", "isms.epochs=0")
+    means = load_file(str(store / "heads/geoalign/centering.safetensors"))
+    assert set(means) == {f"{v}.layer_{k}" for v in ("satellite", "drone") for k in (26, 28)}
+    encoder = weights(store)["isms:encoder.weight"]
+    assert encoder.shape == (8, 80)
+    torch.testing.assert_close(encoder @ encoder.T, torch.eye(8), atol=1e-5, rtol=0)
+    result = score.run(compose("score", [f"store={store}", "pictures=0"]))
+    assert result["heads"] == "geoalign" and 0 <= result["recall"]["1"] <= 1
