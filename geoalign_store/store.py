@@ -97,13 +97,15 @@ def prepare_view(root: zarr.Group, dataset: str, listing: ViewListing, layout: V
     group.create_array("errors", shape=(n,), dtype=str, chunks=(bs,))
     group.create_array("block_done", shape=(n_blocks(n, bs),), dtype=bool, chunks=(1,),
                        fill_value=False)
+    # Network features do not compress (zstd saves ~nothing on them) but costs 2.5x the read
+    # time and 2.7x the write time of raw chunks: feature arrays are stored uncompressed.
     for k in layout.layers:
         for kind in ("desc", "cls"):
             group.create_array(f"layer_{k}/{kind}", shape=(n, layout.channels), dtype="float32",
-                               chunks=(bs, layout.channels), fill_value=0.0)
+                               chunks=(bs, layout.channels), fill_value=0.0, compressors=None)
         if layout.token_shape:
-            group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape),
-                               dtype="float16", chunks=(1, *layout.token_shape), fill_value=0.0)
+            group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape), dtype="float16",
+                               chunks=(1, *layout.token_shape), fill_value=0.0, compressors=None)
     group.attrs.update({"n": n, "block_size": bs, "layers": list(layout.layers),
                         "channels": layout.channels, "complete": False, "config": config})
     return group
