@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", default="auto", help="decode workers (auto: 0 on CPU)")
     parser.add_argument("--skip-read", action="store_true")
     parser.add_argument("--skip-extract", action="store_true")
     args = parser.parse_args()
