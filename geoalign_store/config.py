@@ -21,6 +21,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Keys whose value names a file of configs/<key>/, per stage. Elsewhere `dataset` is just the
 # name of a dataset in the store (which may have been written without any config of ours).
 STAGE_GROUPS = {"extract": ("dataset", "backbone"), "demo": ()}
+# Keys whose value names a file of configs/<key>/ that is merged over the stage's defaults
+# (before the command line's overrides): recipes that set many keys at once.
+STAGE_PRESETS = {"fit-heads": ("preset",)}
 
 
 class ConfigError(ValueError):
@@ -88,8 +91,14 @@ def compose(stage: str, overrides: Iterable[str] = ()) -> DictConfig:
             chosen = [v for k, v in pairs if k == group]
             base[group] = _load_group(group, chosen[-1] if chosen else base[group])
     cfg = OmegaConf.create(base)
+    presets = STAGE_PRESETS.get(stage, ())
+    for group in presets:
+        chosen = [v for k, v in pairs if k == group]
+        name = chosen[-1] if chosen else base[group]
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(_load_group(group, name)))
+        cfg[group] = name
     for key, value in pairs:
-        if key in groups and key in base:
+        if key in (*groups, *presets) and key in base:
             continue
         _check_key(cfg, key)
         OmegaConf.update(cfg, key, value, merge=False)

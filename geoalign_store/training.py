@@ -51,7 +51,8 @@ class AgraRecipe:
 
 @dataclass
 class IsmsRecipe:
-    latent_dim: int | None = None   # None = C (the paper's 2C -> C); smaller whitens fewer directions
+    latent_dim: int | str | None = None  # None = C (the paper's 2C -> C); int; "auto" = chosen
+                                         # label-free by select_latent_dim
     init: str = "orthogonal"        # orthogonal (the paper's) | pca: start from the principal axes
     epochs: int = 60
     batch_size: int = 512
@@ -147,11 +148,38 @@ def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: n
     return state
 
 
+def select_latent_dim(sat: np.ndarray, drone: np.ndarray, drone_groups: np.ndarray,
+                      candidates: list[int]) -> tuple[int, dict[int, float]]:
+    """Label-free choice of how many principal directions to whiten: for each candidate L,
+    PCA-whiten both views (each centred on its own mean), average each drone group (a flight),
+    and measure how decisively every satellite picks one group: the mean gap between its best
+    and second-best cosine. Too few directions lose the location signal, too many amplify noise
+    and nuisance; both blur that gap. Uses the grouping only, never a cross-view label."""
+    s, d = sat - sat.mean(0), drone - drone.mean(0)
+    _, sv, vt = np.linalg.svd(np.concatenate([s, d]), full_matrices=False)
+    var = np.maximum(sv ** 2 / (len(s) + len(d)), 1e-12)
+    order = np.argsort(drone_groups, kind="stable")
+    _, starts = np.unique(drone_groups[order], return_index=True)
+    scores = {}
+    for L in candidates:
+        w = vt[:L].T / np.sqrt(var[:L])
+        zs = _l2(s @ w)
+        zd = _l2(d @ w)[order]
+        means = _l2(np.add.reduceat(zd, starts, axis=0))
+        top2 = np.sort(zs @ means.T, axis=1)[:, -2:]
+        scores[L] = float(np.mean(top2[:, 1] - top2[:, 0]))
+    return max(scores, key=scores.get), scores
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
              on_epoch: Callable[[int, dict], None] | None = None) -> ISMS:
     """Whitening autoencoder on pooled rows (satellite and drone, no pairing)."""
     torch.manual_seed(seed)
-    model = ISMS(x.shape[1], recipe.latent_dim or latent_dim)
+    model = ISMS(x.shape[1], latent_dim)
     if recipe.init == "pca":
         _pca_init(model, x)
     elif recipe.init != "orthogonal":
@@ -183,11 +211,15 @@ def _pca_init(model: ISMS, x: torch.Tensor) -> None:
     """Encoder rows = the top principal axes of the pooled rows (decoder = their transpose):
     label-free, and the subspace the reconstruction loss converges to anyway, reached at once."""
     mean = x.mean(0)
-    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    _, sv, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    axes = vt[: model.latent_dim]
     with torch.no_grad():
-        model.encoder.weight.copy_(vt[: model.latent_dim])
-        model.decoder.weight.copy_(vt[: model.latent_dim].T)
+        model.encoder.weight.copy_(axes)
+        model.decoder.weight.copy_(axes.T)
         model.decoder.bias.copy_(mean)
+        # BatchNorm starts as the exact PCA whitening (with isms.epochs=0 it stays so)
+        model.bn_whiten.running_mean.copy_(axes @ mean)
+        model.bn_whiten.running_var.copy_(sv[: model.latent_dim] ** 2 / len(x))
 
 
 def recipe_dict(recipe) -> dict:

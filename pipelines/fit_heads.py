@@ -21,7 +21,8 @@ from geoalign_store.checkpoints import (load_training_state, save_module, save_t
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.heads import agra_dim_error
 from geoalign_store.embeddings import l2n
-from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state)
+from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state,
+                                     select_latent_dim)
 
 from .progress import console, progress_bar
 from .retrieval import resolve_layers
@@ -115,13 +116,20 @@ def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
     a, b = layers
     x = np.concatenate([np.concatenate([data[v][a], data[v][b]], axis=1) for v in ("satellite", "drone")])
     recipe = IsmsRecipe(**to_plain(cfg.isms))
+    channels = data["satellite"][b].shape[1]
+    latent, scores = recipe.latent_dim or channels, None
+    if latent == "auto":
+        sat, drone = (np.concatenate([data[v][a], data[v][b]], axis=1) for v in ("satellite", "drone"))
+        candidates = list(range(8, min(2 * channels, 256) + 1, 8))
+        latent, scores = select_latent_dim(sat, drone, data["drone_groups"], candidates)
+        console.print(f"ISMS latent size {latent} (label-free selection over {candidates[0]}..{candidates[-1]})")
     with progress_bar() as progress:
         task = progress.add_task("ISMS", total=recipe.epochs)
         def on_epoch(epoch, losses):  # noqa: E306
             progress.update(task, advance=1, description=f"ISMS loss {losses['total']:.4f}")
-        model = fit_isms(torch.from_numpy(x), data["satellite"][b].shape[1], recipe,
-                         int(cfg.seed), on_epoch)
-    save_module(folder / "isms.safetensors", model, {"in_dim": x.shape[1], "latent_dim": model.latent_dim})
+        model = fit_isms(torch.from_numpy(x), int(latent), recipe, int(cfg.seed), on_epoch)
+    save_module(folder / "isms.safetensors", model, {"in_dim": x.shape[1], "latent_dim": model.latent_dim,
+                                                     "latent_selection": scores})
 
 
 def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
