@@ -155,3 +155,22 @@ def test_centring_and_pca_init_options(tmp_path):
     torch.testing.assert_close(encoder @ encoder.T, torch.eye(8), atol=1e-5, rtol=0)
     result = score.run(compose("score", [f"store={store}", "pictures=0"]))
     assert result["heads"] == "geoalign" and 0 <= result["recall"]["1"] <= 1
+
+
+def test_latent_size_selection_is_label_free_and_finds_the_signal():
+    """Signal in 6 of 40 dims, stronger nuisance in 4 others (so the top 10 principal axes hold
+    both): whitening fewer loses signal, whitening all 40 amplifies noise; the selection needs
+    only the drone flight grouping."""
+    from geoalign_store.training import select_latent_dim
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((40, 40)))[0]
+    loc = rng.standard_normal((60, 6)) * 3
+    sat = loc @ basis[:6] + 0.2 * rng.standard_normal((60, 40))
+    groups = np.repeat(np.arange(60), 5)
+    nuisance = rng.standard_normal((300, 4)) * 4
+    drone = loc[groups] @ basis[:6] + nuisance @ basis[6:10] + 0.3 * rng.standard_normal((300, 40))
+    candidates = [2, 4, 6, 8, 10, 12, 20, 40]
+    best, scores = select_latent_dim(sat, drone, groups, candidates)
+    assert 10 <= best <= 12 and scores[best] > 1.5 * scores[40] and scores[best] > 1.5 * scores[6]
+    again, _ = select_latent_dim(sat, drone, groups + 100_000, candidates)
+    assert again == best
