@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -162,8 +162,3 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
         assembler.add(bb, collate_by_shape([files[i] for i in indices]), opts)
     return failed[0]
 
-
-def iterate_completed(futures: Iterable) -> Iterable:
-    from distributed import as_completed
-    for future in as_completed(list(futures)):
-        yield future.result()

@@ -188,6 +188,11 @@ def _labels(labels, n, name):
     return arr.astype(np.int64, copy=False)
 
 
+def good_counts(query_labels, gallery_labels) -> np.ndarray:
+    """Number of good (same-label, non-junk) gallery items of each query."""
+    return _good_table(np.asarray(query_labels, np.int64), np.asarray(gallery_labels, np.int64))[1]
+
+
 def _good_table(ql, gl):
     """(n_queries x max_goods) gallery indices of each query's good items (padding arbitrary) and
     the number of goods per query; from one sort of the gallery labels, no per-query loop."""

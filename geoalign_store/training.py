@@ -14,7 +14,7 @@ exact same sequence of steps as an uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import alignment as al
+from .embeddings import l2n as l2n_rows
 from .heads import AGRA, ISMS, export_state_dict, isms_losses, l2n
 
 
@@ -163,16 +164,12 @@ def select_latent_dim(sat: np.ndarray, drone: np.ndarray, drone_groups: np.ndarr
     scores = {}
     for L in candidates:
         w = vt[:L].T / np.sqrt(var[:L])
-        zs = _l2(s @ w)
-        zd = _l2(d @ w)[order]
-        means = _l2(np.add.reduceat(zd, starts, axis=0))
+        zs = l2n_rows(s @ w)
+        zd = l2n_rows(d @ w)[order]
+        means = l2n_rows(np.add.reduceat(zd, starts, axis=0))
         top2 = np.sort(zs @ means.T, axis=1)[:, -2:]
         scores[L] = float(np.mean(top2[:, 1] - top2[:, 0]))
     return max(scores, key=scores.get), scores
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
@@ -222,9 +219,6 @@ def _pca_init(model: ISMS, x: torch.Tensor) -> None:
         model.bn_whiten.running_var.copy_(sv[: model.latent_dim] ** 2 / len(x))
 
 
-def recipe_dict(recipe) -> dict:
-    return asdict(recipe)
-
-
 __all__ = ["AgraRecipe", "IsmsRecipe", "AgraState", "new_agra_state", "fit_agra", "fit_isms",
-           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict", "recipe_dict"]
+           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict",
+           "select_latent_dim"]

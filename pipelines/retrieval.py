@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from geoalign_store import store as st
+from geoalign_store.checkpoints import load_tensors
 from geoalign_store.config import fingerprint
 from geoalign_store.embeddings import (DirectionSet, StoredEmbeddings, direction_sets, l2n,
                                        raw_embedding)
+from geoalign_store.heads import fuse, load_release_agra, load_release_isms
 
 
 @dataclass
@@ -84,16 +87,13 @@ class HeadsEmbedding:
     stream 2 (ISMS on concat(a, b)) unless fusion=false."""
 
     def __init__(self, folder: Path, layers: list[int], fusion: bool, weight: float):
-        import torch
-        from geoalign_store.checkpoints import load_tensors
-        from geoalign_store.heads import load_release_agra, load_release_isms
         agra_sd, meta = load_tensors(folder / "agra.safetensors")
         self.agra = load_release_agra(agra_sd, int(meta["dim"]))
         has_isms = (folder / "isms.safetensors").exists()
         if fusion and not has_isms:
             raise st.StoreError(f"{folder} has no ISMS weights (stream 2); score with fusion=false")
         self.isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0]) if fusion else None
-        self.layers, self.weight, self.torch = layers, weight, torch
+        self.layers, self.weight = layers, weight
         centering = folder / "centering.safetensors"
         self.means = {k: v.numpy() for k, v in load_tensors(centering)[0].items()} if centering.exists() else {}
 
@@ -103,8 +103,6 @@ class HeadsEmbedding:
         return {k: l2n(l2n(x) - self.means[f"{view}.layer_{k}"]) for k, x in layer_desc.items()}
 
     def __call__(self, layer_desc: dict, view: str) -> np.ndarray:
-        from geoalign_store.heads import fuse
-        torch = self.torch
         layer_desc = self._center(layer_desc, view)
         a, b = self.layers
         with torch.inference_mode():

@@ -16,7 +16,8 @@ import numpy as np
 from geoalign_store import index as fx
 from geoalign_store import store as st
 from geoalign_store.config import to_plain
-from geoalign_store.metrics import metrics_from_ranks, recall_1pct_index, score_retrieval
+from geoalign_store.metrics import (good_counts, metrics_from_ranks, recall_1pct_index,
+                                    score_retrieval)
 
 from .index import ensure_index
 from .report import draw_retrievals, pooled_metrics, write_report
@@ -24,15 +25,6 @@ from .retrieval import open_direction, side_embeddings
 
 SCHEMA_VERSION = 1
 IN_MEMORY_BYTES = 1 << 30  # galleries above this are streamed from the store
-
-
-def _good_counts(query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
-    """Number of good gallery items of each query (its label, junk excluded)."""
-    labels, counts = np.unique(gallery_labels[gallery_labels != -1], return_counts=True)
-    if len(labels) == 0:
-        return np.zeros(len(query_labels), np.int64)
-    pos = np.clip(np.searchsorted(labels, query_labels), 0, len(labels) - 1)
-    return np.where(labels[pos] == query_labels, counts[pos], 0)
 
 
 def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -44,7 +36,7 @@ def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple
     kept = found & (labels != -1)
     position = np.cumsum(kept, axis=1) - 1                     # rank among non-junk results
     good = kept & (labels == q_labels[:, None])
-    n_good = _good_counts(q_labels, g_labels)
+    n_good = good_counts(q_labels, g_labels)
     slots = max(int(n_good.max(initial=0)), 1)
     ranks = np.sort(np.where(good, position, np.iinfo(np.int64).max), axis=1)[:, :slots]
     ranks = np.pad(ranks, ((0, 0), (0, slots - ranks.shape[1])), constant_values=np.iinfo(np.int64).max)
