@@ -35,7 +35,13 @@ VARIANTS = {
     "paper + centring: AGRA": (P + ["center=true"], ["fusion=false"]),
     "paper + centring: fused": (P + ["center=true"], []),
     "improved: ISMS only": (["preset=improved"], ["fusion_weight=0.0"]),
+    "improved: AGRA (ISMS teacher)": (["preset=improved"], ["fusion=false"]),
     "improved: fused (default)": (["preset=improved"], []),
+    "improved, AGRA self-taught: AGRA": (["preset=improved", "agra.teacher=self"], ["fusion=false"]),
+    "improved, AGRA self-taught: fused": (["preset=improved", "agra.teacher=self"], []),
+    "improved w/o MoE: fused": (["preset=improved", "agra.moe=false"], []),
+    "improved w/o reliable matching: fused": (["preset=improved", "agra.matching=false"], []),
+    "improved w/o distillation: fused": (["preset=improved", "agra.distill=false"], []),
 }
 
 

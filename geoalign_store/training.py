@@ -48,6 +48,10 @@ class AgraRecipe:
     matching: bool = True
     moe: bool = True
     checkpoint_every: int = 25
+    teacher: str = "self"         # self (the paper's: OT on AGRA's own similarities, every step) |
+                                  # isms: one OT plan, satellites x drone-flight means in the ISMS space
+    teacher_epsilon: float = 0.05
+    teacher_iters: int = 50
 
 
 @dataclass
@@ -77,6 +81,21 @@ def draw_one_per_group(index, generator: torch.Generator) -> torch.Tensor:
     return order[start + offset]
 
 
+def group_teacher(sat_emb: np.ndarray, drone_emb: np.ndarray, groups: np.ndarray, epsilon: float,
+                  n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed OTCA pseudo-labels from a better space than AGRA's own at the start: satellites vs
+    the mean embedding of each drone flight (its group, in sorted group-id order: the order of
+    :func:`draw_one_per_group`), one converged entropic OT plan between them. Averaging a flight
+    removes most per-image distortion, and the plan's one-to-one marginals stop many satellites
+    claiming the same flight. -> (plan (n_sat, n_groups), cosine (n_sat, n_groups)). Uses the
+    grouping only: no label of either view is compared."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    means = np.zeros((inverse.max() + 1, drone_emb.shape[1]))
+    np.add.at(means, inverse, l2n_rows(drone_emb))
+    sim = torch.from_numpy(l2n_rows(sat_emb).astype(np.float64) @ l2n_rows(means).T)
+    return al.sinkhorn_log(1.0 - sim, epsilon, n_iter).float(), sim.float()
+
+
 @dataclass
 class AgraState:
     model: AGRA
@@ -98,7 +117,8 @@ def new_agra_state(dim: int, recipe: AgraRecipe, seed: int) -> AgraState:
 
 
 def agra_losses(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, epsilon: float,
-                recipe: AgraRecipe) -> dict[str, torch.Tensor]:
+                recipe: AgraRecipe, teacher: tuple | None = None) -> dict[str, torch.Tensor]:
+    """`teacher` (plan, cosine) over (satellites, the drones' groups) replaces the per-step plan."""
     model = state.model
     z_sat = model.encode_satellite(sat)
     if recipe.moe:
@@ -106,15 +126,17 @@ def agra_losses(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, epsilo
     else:
         z_drone, aux = model.encode_satellite(drone), sat.new_zeros(())
     S = l2n(z_sat) @ l2n(z_drone).T
-    with torch.no_grad():
-        plan = al.sinkhorn_log(1.0 - S.detach(), epsilon, recipe.sinkhorn_iters)
+    if teacher is None:
+        plan, plan_sim = al.sinkhorn_log(1.0 - S.detach(), epsilon, recipe.sinkhorn_iters), S.detach()
+    else:
+        plan, plan_sim = teacher
     scale = state.log_scale.exp()
     parts = {"recon": (F.l1_loss(model.decode(z_sat), sat) + F.l1_loss(model.decode(z_drone), drone)),
              "aux": aux}
     if recipe.distill:
         parts["distill"] = al.distillation_loss(S, *al.soft_targets(plan), scale)
     if recipe.matching:
-        pairs = al.reliable_pairs(plan, S.detach(), recipe.match_threshold)
+        pairs = al.reliable_pairs(plan, plan_sim, recipe.match_threshold)
         parts["match"] = al.matching_loss(S, *pairs, scale, recipe.label_smoothing)
         parts["pairs"] = torch.tensor(float(len(pairs[0])))
     weights = {"recon": recipe.recon_weight, "aux": recipe.aux_weight,
@@ -124,8 +146,10 @@ def agra_losses(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, epsilo
 
 
 def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: np.ndarray,
-             recipe: AgraRecipe, on_epoch: Callable[[AgraState, dict], None] | None = None) -> AgraState:
-    """Train from `state.epoch` to `recipe.epochs`; `on_epoch` logs and checkpoints."""
+             recipe: AgraRecipe, on_epoch: Callable[[AgraState, dict], None] | None = None,
+             teacher: tuple | None = None) -> AgraState:
+    """Train from `state.epoch` to `recipe.epochs`; `on_epoch` logs and checkpoints; `teacher`:
+    see :func:`group_teacher` (None = the paper's per-step plan)."""
     index = group_index(groups)
     state.model.train()
     for epoch in range(state.epoch, recipe.epochs):
@@ -134,7 +158,7 @@ def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: n
             group["lr"] = lr
         picked = draw_one_per_group(index, state.sampler)
         epsilon = al.epsilon_schedule(epoch, recipe.epochs, recipe.eps_start, recipe.eps_end)
-        parts = agra_losses(state, sat, drone[picked], epsilon, recipe)
+        parts = agra_losses(state, sat, drone[picked], epsilon, recipe, teacher)
         state.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_value_(state.model.parameters(), recipe.clip_value)
@@ -220,5 +244,5 @@ def _pca_init(model: ISMS, x: torch.Tensor) -> None:
 
 
 __all__ = ["AgraRecipe", "IsmsRecipe", "AgraState", "new_agra_state", "fit_agra", "fit_isms",
-           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict",
+           "agra_losses", "draw_one_per_group", "group_index", "group_teacher", "export_state_dict",
            "select_latent_dim"]

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from geoalign_store import store as st
-from geoalign_store.checkpoints import (load_training_state, save_module, save_tensors,
-                                        save_training_state)
+from geoalign_store.checkpoints import (load_tensors, load_training_state, save_module,
+                                        save_tensors, save_training_state)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.heads import agra_dim_error
+from geoalign_store.heads import agra_dim_error, load_release_isms
 from geoalign_store.embeddings import l2n
-from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state,
-                                     select_latent_dim)
+from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, group_teacher,
+                                     new_agra_state, select_latent_dim)
 
 from .progress import console, progress_bar
 from .retrieval import resolve_layers
@@ -136,6 +136,7 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
     b = layers[1]
     sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b])
     recipe = AgraRecipe(**to_plain(cfg.agra))
+    teacher = _teacher(folder, data, layers, recipe)
     state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
     if ckpt.exists():
@@ -150,10 +151,28 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
             if st_.epoch % recipe.checkpoint_every == 0 or st_.epoch == recipe.epochs:
                 log.flush()
                 save_training_state(ckpt, st_)
-        fit_agra(state, sat, drone, data["drone_groups"], recipe, on_epoch)
+        fit_agra(state, sat, drone, data["drone_groups"], recipe, on_epoch, teacher)
     save_module(folder / "agra.safetensors", state.model,
                 {"dim": sat.shape[1], "config": state.model.config, "logit_scale": float(state.log_scale.detach().exp())})
     return state.history
+
+
+def _teacher(folder: Path, data: dict, layers: list[int], recipe: AgraRecipe):
+    """agra.teacher=isms: the OT plan of the satellites vs the drone flights in the trained ISMS
+    space (read back from isms.safetensors, so a resumed run uses the very same plan)."""
+    if recipe.teacher == "self":
+        return None
+    if recipe.teacher != "isms":
+        raise ConfigError(f"agra.teacher must be self or isms, got {recipe.teacher!r}")
+    isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0])
+    with torch.inference_mode():
+        sat, drone = (isms.embed(torch.from_numpy(np.concatenate([data[v][k] for k in layers], axis=1))).numpy()
+                      for v in ("satellite", "drone"))
+    plan, sim = group_teacher(sat, drone, data["drone_groups"], recipe.teacher_epsilon, recipe.teacher_iters)
+    mutual = int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
+    console.print(f"AGRA teacher: OT plan of {plan.shape[0]} satellites x {plan.shape[1]} drone flights "
+                  f"in the ISMS space; {mutual} mutual pairs")
+    return plan, sim
 
 
 def _describe(record: dict) -> str:

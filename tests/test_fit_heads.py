@@ -174,3 +174,26 @@ def test_latent_size_selection_is_label_free_and_finds_the_signal():
     assert 10 <= best <= 12 and scores[best] > 1.5 * scores[40] and scores[best] > 1.5 * scores[6]
     again, _ = select_latent_dim(sat, drone, groups + 100_000, candidates)
     assert again == best
+
+
+def test_group_teacher_pairs_satellites_with_their_flights():
+    """agra.teacher=isms: averaging each flight beats single drones, the plan's columns follow
+    the sorted group ids (the order of the per-epoch draws), and the ids' values do not matter."""
+    from geoalign_store.training import draw_one_per_group, group_index, group_teacher
+    rng = np.random.default_rng(0)
+    sat = rng.standard_normal((30, 16))
+    flight_of_sat = rng.permutation(30)                     # satellite i is seen by flight f(i)
+    groups = np.repeat(500 + rng.permutation(30) * 7, 6)    # ids match nothing, rows unsorted
+    sat_of_group = {g: i for i, g in zip(np.argsort(flight_of_sat), np.unique(groups))}
+    truth = np.array([sat_of_group[g] for g in groups])
+    drone = sat[truth] + 1.6 * rng.standard_normal((len(groups), 16))
+    plan, sim = group_teacher(sat, drone, groups, epsilon=0.05, n_iter=50)
+    assert plan.shape == sim.shape == (30, 30)
+    np.testing.assert_allclose(plan.sum(0).numpy(), 1 / 30, rtol=1e-4)
+    assert (plan.argmax(1).numpy() == flight_of_sat).all()
+    single = np.mean(np.argmax(drone @ sat.T, axis=1) == truth)
+    assert single < 0.9                                     # one drone alone is often wrong
+    picked = draw_one_per_group(group_index(groups), torch.Generator().manual_seed(0)).numpy()
+    assert (truth[picked] == np.argsort(flight_of_sat)).all()  # draw k belongs to column k
+    relabelled = np.searchsorted(np.unique(groups), groups) * 3 + 10**6
+    assert torch.equal(group_teacher(sat, drone, relabelled, 0.05, 50)[0], plan)
