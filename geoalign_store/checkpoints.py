@@ -51,6 +51,8 @@ def save_training_state(path: Path, state) -> None:
     tensors = {**{f"model.{k}": v for k, v in export_state_dict(state.model).items()},
                "log_scale": state.log_scale.data, **opt_tensors,
                "rng.torch": torch.get_rng_state(), "rng.sampler": state.sampler.get_state()}
+    if state.teacher is not None:  # agra.teacher=isms: the plan in use (built from a past model)
+        tensors["teacher.plan"], tensors["teacher.sim"] = state.teacher
     save_tensors(path, tensors, {"epoch": state.epoch, "optimizer": opt_meta})
 
 
@@ -72,3 +74,5 @@ def load_training_state(path: Path, state) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     state.sampler.set_state(tensors["rng.sampler"])
     state.epoch = int(meta["epoch"])
+    if "teacher.plan" in tensors:
+        state.teacher = (tensors["teacher.plan"], tensors["teacher.sim"])

@@ -49,9 +49,11 @@ class AgraRecipe:
     moe: bool = True
     checkpoint_every: int = 25
     teacher: str = "self"         # self (the paper's: OT on AGRA's own similarities, every step) |
-                                  # isms: one OT plan, satellites x drone-flight means in the ISMS space
+                                  # isms: OT plan satellites x drone flights (geoalign_store.teacher)
     teacher_epsilon: float = 0.05
     teacher_iters: int = 50
+    teacher_refresh: int = 0      # teacher=isms: rebuild the plan in the fused space every N epochs (0: never)
+    teacher_per_flight: int = 8   # drones per flight the plan averages
 
 
 @dataclass
@@ -81,21 +83,6 @@ def draw_one_per_group(index, generator: torch.Generator) -> torch.Tensor:
     return order[start + offset]
 
 
-def group_teacher(sat_emb: np.ndarray, drone_emb: np.ndarray, groups: np.ndarray, epsilon: float,
-                  n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed OTCA pseudo-labels from a better space than AGRA's own at the start: satellites vs
-    the mean embedding of each drone flight (its group, in sorted group-id order: the order of
-    :func:`draw_one_per_group`), one converged entropic OT plan between them. Averaging a flight
-    removes most per-image distortion, and the plan's one-to-one marginals stop many satellites
-    claiming the same flight. -> (plan (n_sat, n_groups), cosine (n_sat, n_groups)). Uses the
-    grouping only: no label of either view is compared."""
-    _, inverse = np.unique(groups, return_inverse=True)
-    means = np.zeros((inverse.max() + 1, drone_emb.shape[1]))
-    np.add.at(means, inverse, l2n_rows(drone_emb))
-    sim = torch.from_numpy(l2n_rows(sat_emb).astype(np.float64) @ l2n_rows(means).T)
-    return al.sinkhorn_log(1.0 - sim, epsilon, n_iter).float(), sim.float()
-
-
 @dataclass
 class AgraState:
     model: AGRA
@@ -104,6 +91,7 @@ class AgraState:
     sampler: torch.Generator
     epoch: int = 0
     history: list = field(default_factory=list)
+    teacher: tuple | None = None   # (plan, cosine) of agra.teacher=isms, saved in checkpoints
 
 
 def new_agra_state(dim: int, recipe: AgraRecipe, seed: int) -> AgraState:
@@ -147,18 +135,23 @@ def agra_losses(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, epsilo
 
 def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: np.ndarray,
              recipe: AgraRecipe, on_epoch: Callable[[AgraState, dict], None] | None = None,
-             teacher: tuple | None = None) -> AgraState:
-    """Train from `state.epoch` to `recipe.epochs`; `on_epoch` logs and checkpoints; `teacher`:
-    see :func:`group_teacher` (None = the paper's per-step plan)."""
+             teacher=None) -> AgraState:
+    """Train from `state.epoch` to `recipe.epochs`; `on_epoch` logs and checkpoints. `teacher`:
+    a :class:`geoalign_store.teacher.FlightTeacher` (None: the paper's per-step plan); its plan
+    is rebuilt every `recipe.teacher_refresh` epochs and kept in `state.teacher`."""
+    if teacher is not None and state.teacher is None:
+        state.teacher = teacher.initial()
     index = group_index(groups)
     state.model.train()
     for epoch in range(state.epoch, recipe.epochs):
+        if teacher is not None and recipe.teacher_refresh and epoch and epoch % recipe.teacher_refresh == 0:
+            state.teacher = teacher.refresh(state.model)
         lr = al.warmup_cosine(epoch, recipe.epochs, recipe.warmup_epochs, recipe.lr)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         picked = draw_one_per_group(index, state.sampler)
         epsilon = al.epsilon_schedule(epoch, recipe.epochs, recipe.eps_start, recipe.eps_end)
-        parts = agra_losses(state, sat, drone[picked], epsilon, recipe, teacher)
+        parts = agra_losses(state, sat, drone[picked], epsilon, recipe, state.teacher)
         state.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_value_(state.model.parameters(), recipe.clip_value)
@@ -244,5 +237,5 @@ def _pca_init(model: ISMS, x: torch.Tensor) -> None:
 
 
 __all__ = ["AgraRecipe", "IsmsRecipe", "AgraState", "new_agra_state", "fit_agra", "fit_isms",
-           "agra_losses", "draw_one_per_group", "group_index", "group_teacher", "export_state_dict",
+           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict",
            "select_latent_dim"]

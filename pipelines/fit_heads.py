@@ -21,8 +21,9 @@ from geoalign_store.checkpoints import (load_tensors, load_training_state, save_
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.heads import agra_dim_error, load_release_isms
 from geoalign_store.embeddings import l2n
-from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, group_teacher,
-                                     new_agra_state, select_latent_dim)
+from geoalign_store.teacher import FlightTeacher, mutual_pairs
+from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state,
+                                     select_latent_dim)
 
 from .progress import console, progress_bar
 from .retrieval import resolve_layers
@@ -157,22 +158,26 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
     return state.history
 
 
-def _teacher(folder: Path, data: dict, layers: list[int], recipe: AgraRecipe):
-    """agra.teacher=isms: the OT plan of the satellites vs the drone flights in the trained ISMS
-    space (read back from isms.safetensors, so a resumed run uses the very same plan)."""
+def _teacher(folder: Path, data: dict, layers: list[int], recipe: AgraRecipe) -> FlightTeacher | None:
+    """agra.teacher=isms: satellites vs drone flights, first in the trained ISMS space (read back
+    from isms.safetensors, so a resumed run uses the very same embeddings)."""
     if recipe.teacher == "self":
         return None
     if recipe.teacher != "isms":
         raise ConfigError(f"agra.teacher must be self or isms, got {recipe.teacher!r}")
     isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0])
     with torch.inference_mode():
-        sat, drone = (isms.embed(torch.from_numpy(np.concatenate([data[v][k] for k in layers], axis=1))).numpy()
-                      for v in ("satellite", "drone"))
-    plan, sim = group_teacher(sat, drone, data["drone_groups"], recipe.teacher_epsilon, recipe.teacher_iters)
-    mutual = int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
+        sat_isms, drone_isms = (isms.embed(torch.from_numpy(np.concatenate([data[v][k] for k in layers], axis=1)))
+                                for v in ("satellite", "drone"))
+    b = layers[1]
+    teacher = FlightTeacher(torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b]),
+                            sat_isms, drone_isms, data["drone_groups"], recipe.teacher_epsilon,
+                            recipe.teacher_iters, recipe.teacher_per_flight)
+    plan = teacher.initial()[0]
     console.print(f"AGRA teacher: OT plan of {plan.shape[0]} satellites x {plan.shape[1]} drone flights "
-                  f"in the ISMS space; {mutual} mutual pairs")
-    return plan, sim
+                  f"in the ISMS space, {mutual_pairs(plan)} mutual pairs"
+                  + (f"; rebuilt every {recipe.teacher_refresh} epochs in the fused space" if recipe.teacher_refresh else ""))
+    return teacher
 
 
 def _describe(record: dict) -> str:

@@ -179,7 +179,8 @@ def test_latent_size_selection_is_label_free_and_finds_the_signal():
 def test_group_teacher_pairs_satellites_with_their_flights():
     """agra.teacher=isms: averaging each flight beats single drones, the plan's columns follow
     the sorted group ids (the order of the per-epoch draws), and the ids' values do not matter."""
-    from geoalign_store.training import draw_one_per_group, group_index, group_teacher
+    from geoalign_store.teacher import flight_plan as group_teacher
+    from geoalign_store.training import draw_one_per_group, group_index
     rng = np.random.default_rng(0)
     sat = rng.standard_normal((30, 16))
     flight_of_sat = rng.permutation(30)                     # satellite i is seen by flight f(i)
@@ -197,3 +198,11 @@ def test_group_teacher_pairs_satellites_with_their_flights():
     assert (truth[picked] == np.argsort(flight_of_sat)).all()  # draw k belongs to column k
     relabelled = np.searchsorted(np.unique(groups), groups) * 3 + 10**6
     assert torch.equal(group_teacher(sat, drone, relabelled, 0.05, 50)[0], plan)
+
+
+def test_flight_rows_spread_over_each_flight():
+    from geoalign_store.teacher import flight_rows
+    groups = np.array([7, 3, 7, 3, 7, 9, 7, 7, 3, 7, 7, 7])  # 3: 3 rows, 7: 8 rows, 9: 1 row
+    rows = flight_rows(groups, per_flight=4)
+    assert list(groups[rows]) == [3, 3, 3, 7, 7, 7, 7, 9]
+    assert list(rows) == [1, 3, 8, 0, 4, 7, 10, 5]           # every other row of flight 7

@@ -1,0 +1,80 @@
+"""AGRA's teacher in the improved recipe (`agra.teacher=isms`): OTCA pseudo-labels between the
+satellites and the drone *flights* (the drone groups), from a better space than AGRA's own.
+
+The paper's recipe lets AGRA label itself: an OT plan on the similarities of its randomly
+initialised shared space, every step, between the satellites and one drone per group. On the
+simulator this reinforces its early mistakes (benchmarks/heads.py). Here the plan is computed
+between each satellite and the *mean* embedding of each flight (averaging removes most per-image
+distortion; the plan's one-to-one marginals stop many satellites claiming one flight):
+
+* at the start, in the ISMS space (PCA whitening: no pairing needed to build it);
+* then every `teacher_refresh` epochs in the fused space of the AGRA being trained and ISMS
+  (weights 1/2, the score's default fusion), so pairs AGRA has learnt to see correct the rest.
+
+Only the grouping of drone rows is used: no label of either view is ever compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import alignment as al
+from .embeddings import l2n
+
+FUSION_WEIGHT = 0.5
+
+
+def flight_rows(groups: np.ndarray, per_flight: int) -> np.ndarray:
+    """Up to `per_flight` rows of every group, evenly spaced in row order, grouped in sorted
+    group-id order (deterministic: a refresh needs no random draw)."""
+    order = np.argsort(groups, kind="stable")
+    _, start, count = np.unique(groups[order], return_index=True, return_counts=True)
+    k = np.arange(per_flight)
+    take = np.minimum(count, per_flight)
+    pos = start[:, None] + (k[None, :] * count[:, None]) // take[:, None]
+    return order[pos[k[None, :] < take[:, None]]]
+
+
+def flight_plan(sat_emb: np.ndarray, drone_emb: np.ndarray, groups: np.ndarray, epsilon: float,
+                n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Satellites vs the mean embedding of each flight (columns in sorted group-id order: the
+    order of :func:`geoalign_store.training.draw_one_per_group`), one converged entropic OT plan.
+    -> (plan (n_sat, n_groups), cosine (n_sat, n_groups)), float32."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    means = np.zeros((inverse.max() + 1, drone_emb.shape[1]))
+    np.add.at(means, inverse, l2n(np.asarray(drone_emb, dtype=np.float64)))
+    sim = torch.from_numpy(l2n(np.asarray(sat_emb, dtype=np.float64)) @ l2n(means).T)
+    return al.sinkhorn_log(1.0 - sim, epsilon, n_iter).float(), sim.float()
+
+
+class FlightTeacher:
+    """Builds the plan at the start (ISMS space) and at every refresh (fused AGRA + ISMS space)
+    from fixed rows: every satellite and `per_flight` drones of every flight."""
+
+    def __init__(self, sat, drone, sat_isms, drone_isms, groups, epsilon: float, n_iter: int,
+                 per_flight: int = 8):
+        rows = flight_rows(groups, per_flight)
+        self.sat, self.drone = sat, drone[torch.from_numpy(rows)]
+        self.sat_isms, self.drone_isms = torch.as_tensor(sat_isms), torch.as_tensor(drone_isms[rows])
+        self.groups, self.epsilon, self.n_iter = groups[rows], epsilon, n_iter
+
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return flight_plan(self.sat_isms.numpy(), self.drone_isms.numpy(), self.groups,
+                           self.epsilon, self.n_iter)
+
+    @torch.no_grad()
+    def refresh(self, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """In eval mode (no gate noise or dropout: no random number is drawn), then back."""
+        from .heads import fuse
+        was_training = model.training
+        model.eval()
+        sat = fuse(model.embed(self.sat, "satellite"), self.sat_isms, FUSION_WEIGHT)
+        drone = fuse(model.embed(self.drone, "drone"), self.drone_isms, FUSION_WEIGHT)
+        model.train(was_training)
+        return flight_plan(sat.numpy(), drone.numpy(), self.groups, self.epsilon, self.n_iter)
+
+
+def mutual_pairs(plan: torch.Tensor) -> int:
+    """How many satellites and flights pick each other in the plan (logged)."""
+    return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
