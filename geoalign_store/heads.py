@@ -67,13 +67,29 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout as ``F.dropout``: the scaled mask is built in place on one ``rand_like``
+    buffer, then one multiply. On CPU F.dropout's ``bernoulli_`` draw plus its multiplies cost
+    ~1.4x as much (~14% of a training step at University-1652 size)."""
+    if not training or p == 0.0:
+        return x
+    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same repr, no parameters) drawing its mask with :func:`dropout`."""
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+
 class _FFN(nn.Module):
     """``net``: Linear(d->4d), ReLU, Dropout, Linear(4d->d), Dropout (keys ffn.net.0 / ffn.net.3)."""
 
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), Dropout(dropout),
+                                 nn.Linear(hidden, dim), Dropout(dropout))
 
     def forward(self, x):
         return self.net(x)
@@ -100,7 +116,7 @@ class _SelfAttention(nn.Module):
         if self.training and self.dropout > 0:
             # explicit math: on CPU, SDPA with dropout takes its math path anyway, plus -inf checks
             att = torch.matmul(q * (d // h) ** -0.5, k.transpose(-1, -2)).softmax(dim=-1)
-            a = torch.matmul(F.dropout(att, self.dropout, True), v)
+            a = torch.matmul(dropout(att, self.dropout, True), v)
         else:
             a = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(a.transpose(1, 2).reshape(n, length, d))
