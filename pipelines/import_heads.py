@@ -7,6 +7,7 @@ every tensor's shape is checked against the stored features' C, and the result i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from geoalign_store import store as st
@@ -38,15 +39,30 @@ def run(cfg) -> dict:
                 if cfg.isms else None)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
-    save_module(folder / "agra.safetensors", agra, {"dim": dim, "config": agra.config})
     sources = {"agra": [str(agra_path), file_sha256(agra_path)]}
     if isms is not None:
-        save_module(folder / "isms.safetensors", isms, {"in_dim": isms.in_dim, "latent_dim": isms.latent_dim})
         sources["isms"] = [str(cfg.isms), file_sha256(Path(str(cfg.isms)).expanduser())]
     spec = {"dataset": dataset, "layers": layers, "imported": sources}
+    folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
+    _make_room(folder, fingerprint(spec), bool(cfg.overwrite))
+    save_module(folder / "agra.safetensors", agra, {"dim": dim, "config": agra.config})
+    if isms is not None:
+        save_module(folder / "isms.safetensors", isms, {"in_dim": isms.in_dim, "latent_dim": isms.latent_dim})
     st.write_json(folder / "heads.json", {"fingerprint": fingerprint(spec), "spec": spec,
                                           "config": to_plain(cfg), "complete": True, "dim": dim,
                                           "has_isms": isms is not None})
     return {"stage": "import-heads", "store": str(cfg.store), "dataset": dataset, "name": str(cfg.name),
             "folder": str(folder), "dim": dim, "agra": str(agra_path), "isms": cfg.isms}
+
+
+def _make_room(folder: Path, wanted: str, overwrite: bool) -> None:
+    """Never replace other heads silently (trained ones, or imports of other files): their
+    leftovers (centring means, logs) would also be mixed with the imported weights."""
+    meta = folder / "heads.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("fingerprint") == wanted:
+        return
+    if not overwrite:
+        raise st.StoreError(f"{folder} already holds other heads (trained, or imported from other "
+                            "files); add overwrite=true to replace them, or name=OTHER")
+    for path in folder.iterdir():
+        path.unlink()

@@ -132,6 +132,19 @@ def test_import_release_checkpoints(tmp_path):
     assert score.run(compose("score", [f"store={store}", "pictures=0", "heads=paper"]))["heads"] == "paper"
 
 
+def test_import_never_replaces_other_heads_silently(tmp_path):
+    store = make_store(tmp_path / "imp.zarr")
+    fit(store, "name=paper")                           # trained heads (with centring means)
+    torch.save(AGRA(40).state_dict(), tmp_path / "agra.t")
+    args = ["import-heads", f"store={store}", f"agra={tmp_path / 'agra.t'}"]
+    with pytest.raises(StoreError, match="overwrite=true"):
+        import_heads.run(compose(*args[:1], args[1:]))
+    assert (store / "heads/paper/centering.safetensors").exists()   # nothing lost
+    import_heads.run(compose(*args[:1], args[1:] + ["overwrite=true"]))
+    assert sorted(p.name for p in (store / "heads/paper").iterdir()) == ["agra.safetensors", "heads.json"]
+    import_heads.run(compose(*args[:1], args[1:]))    # the same import again: no question
+
+
 def test_import_refuses_bad_checkpoints(tmp_path):
     store = make_store(tmp_path / "bad.zarr")
     torch.save(AGRA(80).state_dict(), tmp_path / "wrong_dim.t")
