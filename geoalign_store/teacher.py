@@ -78,3 +78,33 @@ class FlightTeacher:
 def mutual_pairs(plan: torch.Tensor) -> int:
     """How many satellites and flights pick each other in the plan (logged)."""
     return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
+
+
+# ----- label-free choice of the fusion weight, on drone flights AGRA never saw -----
+
+def holdout_flights(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Drone rows of a seeded `fraction` of the flights (at least one when fraction > 0 and
+    there are >= 2 flights), kept out of AGRA's training and its teacher."""
+    ids = np.unique(groups)
+    n = min(len(ids) - 1, max(1, int(round(fraction * len(ids))))) if fraction > 0 else 0
+    return np.isin(groups, np.random.default_rng(seed).choice(ids, n, replace=False) if n > 0 else [])
+
+
+def select_fusion_weight(sat1, sat2, drone1, drone2, groups: np.ndarray,
+                         grid=(0.0, 0.25, 0.5, 0.75, 1.0)) -> tuple[float, dict[float, float]]:
+    """Pick the weight of stream 1 by how consistently single drones of held-out flights pick
+    the satellite their whole flight picks (the flight = the mean of its drones): a label-free
+    proxy of single-image retrieval that AGRA cannot have memorised. Ties go to the weight
+    nearest 1/2 (the paper's fusion). sat*/drone*: embeddings of stream 1 (AGRA) and 2 (ISMS)."""
+    from .heads import fuse
+    _, inverse = np.unique(groups, return_inverse=True)
+    scores = {}
+    for w in grid:
+        zs = fuse(torch.as_tensor(sat1), torch.as_tensor(sat2), w).numpy()
+        zd = fuse(torch.as_tensor(drone1), torch.as_tensor(drone2), w).numpy()
+        means = np.zeros((inverse.max() + 1, zd.shape[1]))
+        np.add.at(means, inverse, zd)
+        flight_pick = np.argmax(means @ zs.T, axis=1)
+        scores[float(w)] = float(np.mean(np.argmax(zd @ zs.T, axis=1) == flight_pick[inverse]))
+    best = max(scores.values())
+    return min((w for w, s in scores.items() if s >= best - 1e-12), key=lambda w: abs(w - 0.5)), scores

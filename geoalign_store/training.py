@@ -54,6 +54,7 @@ class AgraRecipe:
     teacher_iters: int = 50
     teacher_refresh: int = 0      # teacher=isms: rebuild the plan in the fused space every N epochs (0: never)
     teacher_per_flight: int = 8   # drones per flight the plan averages
+    holdout_flights: float = 0.0  # fraction of drone flights kept out of AGRA to choose the fusion weight
 
 
 @dataclass

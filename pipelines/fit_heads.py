@@ -21,7 +21,8 @@ from geoalign_store.checkpoints import (load_tensors, load_training_state, save_
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.heads import agra_dim_error, load_release_isms
 from geoalign_store.embeddings import l2n
-from geoalign_store.teacher import FlightTeacher, mutual_pairs
+from geoalign_store.teacher import (FlightTeacher, holdout_flights, mutual_pairs,
+                                    select_fusion_weight)
 from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state,
                                      select_latent_dim)
 
@@ -100,12 +101,17 @@ def run(cfg) -> dict:
     if problem:
         raise ConfigError(problem)
     _train_isms(cfg, folder, data, layers)
-    history = _train_agra(cfg, folder, data, layers)
+    held = holdout_flights(data["drone_groups"], float(cfg.agra.holdout_flights), int(cfg.seed))
+    isms_emb = _isms_embeddings(folder, data, layers)
+    state = _train_agra(cfg, folder, data, layers, isms_emb, ~held)
     meta.update({"complete": True, "dim": int(data["satellite"][layers[1]].shape[1]),
                  "n_train": {"satellite": len(data["satellite"][layers[1]]),
                              "drone": len(data["drone"][layers[1]]),
-                             "drone_groups": int(len(np.unique(data["drone_groups"])))},
-                 "final": history[-1] if history else None})
+                             "drone_groups": int(len(np.unique(data["drone_groups"]))),
+                             "held_out_groups": int(len(np.unique(data["drone_groups"][held])))},
+                 "final": state.history[-1] if state.history else None})
+    if held.any():
+        meta["fusion_weight"], meta["fusion_selection"] = _choose_fusion(state.model, data, layers, isms_emb, held)
     st.write_json(folder / "heads.json", meta)
     (folder / "checkpoint.safetensors").unlink(missing_ok=True)
     return _summary(cfg, dataset, folder, meta, trained=True)
@@ -133,11 +139,22 @@ def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
                                                      "latent_selection": scores})
 
 
-def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
+def _isms_embeddings(folder: Path, data: dict, layers: list[int]) -> dict[str, torch.Tensor]:
+    """Train rows in the ISMS space (read back from isms.safetensors: a resumed run sees the
+    very same numbers)."""
+    isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0])
+    with torch.inference_mode():
+        return {v: isms.embed(torch.from_numpy(np.concatenate([data[v][k] for k in layers], axis=1)))
+                for v in ("satellite", "drone")}
+
+
+def _train_agra(cfg, folder: Path, data: dict, layers: list[int], isms_emb: dict, rows: np.ndarray):
+    """AGRA on every satellite and the drone `rows` (flights not held out)."""
     b = layers[1]
-    sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b])
+    sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b][rows])
+    groups = data["drone_groups"][rows]
     recipe = AgraRecipe(**to_plain(cfg.agra))
-    teacher = _teacher(folder, data, layers, recipe)
+    teacher = _teacher(sat, drone, isms_emb["satellite"], isms_emb["drone"][torch.from_numpy(rows)], groups, recipe)
     state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
     if ckpt.exists():
@@ -152,26 +169,31 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int]) -> list[dict]:
             if st_.epoch % recipe.checkpoint_every == 0 or st_.epoch == recipe.epochs:
                 log.flush()
                 save_training_state(ckpt, st_)
-        fit_agra(state, sat, drone, data["drone_groups"], recipe, on_epoch, teacher)
+        fit_agra(state, sat, drone, groups, recipe, on_epoch, teacher)
     save_module(folder / "agra.safetensors", state.model,
                 {"dim": sat.shape[1], "config": state.model.config, "logit_scale": float(state.log_scale.detach().exp())})
-    return state.history
+    return state
 
 
-def _teacher(folder: Path, data: dict, layers: list[int], recipe: AgraRecipe) -> FlightTeacher | None:
-    """agra.teacher=isms: satellites vs drone flights, first in the trained ISMS space (read back
-    from isms.safetensors, so a resumed run uses the very same embeddings)."""
+def _choose_fusion(model, data: dict, layers: list[int], isms_emb: dict, held: np.ndarray):
+    b = layers[1]
+    with torch.inference_mode():
+        sat = model.embed(torch.from_numpy(data["satellite"][b]), "satellite")
+        drone = model.embed(torch.from_numpy(data["drone"][b][held]), "drone")
+    weight, scores = select_fusion_weight(sat, isms_emb["satellite"], drone,
+                                          isms_emb["drone"][torch.from_numpy(held)], data["drone_groups"][held])
+    console.print(f"fusion weight {weight} (label-free, on {len(np.unique(data['drone_groups'][held]))} "
+                  f"held-out flights; consistency by weight: {scores})")
+    return weight, scores
+
+
+def _teacher(sat, drone, sat_isms, drone_isms, groups, recipe: AgraRecipe) -> FlightTeacher | None:
+    """agra.teacher=isms: satellites vs drone flights, first in the ISMS space."""
     if recipe.teacher == "self":
         return None
     if recipe.teacher != "isms":
         raise ConfigError(f"agra.teacher must be self or isms, got {recipe.teacher!r}")
-    isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0])
-    with torch.inference_mode():
-        sat_isms, drone_isms = (isms.embed(torch.from_numpy(np.concatenate([data[v][k] for k in layers], axis=1)))
-                                for v in ("satellite", "drone"))
-    b = layers[1]
-    teacher = FlightTeacher(torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b]),
-                            sat_isms, drone_isms, data["drone_groups"], recipe.teacher_epsilon,
+    teacher = FlightTeacher(sat, drone, sat_isms, drone_isms, groups, recipe.teacher_epsilon,
                             recipe.teacher_iters, recipe.teacher_per_flight)
     plan = teacher.initial()[0]
     console.print(f"AGRA teacher: OT plan of {plan.shape[0]} satellites x {plan.shape[1]} drone flights "

@@ -12,7 +12,7 @@ import torch
 
 from geoalign_store import store as st
 from geoalign_store.checkpoints import load_tensors
-from geoalign_store.config import fingerprint
+from geoalign_store.config import ConfigError, fingerprint
 from geoalign_store.embeddings import (DirectionSet, StoredEmbeddings, direction_sets, l2n,
                                        raw_embedding)
 from geoalign_store.heads import fuse, load_release_agra, load_release_isms
@@ -76,10 +76,25 @@ def resolve_embedder(root, cfg, dataset: str) -> Embedder:
     layers = list(meta["spec"]["layers"])  # heads read the layers they were trained on
     resolve_layers(root, dataset, layers)
     folder = st.artefact_dir(cfg.store, "heads", name)
-    embed = HeadsEmbedding(folder, layers, bool(cfg.fusion), float(cfg.fusion_weight))
+    weight = fusion_weight(cfg.fusion_weight, meta)
+    embed = HeadsEmbedding(folder, layers, bool(cfg.fusion), weight)
     return Embedder(name, layers, embed, {"features": features, "heads": name,
                                           "heads_fingerprint": meta["fingerprint"], "layers": layers,
-                                          "fusion": bool(cfg.fusion), "fusion_weight": float(cfg.fusion_weight)})
+                                          "fusion": bool(cfg.fusion), "fusion_weight": weight})
+
+
+def fusion_weight(value, meta: dict) -> float:
+    """`auto`: the weight fit-heads chose on held-out flights (heads.json), 0.5 (the paper's)
+    for heads without one (imported, or preset=paper)."""
+    if str(value) == "auto":
+        return float(meta.get("fusion_weight", 0.5))
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = -1.0
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"fusion_weight must be auto or a number in [0, 1], got {value!r}")
+    return weight
 
 
 class HeadsEmbedding:

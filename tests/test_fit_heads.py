@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -219,3 +220,33 @@ def test_flight_rows_spread_over_each_flight():
     rows = flight_rows(groups, per_flight=4)
     assert list(groups[rows]) == [3, 3, 3, 7, 7, 7, 7, 9]
     assert list(rows) == [1, 3, 8, 0, 4, 7, 10, 5]           # every other row of flight 7
+
+
+def test_fusion_weight_follows_the_stream_that_agrees_with_whole_flights():
+    """The label-free choice: single drones of held-out flights should pick the satellite their
+    flight picks; the stream where they do gets the weight, ties go to 1/2."""
+    from geoalign_store.teacher import holdout_flights, select_fusion_weight
+    rng = np.random.default_rng(1)
+    sat = rng.standard_normal((40, 12))
+    groups = np.repeat(np.arange(40), 5)
+    good = sat[groups] + 0.6 * rng.standard_normal((200, 12))      # drones near their satellite
+    noise = rng.standard_normal((200, 12))                          # drones that carry nothing
+    sat_t, good_t, noise_t = (torch.from_numpy(x).float() for x in (sat, good, noise))
+    assert select_fusion_weight(sat_t, sat_t, good_t, noise_t, groups)[0] == 1.0
+    assert select_fusion_weight(sat_t, sat_t, noise_t, good_t, groups)[0] == 0.0
+    assert select_fusion_weight(sat_t, sat_t, good_t, good_t, groups)[0] == 0.5
+    held = holdout_flights(groups + 7, 0.1, seed=3)
+    assert len(np.unique(groups[held])) == 4 and (held == holdout_flights(groups + 7, 0.1, 3)).all()
+    assert not holdout_flights(groups, 0.0, 3).any() and not holdout_flights(np.zeros(5), 0.5, 3).any()
+
+
+def test_score_uses_the_chosen_fusion_weight(tmp_path):
+    store = make_store(tmp_path / "w.zarr")
+    fit(store)
+    meta = json.loads((store / "heads/geoalign/heads.json").read_text())
+    assert meta["n_train"]["held_out_groups"] == 2 and set(meta["fusion_selection"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    auto = score.run(compose("score", [f"store={store}", "pictures=0"]))
+    explicit = score.run(compose("score", [f"store={store}", "pictures=0", f"fusion_weight={meta['fusion_weight']}"]))
+    assert auto["recall"] == explicit["recall"] and auto["ap"] == explicit["ap"]
+    with pytest.raises(ConfigError, match="fusion_weight must be auto or a number"):
+        score.run(compose("score", [f"store={store}", "pictures=0", "fusion_weight=heavy"]))
