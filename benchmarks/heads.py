@@ -40,6 +40,7 @@ VARIANTS = {
     "improved, AGRA self-taught: AGRA": (["preset=improved", "agra.teacher=self"], ["fusion=false"]),
     "improved, AGRA self-taught: fused": (["preset=improved", "agra.teacher=self"], []),
     "improved, teacher never rebuilt: fused": (["preset=improved", "agra.teacher_refresh=0"], []),
+    "improved, fusion weight 0.5 (no choice)": (["preset=improved"], ["fusion_weight=0.5"]),
     "improved w/o MoE: fused": (["preset=improved", "agra.moe=false"], []),
     "improved w/o reliable matching: fused": (["preset=improved", "agra.matching=false"], []),
     "improved w/o distillation: fused": (["preset=improved", "agra.distill=false"], []),
