@@ -82,6 +82,8 @@ def run(cfg) -> dict:
             "heads": embedder.name, "fusion": bool(cfg.fusion) and embedder.name != "none",
             "layers": embedder.layers, "gallery_protocol": cfg.gallery_protocol, "index": cfg.index}
     result = {**head, **pooled_metrics(subsets)}
+    if head["fusion"]:  # an extra key beside the schema: the weight `auto` resolved to
+        result["fusion_weight"] = embedder.spec["fusion_weight"]
     if len(subsets) > 1:
         result["subsets"] = subsets
     st.write_json(folder / "metrics.json", result)

@@ -248,5 +248,6 @@ def test_score_uses_the_chosen_fusion_weight(tmp_path):
     auto = score.run(compose("score", [f"store={store}", "pictures=0"]))
     explicit = score.run(compose("score", [f"store={store}", "pictures=0", f"fusion_weight={meta['fusion_weight']}"]))
     assert auto["recall"] == explicit["recall"] and auto["ap"] == explicit["ap"]
+    assert auto["fusion_weight"] == meta["fusion_weight"]
     with pytest.raises(ConfigError, match="fusion_weight must be auto or a number"):
         score.run(compose("score", [f"store={store}", "pictures=0", "fusion_weight=heavy"]))
