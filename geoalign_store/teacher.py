@@ -36,15 +36,22 @@ def flight_rows(groups: np.ndarray, per_flight: int) -> np.ndarray:
     return order[pos[k[None, :] < take[:, None]]]
 
 
+def flight_means(drone_emb, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The L2-normalised mean of each flight's L2-normalised drone embeddings (float64, rows in
+    sorted group-id order) and, for every drone row, the index of its flight."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    means = np.zeros((inverse.max() + 1, drone_emb.shape[1]))
+    np.add.at(means, inverse, l2n(np.asarray(drone_emb, dtype=np.float64)))
+    return l2n(means), inverse
+
+
 def flight_plan(sat_emb: np.ndarray, drone_emb: np.ndarray, groups: np.ndarray, epsilon: float,
                 n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Satellites vs the mean embedding of each flight (columns in sorted group-id order: the
     order of :func:`geoalign_store.training.draw_one_per_group`), one converged entropic OT plan.
     -> (plan (n_sat, n_groups), cosine (n_sat, n_groups)), float32."""
-    _, inverse = np.unique(groups, return_inverse=True)
-    means = np.zeros((inverse.max() + 1, drone_emb.shape[1]))
-    np.add.at(means, inverse, l2n(np.asarray(drone_emb, dtype=np.float64)))
-    sim = torch.from_numpy(l2n(np.asarray(sat_emb, dtype=np.float64)) @ l2n(means).T)
+    means, _ = flight_means(drone_emb, groups)
+    sim = torch.from_numpy(l2n(np.asarray(sat_emb, dtype=np.float64)) @ means.T)
     return al.sinkhorn_log(1.0 - sim, epsilon, n_iter).float(), sim.float()
 
 
@@ -97,13 +104,11 @@ def select_fusion_weight(sat1, sat2, drone1, drone2, groups: np.ndarray,
     proxy of single-image retrieval that AGRA cannot have memorised. Ties go to the weight
     nearest 1/2 (the paper's fusion). sat*/drone*: embeddings of stream 1 (AGRA) and 2 (ISMS)."""
     from .heads import fuse
-    _, inverse = np.unique(groups, return_inverse=True)
     scores = {}
     for w in grid:
         zs = fuse(torch.as_tensor(sat1), torch.as_tensor(sat2), w).numpy()
         zd = fuse(torch.as_tensor(drone1), torch.as_tensor(drone2), w).numpy()
-        means = np.zeros((inverse.max() + 1, zd.shape[1]))
-        np.add.at(means, inverse, zd)
+        means, inverse = flight_means(zd, groups)
         flight_pick = np.argmax(means @ zs.T, axis=1)
         scores[float(w)] = float(np.mean(np.argmax(zd @ zs.T, axis=1) == flight_pick[inverse]))
     best = max(scores.values())

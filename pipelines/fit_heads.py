@@ -27,7 +27,7 @@ from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms,
                                      select_latent_dim)
 
 from .progress import console, progress_bar
-from .retrieval import resolve_layers
+from .retrieval import claim_heads_folder, resolve_layers
 
 STAGE_VERSION = 1
 
@@ -64,21 +64,6 @@ def _content_hash(root, dataset, layers) -> str:
                         for k in layers] + [int(data["drone_groups"].sum())])
 
 
-def _check_existing(folder: Path, spec: dict, overwrite: bool) -> dict | None:
-    meta_path = folder / "heads.json"
-    if not meta_path.exists():
-        return None
-    meta = json.loads(meta_path.read_text())
-    if meta.get("fingerprint") == fingerprint(spec):
-        return meta
-    if not overwrite:
-        raise st.StoreError(f"{folder} holds heads trained for another request (features, layers, "
-                            "recipe or seed changed); add overwrite=true to retrain, or name=OTHER")
-    for path in folder.iterdir():
-        path.unlink()
-    return None
-
-
 def run(cfg) -> dict:
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
@@ -87,7 +72,8 @@ def run(cfg) -> dict:
         raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
     spec = heads_spec(cfg, root, dataset, layers)
-    meta = _check_existing(folder, spec, bool(cfg.overwrite)) or {
+    meta = claim_heads_folder(folder, fingerprint(spec), bool(cfg.overwrite),
+                              "heads trained for another request (features, layers, recipe or seed changed)") or {
         "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
     st.write_json(folder / "heads.json", meta)
     if meta["complete"]:
@@ -102,7 +88,8 @@ def run(cfg) -> dict:
         raise ConfigError(problem)
     _train_isms(cfg, folder, data, layers)
     held = holdout_flights(data["drone_groups"], float(cfg.agra.holdout_flights), int(cfg.seed))
-    isms_emb = _isms_embeddings(folder, data, layers)
+    needs_isms = cfg.agra.teacher != "self" or held.any()   # the paper's recipe does not
+    isms_emb = _isms_embeddings(folder, data, layers) if needs_isms else None
     state = _train_agra(cfg, folder, data, layers, isms_emb, ~held)
     meta.update({"complete": True, "dim": int(data["satellite"][layers[1]].shape[1]),
                  "n_train": {"satellite": len(data["satellite"][layers[1]]),
@@ -154,7 +141,7 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int], isms_emb: dict
     sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b][rows])
     groups = data["drone_groups"][rows]
     recipe = AgraRecipe(**to_plain(cfg.agra))
-    teacher = _teacher(sat, drone, isms_emb["satellite"], isms_emb["drone"][torch.from_numpy(rows)], groups, recipe)
+    teacher = _teacher(sat, drone, isms_emb, rows, groups, recipe)
     state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
     if ckpt.exists():
@@ -187,13 +174,14 @@ def _choose_fusion(model, data: dict, layers: list[int], isms_emb: dict, held: n
     return weight, scores
 
 
-def _teacher(sat, drone, sat_isms, drone_isms, groups, recipe: AgraRecipe) -> FlightTeacher | None:
-    """agra.teacher=isms: satellites vs drone flights, first in the ISMS space."""
+def _teacher(sat, drone, isms_emb, rows, groups, recipe: AgraRecipe) -> FlightTeacher | None:
+    """agra.teacher=isms: satellites vs drone flights (the drone `rows`), first in the ISMS space."""
     if recipe.teacher == "self":
         return None
     if recipe.teacher != "isms":
         raise ConfigError(f"agra.teacher must be self or isms, got {recipe.teacher!r}")
-    teacher = FlightTeacher(sat, drone, sat_isms, drone_isms, groups, recipe.teacher_epsilon,
+    teacher = FlightTeacher(sat, drone, isms_emb["satellite"], isms_emb["drone"][torch.from_numpy(rows)],
+                            groups, recipe.teacher_epsilon,
                             recipe.teacher_iters, recipe.teacher_per_flight)
     plan = teacher.initial()[0]
     console.print(f"AGRA teacher: OT plan of {plan.shape[0]} satellites x {plan.shape[1]} drone flights "

@@ -7,7 +7,6 @@ every tensor's shape is checked against the stored features' C, and the result i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from geoalign_store import store as st
@@ -15,7 +14,7 @@ from geoalign_store.checkpoints import save_module
 from geoalign_store.config import ConfigError, file_sha256, fingerprint, to_plain
 from geoalign_store.heads import load_release_agra, load_release_isms, read_release_checkpoint
 
-from .retrieval import resolve_layers
+from .retrieval import claim_heads_folder, resolve_layers
 
 
 def _checkpoint(path, what: str) -> Path:
@@ -44,7 +43,8 @@ def run(cfg) -> dict:
         sources["isms"] = [str(cfg.isms), file_sha256(Path(str(cfg.isms)).expanduser())]
     spec = {"dataset": dataset, "layers": layers, "imported": sources}
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
-    _make_room(folder, fingerprint(spec), bool(cfg.overwrite))
+    claim_heads_folder(folder, fingerprint(spec), bool(cfg.overwrite),
+                       "other heads (trained, or imported from other files)")
     save_module(folder / "agra.safetensors", agra, {"dim": dim, "config": agra.config})
     if isms is not None:
         save_module(folder / "isms.safetensors", isms, {"in_dim": isms.in_dim, "latent_dim": isms.latent_dim})
@@ -54,15 +54,3 @@ def run(cfg) -> dict:
     return {"stage": "import-heads", "store": str(cfg.store), "dataset": dataset, "name": str(cfg.name),
             "folder": str(folder), "dim": dim, "agra": str(agra_path), "isms": cfg.isms}
 
-
-def _make_room(folder: Path, wanted: str, overwrite: bool) -> None:
-    """Never replace other heads silently (trained ones, or imports of other files): their
-    leftovers (centring means, logs) would also be mixed with the imported weights."""
-    meta = folder / "heads.json"
-    if not meta.exists() or json.loads(meta.read_text()).get("fingerprint") == wanted:
-        return
-    if not overwrite:
-        raise st.StoreError(f"{folder} already holds other heads (trained, or imported from other "
-                            "files); add overwrite=true to replace them, or name=OTHER")
-    for path in folder.iterdir():
-        path.unlink()

@@ -50,6 +50,24 @@ def available_heads(store_url) -> dict[str, dict]:
     return found
 
 
+def claim_heads_folder(folder: Path, wanted: str, overwrite: bool, other: str) -> dict | None:
+    """heads/<name>/ for heads of fingerprint `wanted`: its heads.json when it already holds
+    them; None when empty, or emptied with `overwrite` (so no leftover - centring means, logs -
+    mixes with new weights). Other heads (`other` says how they differ) are never replaced
+    silently."""
+    meta_path = folder / "heads.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("fingerprint") == wanted:
+        return meta
+    if not overwrite:
+        raise st.StoreError(f"{folder} holds {other}; add overwrite=true to replace them, or name=OTHER")
+    for path in folder.iterdir():
+        path.unlink()
+    return None
+
+
 def _pick_heads(cfg, dataset: str) -> tuple[str, dict | None]:
     heads = "none" if cfg.heads is None else str(cfg.heads)
     if heads == "none":

@@ -190,10 +190,10 @@ def test_latent_size_selection_is_label_free_and_finds_the_signal():
     assert again == best
 
 
-def test_group_teacher_pairs_satellites_with_their_flights():
+def test_flight_plan_pairs_satellites_with_their_flights():
     """agra.teacher=isms: averaging each flight beats single drones, the plan's columns follow
     the sorted group ids (the order of the per-epoch draws), and the ids' values do not matter."""
-    from geoalign_store.teacher import flight_plan as group_teacher
+    from geoalign_store.teacher import flight_plan
     from geoalign_store.training import draw_one_per_group, group_index
     rng = np.random.default_rng(0)
     sat = rng.standard_normal((30, 16))
@@ -202,7 +202,7 @@ def test_group_teacher_pairs_satellites_with_their_flights():
     sat_of_group = {g: i for i, g in zip(np.argsort(flight_of_sat), np.unique(groups))}
     truth = np.array([sat_of_group[g] for g in groups])
     drone = sat[truth] + 1.6 * rng.standard_normal((len(groups), 16))
-    plan, sim = group_teacher(sat, drone, groups, epsilon=0.05, n_iter=50)
+    plan, sim = flight_plan(sat, drone, groups, epsilon=0.05, n_iter=50)
     assert plan.shape == sim.shape == (30, 30)
     np.testing.assert_allclose(plan.sum(0).numpy(), 1 / 30, rtol=1e-4)
     assert (plan.argmax(1).numpy() == flight_of_sat).all()
@@ -211,7 +211,7 @@ def test_group_teacher_pairs_satellites_with_their_flights():
     picked = draw_one_per_group(group_index(groups), torch.Generator().manual_seed(0)).numpy()
     assert (truth[picked] == np.argsort(flight_of_sat)).all()  # draw k belongs to column k
     relabelled = np.searchsorted(np.unique(groups), groups) * 3 + 10**6
-    assert torch.equal(group_teacher(sat, drone, relabelled, 0.05, 50)[0], plan)
+    assert torch.equal(flight_plan(sat, drone, relabelled, 0.05, 50)[0], plan)
 
 
 def test_flight_rows_spread_over_each_flight():
