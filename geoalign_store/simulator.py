@@ -1,4 +1,8 @@
-"""A feature-level cross-view simulator: a store with known ground truth (SPEC §6, issue 4).
+"""A family of feature-level cross-view simulators: stores with known ground truth (SPEC §6).
+
+`family=` picks the generative model (geoalign_store/sim_families.py: manifold, regimes,
+flightshift, neighbours), each with its own default sizes and knobs; the rest of this module is
+shared. The `manifold` family (the default, and the original simulator) is described here:
 
 It writes `features/<dataset>/{train,test}/{drone,satellite}` in the SPEC §3 layout (through
 `store.py`, the only code that knows the layout) with layers 26 and 28, so fit-heads, index and
@@ -39,118 +43,60 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import sim_families as fam
 from . import store as st
-from .config import fingerprint
+from .config import ConfigError, fingerprint
 from .datasets import ViewListing
 
-SIMULATOR_VERSION = 1
-LAYERS = (26, 28)
+SIMULATOR_VERSION = 2
+LAYERS = fam.LAYERS
 BLOCK_SIZE = 512
 GROUP_BASE = 100000
-DEFAULT_KNOBS = {
-    "latent_dim": 16, "embed_gain": 2.0, "redundant_frac": 0.25, "layer26_mix": 0.6,
-    "experts": 4, "expert_mix": 0.65, "expert_gain": 1.5, "expert_offset": 0.5,
-    "domain_offset": 1.5, "sat_offset": 1.0, "nuisance_dirs": 4, "nuisance_std": 0.8,
-    "sat_noise": 0.15, "drone_noise": 0.4, "cls_noise": 0.3,
-}
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _gauss_vec(rng, shape, norm: float) -> np.ndarray:
-    """Gaussian vectors of expected norm ~`norm` along the last axis."""
-    return rng.standard_normal(shape) * (norm / np.sqrt(shape[-1]))
-
-
-def _orthogonal(rng, n: int) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
-
-
-class _Model:
-    """The fixed random parameters of the generative model (drawn from the model stream)."""
-
-    def __init__(self, rng, dim: int, k: dict):
-        self.k = k
-        self.free = dim - int(round(dim * k["redundant_frac"]))
-        d, f, hidden = k["latent_dim"], self.free, 2 * self.free
-        self.embed = [(rng.standard_normal((d, hidden)) / np.sqrt(d),
-                       rng.standard_normal((hidden, f)) / np.sqrt(hidden)) for _ in range(2)]
-        self.layer = {}
-        for layer in LAYERS:
-            self.layer[layer] = {
-                "redund": rng.standard_normal((f, dim - f)) / np.sqrt(f),
-                "Q": np.stack([_orthogonal(rng, f) for _ in range(k["experts"])]),
-                "o": _gauss_vec(rng, (k["experts"], f), k["expert_offset"]),
-                "m_sat": _gauss_vec(rng, (f,), k["sat_offset"]),
-                "m_drone": _gauss_vec(rng, (f,), k["domain_offset"]),
-                "nuis": np.linalg.qr(rng.standard_normal((f, k["nuisance_dirs"])))[0].T,
-            }
-        z = rng.standard_normal((4096, d))   # a fixed sample sets the embedding's scale
-        self.scale = [1.0 / np.linalg.norm(self._raw_embed(z, i), axis=1).mean() for i in range(2)]
-
-    def _raw_embed(self, z, i):
-        a, b = self.embed[i]
-        return np.tanh(self.k["embed_gain"] * z @ a) @ b
-
-    def clean(self, z) -> dict:
-        e28 = self._raw_embed(z, 0) * self.scale[0]
-        own = self._raw_embed(z, 1) * self.scale[1]
-        mix = self.k["layer26_mix"]
-        return {28: e28, 26: mix * e28 + np.sqrt(1 - mix ** 2) * own}
-
-    def finish(self, layer: int, x) -> np.ndarray:
-        """Append the redundant channels and L2-normalise."""
-        return _l2(np.concatenate([x, x @ self.layer[layer]["redund"]], axis=1)).astype(np.float32)
-
-    def satellite(self, rng, z) -> dict:
-        clean = self.clean(z)
-        return {layer: self.finish(layer, clean[layer] + self.layer[layer]["m_sat"]
-                                   + _gauss_vec(rng, clean[layer].shape, self.k["sat_noise"]))
-                for layer in LAYERS}
-
-    def drone(self, rng, z, expert) -> dict:
-        k, clean = self.k, self.clean(z)
-        coef = rng.standard_normal((len(z), k["nuisance_dirs"])) * k["nuisance_std"]
-        out = {}
-        for layer in LAYERS:
-            p, x = self.layer[layer], clean[layer]
-            u = (1 - k["expert_mix"]) * x
-            for j in range(k["experts"]):   # a handful of experts, each applied to its rows at once
-                rows = expert == j
-                u[rows] += k["expert_mix"] * x[rows] @ p["Q"][j]
-            gain = k["expert_gain"] * np.sqrt(self.free)   # channels of u are ~1/sqrt(free)
-            y = np.tanh(gain * u) / gain
-            y = y + p["o"][expert] + p["m_drone"] + coef @ p["nuis"]
-            out[layer] = self.finish(layer, y + _gauss_vec(rng, x.shape, k["drone_noise"]))
-        return out
+FAMILIES = tuple(fam.FAMILIES)
+DEFAULT_FAMILY = "manifold"
+DEFAULT_KNOBS = {k: v for k, v in fam.DEFAULTS[DEFAULT_FAMILY].items() if k not in fam.SIZES}
+_l2 = fam.l2
 
 
 def _cls(rng, desc: np.ndarray, noise: float) -> np.ndarray:
-    return _l2(desc + _gauss_vec(rng, desc.shape, noise)).astype(np.float32)
+    return _l2(desc + fam.gauss_vec(rng, desc.shape, noise)).astype(np.float32)
 
 
-def generate(*, seed=0, dim=240, train_locs=200, test_locs=200, views=8, distractors=50,
-             **knobs) -> tuple[dict, dict]:
+def resolve(family: str = DEFAULT_FAMILY, **params) -> tuple[str, dict, dict]:
+    """(family, sizes, knobs) with the family's defaults filled in; None means the default.
+    Unknown names are refused with the valid ones listed."""
+    if family not in fam.FAMILIES:
+        raise ConfigError(f"unknown simulator family {family!r}; valid: {', '.join(fam.FAMILIES)}")
+    defaults = fam.DEFAULTS[family]
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown simulator parameter(s) {unknown} for family {family}; valid: "
+                         f"seed, {', '.join(sorted(defaults))}")
+    given = {n: v for n, v in params.items() if v is not None}
+    merged = {**defaults, **given}   # typed as the defaults, so 1 and 1.0 fingerprint alike
+    merged = {n: type(defaults[n])(v) for n, v in merged.items()}
+    return family, {n: merged[n] for n in fam.SIZES}, {n: v for n, v in merged.items() if n not in fam.SIZES}
+
+
+def generate(*, family: str = DEFAULT_FAMILY, seed=0, **params) -> tuple[dict, dict]:
     """All arrays, keyed (split, view) -> {ids, labels, in_query, in_gallery, layer_k/...}, and
     the ground truth the store never holds: "<split>_drone_loc" (the satellite row of each drone
-    row) and "<split>_drone_expert" (its distortion)."""
-    k = _knobs(knobs)
+    row) and "<split>_drone_expert" (its viewing regime)."""
+    family, sizes, k = resolve(family, **params)
+    views = sizes["views"]
     streams = np.random.default_rng(seed).spawn(3)
-    model = _Model(streams[0], dim, k)
+    model = fam.FAMILIES[family](streams[0], sizes["dim"], k)
     out, truth = {}, {}
-    for split, rng, n_loc, n_dis in (("train", streams[1], train_locs, 0),
-                                     ("test", streams[2], test_locs, distractors)):
-        z = rng.standard_normal((n_loc + n_dis, k["latent_dim"]))
-        first = 0 if split == "train" else train_locs
+    for split, rng, n_loc, n_dis in (("train", streams[1], sizes["train_locs"], 0),
+                                     ("test", streams[2], sizes["test_locs"], sizes["distractors"])):
+        z = model.latents(rng, n_loc + n_dis)
+        first = 0 if split == "train" else sizes["train_locs"]
         sat_labels = np.arange(first, first + n_loc + n_dis, dtype=np.int64)
         sat = model.satellite(rng, z)
         loc = np.repeat(np.arange(n_loc), views)
         view_idx = np.tile(np.arange(views), n_loc)
-        expert = rng.integers(0, k["experts"], len(loc))
-        drone = model.drone(rng, z[loc], expert)
+        expert = rng.integers(0, model.n_regimes, len(loc))
+        drone = model.drone(rng, z[loc], loc, expert)
         drone_labels = sat_labels[loc]
         if split == "train":   # group ids that match no satellite, rows in shuffled group order
             groups = GROUP_BASE + rng.permutation(n_loc)
@@ -176,25 +122,14 @@ def generate(*, seed=0, dim=240, train_locs=200, test_locs=200, views=8, distrac
     return out, truth
 
 
-def _knobs(knobs: dict) -> dict:
-    unknown = sorted(set(knobs) - set(DEFAULT_KNOBS))
-    if unknown:
-        raise ValueError(f"unknown simulator parameter(s) {unknown}; valid: "
-                         f"seed, dim, train_locs, test_locs, views, distractors, "
-                         f"{', '.join(sorted(DEFAULT_KNOBS))}")
-    k = {**DEFAULT_KNOBS, **knobs}   # typed as the defaults, so 1 and 1.0 fingerprint alike
-    return {n: type(DEFAULT_KNOBS[n])(v) for n, v in k.items()}
-
-
-def simulate(store_url: str, *, dataset="sim", seed=0, dim=240, train_locs=200, test_locs=200,
-             views=8, distractors=50, overwrite=False, **knobs) -> dict:
+def simulate(store_url: str, *, dataset="sim", family: str = DEFAULT_FAMILY, seed=0,
+             overwrite=False, **params) -> dict:
     """Write the simulated store; return its summary with raw, domain-centred and oracle D2S R@1."""
-    params = {"seed": int(seed), "dim": int(dim), "train_locs": int(train_locs),
-              "test_locs": int(test_locs), "views": int(views), "distractors": int(distractors)}
-    k = _knobs(knobs)
-    spec = {"backbone": "simulator", "simulator_version": SIMULATOR_VERSION,
-            "layers": list(LAYERS), **params, **k}
-    data, truth = generate(**params, **k)
+    family, sizes, k = resolve(family, **params)
+    spec = {"backbone": "simulator", "simulator_version": SIMULATOR_VERSION, "family": family,
+            "layers": list(LAYERS), "seed": int(seed), **sizes, **k}
+    data, truth = generate(family=family, seed=int(seed), **sizes, **k)
+    dim = sizes["dim"]
     root = st.open_store(store_url, mode="a")
     st.prepare_dataset(root, dataset, spec, fingerprint(spec), bool(overwrite))
     written = {}
@@ -210,8 +145,9 @@ def simulate(store_url: str, *, dataset="sim", seed=0, dim=240, train_locs=200, 
                            [""] * (rows.stop - rows.start))
         info = st.finalize_view(group)
         written[f"{split}/{view}"] = {"n": info["n"], "complete": info["complete"]}
-    return {"stage": "simulate", "store": str(store_url), "dataset": dataset, "params": params,
-            "knobs": k, "store_views": written, "d2s_r1": baselines(data, truth)}
+    return {"stage": "simulate", "store": str(store_url), "dataset": dataset, "family": family,
+            "params": {"seed": int(seed), **sizes}, "knobs": k, "store_views": written,
+            "d2s_r1": baselines(data, truth)}
 
 
 # ----- reference numbers (a tiny local R@1; the official metrics live in metrics.py) -----
@@ -259,13 +195,25 @@ def oracle_map(x, y, groups, seed=0):
 
 
 def baselines(data: dict, truth: dict) -> dict:
-    """Raw (`heads=none`), domain-centred and supervised-oracle D2S R@1 on the test split."""
+    """Raw (`heads=none`), domain-centred and supervised-oracle D2S R@1 on the test split.
+    `oracle`: one ridge map fitted on the true train pairs; `oracle_regime`: one ridge map per
+    viewing regime, each test drone mapped with its true regime (privileged: an upper reference
+    for the families whose drones fall in discrete regimes)."""
     qd, gs = data["test", "drone"], data["test", "satellite"]
     q_lab, g_lab = qd["labels"], gs["labels"]
     raw = recall_at_1(_concat(qd), q_lab, _concat(gs), g_lab)
     centred = recall_at_1(_concat(qd, _means(qd)), q_lab, _concat(gs, _means(gs)), g_lab)
     td, ts = data["train", "drone"], data["train", "satellite"]
     loc = truth["train_drone_loc"]
-    apply, my = oracle_map(_concat(td), _concat(ts)[loc], loc)
-    oracle = recall_at_1(apply(_concat(qd)), q_lab, _l2(_concat(gs) - my), g_lab)
-    return {"raw": raw, "centred": centred, "oracle": oracle}
+    x, y, q = _concat(td), _concat(ts)[loc], _concat(qd)
+    apply, my = oracle_map(x, y, loc)
+    gallery = _l2(_concat(gs) - my)
+    out = {"raw": raw, "centred": centred, "oracle": recall_at_1(apply(q), q_lab, gallery, g_lab)}
+    regime, test_regime = truth["train_drone_expert"], truth["test_drone_expert"]
+    if len(np.unique(regime)) > 1:
+        mapped = np.zeros_like(q)
+        for r in np.unique(test_regime):
+            fit, _ = oracle_map(x[regime == r], y[regime == r], loc[regime == r])
+            mapped[test_regime == r] = fit(q[test_regime == r])
+        out["oracle_regime"] = recall_at_1(mapped, q_lab, gallery, g_lab)
+    return out

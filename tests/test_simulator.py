@@ -133,3 +133,46 @@ def test_default_recipe_meets_the_target_on_the_simulator(default_store):
     r1 = summary["d2s_r1"]
     assert (heads - r1["raw"]) / (r1["oracle"] - r1["raw"]) >= 0.7
     assert heads - r1["centred"] >= 0.10
+
+
+@pytest.mark.parametrize("family", ["regimes", "flightshift", "neighbours"])
+def test_every_family_writes_the_same_layout_deterministically(tmp_path, family):
+    """Each family: the SPEC layout, unit-norm float32 rows, train groups that match no
+    satellite, the same store for the same seed, and its regimes recorded in the ground truth."""
+    small = {"dim": 80, "train_locs": 30, "test_locs": 20, "views": 4, "distractors": 5}
+    url = str(tmp_path / "f.zarr")
+    summary = simulate(url, family=family, seed=5, **small)
+    assert summary["family"] == family and summary["params"]["dim"] == 80
+    for split, view in VIEWS:
+        g = _view(url, split, view)
+        n = {"satellite": 30 if split == "train" else 25, "drone": (30 if split == "train" else 20) * 4}[view]
+        x = g["layer_28/desc"][:]
+        assert x.shape == (n, 80) and x.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    drone = _view(url, "train", "drone")["labels"][:]
+    assert not set(drone.tolist()) & set(_view(url, "train", "satellite")["labels"][:].tolist())
+    again, truth = generate(family=family, seed=5, **small)
+    np.testing.assert_array_equal(again["test", "drone"]["layer_26/desc"],
+                                  _view(url, "test", "drone")["layer_26/desc"][:])
+    assert len(truth["test_drone_expert"]) == 80
+    zarr_spec = zarr.open_group(url, mode="r")["features/sim"].attrs["fingerprint"]["spec"]
+    assert zarr_spec["family"] == family
+
+
+def test_unknown_family_or_knob_is_refused_with_the_valid_names(tmp_path):
+    with pytest.raises(ValueError, match="manifold, regimes"):
+        simulate(str(tmp_path / "x.zarr"), family="rotations")
+    with pytest.raises(ValueError, match="rotated_frac"):
+        simulate(str(tmp_path / "x.zarr"), family="regimes", expert_mix=0.3)
+
+
+@pytest.mark.parametrize("family", ["regimes", "flightshift", "neighbours"])
+def test_family_defaults_are_hard_for_raw_and_easy_for_the_oracle(family):
+    """The frozen defaults (smaller test split and, for the widest family, fewer views for speed):
+    raw descriptors score poorly, a supervised map scores high."""
+    faster = {"flightshift": {"views": 10, "test_locs": 100}}.get(family, {})
+    data, truth = generate(family=family, seed=0, **faster)
+    from geoalign_store.simulator import baselines
+    r1 = baselines(data, truth)
+    assert r1["raw"] < 0.4 and r1["centred"] < 0.6
+    assert max(r1["oracle"], r1.get("oracle_regime", 0)) > 0.9

@@ -1,0 +1,283 @@
+"""The generative models of the cross-view simulator family (SPEC §6, issue 8).
+
+Each family is a structurally different story of how drone descriptors depart from satellite
+ones. A family draws its fixed parameters from the model stream in `__init__` and then, per split,
+location latents, satellite descriptors (one image per location) and drone descriptors (one row
+per drone image, given its location's latent, its flight index and its viewing regime). Every
+output is {layer: (n, dim) float32, L2-normalised} for layers 26 and 28. The driver
+(`simulator.py`) owns sizes, splits, ids, grouping and the store.
+
+Families (defaults in DEFAULTS, frozen before any method is measured on them):
+
+- `manifold`: location content on a low-dimensional non-linear manifold; each drone image is
+  partly rotated by one of a few "experts", squashed by an elementwise tanh, offset per expert,
+  plus a domain offset, nuisance directions and noise (the original simulator).
+- `regimes`: high-dimensional linear content; each drone image is seen in one of a few discrete
+  viewing regimes, each a rotation of most of the descriptor space (a random subspace), with a
+  small per-regime offset, a domain offset, strong nuisance directions and modest noise. Whitening
+  and truncation lose information here.
+- `flightshift`: low-rank linear content under one global anisotropic (non-orthogonal) linear
+  distortion; every flight carries its own offset shared by all its images (weather, season,
+  time of day: averaging a flight does not remove it) and the noise is heavy-tailed.
+- `neighbours`: locations on a 2-D map whose content is a smooth random field (nearby locations
+  look alike: hard negatives); an oblique drone image sees a point displaced from its location,
+  through per-channel gains that depend on its altitude regime, plus a domain offset and noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LAYERS = (26, 28)
+SIZES = ("dim", "train_locs", "test_locs", "views", "distractors")
+
+
+def l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def gauss_vec(rng, shape, norm: float) -> np.ndarray:
+    """Gaussian vectors of expected norm ~`norm` along the last axis."""
+    return rng.standard_normal(shape) * (norm / np.sqrt(shape[-1]))
+
+
+def orthogonal(rng, n: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def _finish(x: np.ndarray) -> np.ndarray:
+    return l2(x).astype(np.float32)
+
+
+class Manifold:
+    """The original model; see simulator.py's docstring for its equations."""
+
+    def __init__(self, rng, dim: int, k: dict):
+        self.k = k
+        self.free = dim - int(round(dim * k["redundant_frac"]))
+        d, f, hidden = k["latent_dim"], self.free, 2 * self.free
+        self.embed = [(rng.standard_normal((d, hidden)) / np.sqrt(d),
+                       rng.standard_normal((hidden, f)) / np.sqrt(hidden)) for _ in range(2)]
+        self.layer = {}
+        for layer in LAYERS:
+            self.layer[layer] = {
+                "redund": rng.standard_normal((f, dim - f)) / np.sqrt(f),
+                "Q": np.stack([orthogonal(rng, f) for _ in range(k["experts"])]),
+                "o": gauss_vec(rng, (k["experts"], f), k["expert_offset"]),
+                "m_sat": gauss_vec(rng, (f,), k["sat_offset"]),
+                "m_drone": gauss_vec(rng, (f,), k["domain_offset"]),
+                "nuis": np.linalg.qr(rng.standard_normal((f, k["nuisance_dirs"])))[0].T,
+            }
+        z = rng.standard_normal((4096, d))   # a fixed sample sets the embedding's scale
+        self.scale = [1.0 / np.linalg.norm(self._raw_embed(z, i), axis=1).mean() for i in range(2)]
+        self.n_regimes = k["experts"]
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        return rng.standard_normal((n, self.k["latent_dim"]))
+
+    def _raw_embed(self, z, i):
+        a, b = self.embed[i]
+        return np.tanh(self.k["embed_gain"] * z @ a) @ b
+
+    def clean(self, z) -> dict:
+        e28 = self._raw_embed(z, 0) * self.scale[0]
+        own = self._raw_embed(z, 1) * self.scale[1]
+        mix = self.k["layer26_mix"]
+        return {28: e28, 26: mix * e28 + np.sqrt(1 - mix ** 2) * own}
+
+    def finish(self, layer: int, x) -> np.ndarray:
+        """Append the redundant channels and L2-normalise."""
+        return _finish(np.concatenate([x, x @ self.layer[layer]["redund"]], axis=1))
+
+    def satellite(self, rng, z) -> dict:
+        clean = self.clean(z)
+        return {layer: self.finish(layer, clean[layer] + self.layer[layer]["m_sat"]
+                                   + gauss_vec(rng, clean[layer].shape, self.k["sat_noise"]))
+                for layer in LAYERS}
+
+    def drone(self, rng, z, flight, expert) -> dict:
+        k, clean = self.k, self.clean(z)
+        coef = rng.standard_normal((len(z), k["nuisance_dirs"])) * k["nuisance_std"]
+        out = {}
+        for layer in LAYERS:
+            p, x = self.layer[layer], clean[layer]
+            u = (1 - k["expert_mix"]) * x
+            for j in range(k["experts"]):   # a handful of experts, each applied to its rows at once
+                rows = expert == j
+                u[rows] += k["expert_mix"] * x[rows] @ p["Q"][j]
+            gain = k["expert_gain"] * np.sqrt(self.free)   # channels of u are ~1/sqrt(free)
+            y = np.tanh(gain * u) / gain
+            y = y + p["o"][expert] + p["m_drone"] + coef @ p["nuis"]
+            out[layer] = self.finish(layer, y + gauss_vec(rng, x.shape, k["drone_noise"]))
+        return out
+
+
+class _Linear:
+    """Shared by the linear-content families: content e_k(z) = z A_k, unit norm on average, with
+    layer 26 a mixture of layer 28's content and its own."""
+
+    def _content_maps(self, rng, d: int, dim: int, mix: float):
+        a28 = rng.standard_normal((d, dim)) / np.sqrt(dim)
+        own = rng.standard_normal((d, dim)) / np.sqrt(dim)
+        self.content = {28: a28, 26: mix * a28 + np.sqrt(1 - mix ** 2) * own}
+
+    def clean(self, z) -> dict:
+        scale = 1.0 / np.sqrt(z.shape[1])
+        return {layer: scale * z @ a for layer, a in self.content.items()}
+
+
+class Regimes(_Linear):
+    def __init__(self, rng, dim: int, k: dict):
+        self.k, self.n_regimes = k, k["regimes"]
+        d = int(round(k["content_frac"] * dim))
+        self._content_maps(rng, d, dim, k["layer26_mix"])
+        self.d = d
+        r = int(round(k["rotated_frac"] * dim))
+        self.layer = {}
+        for layer in LAYERS:
+            basis = orthogonal(rng, dim)[:, :r]                 # the rotated subspace
+            self.layer[layer] = {
+                "basis": basis,
+                "Q": np.stack([orthogonal(rng, r) for _ in range(k["regimes"])]),
+                "o": gauss_vec(rng, (k["regimes"], dim), k["regime_offset"]),
+                "m_sat": gauss_vec(rng, (dim,), k["sat_offset"]),
+                "m_drone": gauss_vec(rng, (dim,), k["domain_offset"]),
+                "nuis": np.linalg.qr(rng.standard_normal((dim, k["nuisance_dirs"])))[0].T,
+            }
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        return rng.standard_normal((n, self.d))
+
+    def satellite(self, rng, z) -> dict:
+        return {layer: _finish(x + self.layer[layer]["m_sat"] + gauss_vec(rng, x.shape, self.k["sat_noise"]))
+                for layer, x in self.clean(z).items()}
+
+    def drone(self, rng, z, flight, regime) -> dict:
+        k, out = self.k, {}
+        coef = rng.standard_normal((len(z), k["nuisance_dirs"])) * k["nuisance_std"]
+        for layer, x in self.clean(z).items():
+            p = self.layer[layer]
+            inside = x @ p["basis"]                              # coordinates in the rotated subspace
+            rotated = np.einsum("nr,nrs->ns", inside, p["Q"][regime])
+            y = x + (rotated - inside) @ p["basis"].T
+            y = y + p["o"][regime] + p["m_drone"] + coef @ p["nuis"]
+            out[layer] = _finish(y + gauss_vec(rng, x.shape, k["drone_noise"]))
+        return out
+
+
+class FlightShift(_Linear):
+    def __init__(self, rng, dim: int, k: dict):
+        self.k, self.n_regimes = k, 1
+        self._content_maps(rng, k["latent_dim"], dim, k["layer26_mix"])
+        self.layer = {}
+        for layer in LAYERS:
+            gains = np.exp(k["gain_spread"] * rng.standard_normal(dim))
+            basis = orthogonal(rng, dim)
+            mixing = rng.standard_normal((dim, dim)) / np.sqrt(dim)
+            self.layer[layer] = {    # anisotropic and mixing: not orthogonal, not near identity
+                "G": (1 - k["mix"]) * (basis * gains) @ basis.T + k["mix"] * mixing,
+                "m_sat": gauss_vec(rng, (dim,), k["sat_offset"]),
+                "m_drone": gauss_vec(rng, (dim,), k["domain_offset"]),
+            }
+        self.flight_offsets: dict = {}
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        return rng.standard_normal((n, self.k["latent_dim"]))
+
+    def satellite(self, rng, z) -> dict:
+        return {layer: _finish(x + self.layer[layer]["m_sat"] + gauss_vec(rng, x.shape, self.k["sat_noise"]))
+                for layer, x in self.clean(z).items()}
+
+    def _heavy_noise(self, rng, shape) -> np.ndarray:
+        """Student-t (df 3) noise of expected norm ~drone_noise: occasional large outliers."""
+        df = 3.0
+        t = rng.standard_normal(shape) / np.sqrt(rng.chisquare(df, (shape[0], 1)) / df)
+        return t * (self.k["drone_noise"] / np.sqrt(shape[1] * df / (df - 2)))
+
+    def drone(self, rng, z, flight, regime) -> dict:
+        k, out = self.k, {}
+        n_flights = int(flight.max()) + 1 if len(flight) else 0
+        shared = gauss_vec(rng, (n_flights, z.shape[1]), 1.0)   # per-flight condition, both layers
+        for layer, x in self.clean(z).items():
+            p = self.layer[layer]
+            offset = (shared @ self.content[layer]) / np.sqrt(z.shape[1])
+            offset = l2(offset) * k["flight_offset"]
+            y = x @ p["G"] + offset[flight] + p["m_drone"]
+            out[layer] = _finish(y + self._heavy_noise(rng, x.shape))
+        return out
+
+
+class Neighbours:
+    def __init__(self, rng, dim: int, k: dict):
+        self.k, self.n_regimes = k, k["regimes"]
+        n_feat = k["field_features"]
+        self.freq = rng.standard_normal((2, n_feat)) / k["length_scale"]
+        self.phase = rng.uniform(0, 2 * np.pi, n_feat)
+        mix = k["layer26_mix"]
+        b28 = rng.standard_normal((n_feat, dim)) / np.sqrt(n_feat * dim)   # unit norm on average
+        own = rng.standard_normal((n_feat, dim)) / np.sqrt(n_feat * dim)
+        self.mix = {28: b28, 26: mix * b28 + np.sqrt(1 - mix ** 2) * own}
+        self.layer = {layer: {
+            "gain": np.exp(k["gain_spread"] * rng.standard_normal((k["regimes"], dim))),
+            "M": (1 - k["mix"]) * np.eye(dim) + k["mix"] * orthogonal(rng, dim),
+            "m_sat": gauss_vec(rng, (dim,), k["sat_offset"]),
+            "m_drone": gauss_vec(rng, (dim,), k["domain_offset"]),
+        } for layer in LAYERS}
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        """Map coordinates: locations spread over a square at unit density, each split its own
+        draw over the same square (the map is shared, so test locations neighbour train ones)."""
+        side = np.sqrt(self.k["map_locations"])
+        return rng.uniform(0, side, (n, 2))
+
+    def clean(self, pos) -> dict:
+        feats = np.cos(pos @ self.freq + self.phase) * np.sqrt(2.0)
+        return {layer: feats @ b for layer, b in self.mix.items()}
+
+    def satellite(self, rng, pos) -> dict:
+        return {layer: _finish(x + self.layer[layer]["m_sat"] + gauss_vec(rng, x.shape, self.k["sat_noise"]))
+                for layer, x in self.clean(pos).items()}
+
+    def drone(self, rng, pos, flight, regime) -> dict:
+        k = self.k
+        angle = rng.uniform(0, 2 * np.pi, len(pos))
+        seen = pos + k["view_shift"] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+        out = {}
+        for layer, x in self.clean(seen).items():
+            p = self.layer[layer]
+            y = (x * p["gain"][regime]) @ p["M"] + p["m_drone"]
+            out[layer] = _finish(y + gauss_vec(rng, x.shape, k["drone_noise"]))
+        return out
+
+
+FAMILIES = {"manifold": Manifold, "regimes": Regimes, "flightshift": FlightShift,
+            "neighbours": Neighbours}
+
+DEFAULTS = {
+    "manifold": {
+        "dim": 240, "train_locs": 200, "test_locs": 200, "views": 8, "distractors": 50,
+        "latent_dim": 16, "embed_gain": 2.0, "redundant_frac": 0.25, "layer26_mix": 0.6,
+        "experts": 4, "expert_mix": 0.65, "expert_gain": 1.5, "expert_offset": 0.5,
+        "domain_offset": 1.5, "sat_offset": 1.0, "nuisance_dirs": 4, "nuisance_std": 0.8,
+        "sat_noise": 0.15, "drone_noise": 0.4, "cls_noise": 0.3,
+    },
+    "regimes": {
+        "dim": 480, "train_locs": 400, "test_locs": 200, "views": 3, "distractors": 50,
+        "content_frac": 0.2, "layer26_mix": 0.7, "regimes": 3, "rotated_frac": 0.8,
+        "regime_offset": 0.3, "domain_offset": 1.5, "sat_offset": 1.0, "nuisance_dirs": 6,
+        "nuisance_std": 1.0, "sat_noise": 0.2, "drone_noise": 1.2, "cls_noise": 0.3,
+    },
+    "flightshift": {
+        "dim": 1280, "train_locs": 100, "test_locs": 200, "views": 50, "distractors": 50,
+        "latent_dim": 48, "layer26_mix": 0.6, "gain_spread": 0.6, "mix": 0.8,
+        "flight_offset": 0.6, "domain_offset": 1.5, "sat_offset": 1.0, "sat_noise": 0.2,
+        "drone_noise": 1.0, "cls_noise": 0.3,
+    },
+    "neighbours": {
+        "dim": 800, "train_locs": 800, "test_locs": 200, "views": 6, "distractors": 50,
+        "map_locations": 2000, "field_features": 256, "length_scale": 1.5, "layer26_mix": 0.6,
+        "regimes": 2, "gain_spread": 0.7, "mix": 0.9, "view_shift": 0.4, "domain_offset": 1.5,
+        "sat_offset": 1.0, "sat_noise": 0.2, "drone_noise": 0.6, "cls_noise": 0.3,
+    },
+}
