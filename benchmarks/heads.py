@@ -1,117 +1,136 @@
-"""Ablations of the heads on the cross-view simulator: mean +- std over seeds of D2S / S2D
-R@1 and AP, next to the raw, domain-centred and supervised-oracle references.
+"""Heads across the simulator family: every candidate, the label-free selection and the references.
 
-    python benchmarks/heads.py [--seeds 0 1 2] [--dim 240] [--epochs 300] [--out DIR]
+    python benchmarks/heads.py --family all [--seeds 0 1 2] [--epochs N] [--no-agra] [--json OUT]
 
-Each variant is `geoalign fit-heads` with a few recipe keys changed, then `geoalign score`.
+For each family and seed: simulate (arrays, no store), run the selection of fit-heads' default
+recipe (geoalign_store.selection: candidates fitted without the held-out flights, the criterion,
+the do-no-harm rule), then score on the test split (official metrics, D2S): raw, centred (each
+view's test mean), every candidate, the selected heads and the supervised oracles. Prints a table
+family x variant (mean +- std over seeds of D2S R@1 and AP), the issue's checks, and the
+criterion's Spearman rank correlation with the true test R@1 over every (family, seed, candidate).
+`--paper` adds the release's recipe (preset=paper: self-taught AGRA + ISMS, fused at 0.5), run
+through the simulate / fit-heads / score stages on a store of the same simulation.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from geoalign_store.config import compose
-from geoalign_store.embeddings import l2n
+from geoalign_store.candidates import TrainViews
+from geoalign_store.config import compose, to_plain
+from geoalign_store.embeddings import raw_embedding
 from geoalign_store.metrics import retrieval_metrics
-from geoalign_store.store import open_store, read_layer, read_view
-from pipelines import fit_heads, score, simulate
+from geoalign_store.selection import SelectionConfig, select
+from geoalign_store.simulator import FAMILIES, LAYERS, baselines, generate
+from geoalign_store.teacher import agra_candidate
+from geoalign_store.training import AgraRecipe
 
-# name -> (fit-heads overrides, score overrides). "paper" = the release's recipe (preset=paper).
-P = ["preset=paper"]
-VARIANTS = {
-    "ISMS only (paper)": (P, ["fusion_weight=0.0"]),
-    "AGRA w/o MoE": (P + ["agra.moe=false"], ["fusion=false"]),
-    "AGRA full": (P, ["fusion=false"]),
-    "AGRA w/o reliable matching": (P + ["agra.matching=false"], ["fusion=false"]),
-    "AGRA w/o distillation": (P + ["agra.distill=false"], ["fusion=false"]),
-    "AGRA w/o eps curriculum": (P + ["agra.eps_start=0.05"], ["fusion=false"]),
-    "fused (GeoAlign*, paper)": (P, []),
-    "paper + centring: ISMS only": (P + ["center=true"], ["fusion_weight=0.0"]),
-    "paper + centring: AGRA": (P + ["center=true"], ["fusion=false"]),
-    "paper + centring: fused": (P + ["center=true"], []),
-    "improved: ISMS only": (["preset=improved"], ["fusion_weight=0.0"]),
-    "improved: AGRA (flight teacher)": (["preset=improved"], ["fusion=false"]),
-    "improved: fused (default)": (["preset=improved"], []),
-    "improved, AGRA self-taught: AGRA": (["preset=improved", "agra.teacher=self"], ["fusion=false"]),
-    "improved, AGRA self-taught: fused": (["preset=improved", "agra.teacher=self"], []),
-    "improved, teacher never rebuilt: fused": (["preset=improved", "agra.teacher_refresh=0"], []),
-    "improved, fusion weight 0.5 (no choice)": (["preset=improved"], ["fusion_weight=0.5"]),
-    "improved w/o MoE: fused": (["preset=improved", "agra.moe=false"], []),
-    "improved w/o reliable matching: fused": (["preset=improved", "agra.matching=false"], []),
-    "improved w/o distillation: fused": (["preset=improved", "agra.distill=false"], []),
-}
+DEFAULT = compose("fit-heads")          # the default recipe (preset=improved), as fit-heads runs it
 
 
-def centred_metrics(store: str, mode: str) -> dict:
-    """Domain centring: each view's test descriptors minus that view's mean, per layer."""
-    root = open_store(store, mode="r")
-    emb = {}
-    for view in ("drone", "satellite"):
-        meta = read_view(root, "sim", "test", view)
-        layers = [l2n(read_layer(root, "sim", "test", view, k)) for k in (26, 28)]
-        emb[view] = (l2n(np.concatenate([l2n(x - x.mean(0)) for x in layers], 1)), meta)
-    q, g = ("drone", "satellite") if mode == "D2S" else ("satellite", "drone")
-    (qe, qm), (ge, gm) = emb[q], emb[g]
-    qs, gs = qm["in_query"], gm["in_gallery"]
-    return retrieval_metrics(qe[qs], ge[gs], qm["labels"][qs], gm["labels"][gs])
+def _desc(arrays: dict) -> dict:
+    return {k: arrays[f"layer_{k}/desc"] for k in LAYERS}
 
 
-def run_seed(seed: int, args, folder: Path) -> dict:
-    store = str(folder / f"sim{seed}.zarr")
-    sim = simulate.run(compose("simulate", [f"store={store}", f"seed={seed}", f"dim={args.dim}"]))
-    rows = {"raw": {}, "domain-centred": {}}
-    for mode in ("D2S", "S2D"):
-        rows["raw"][mode] = score.run(compose("score", [f"store={store}", f"mode={mode}",
-                                                        "heads=none", "pictures=0"]))
-        rows["domain-centred"][mode] = centred_metrics(store, mode)
-    fitted = {}
-    for name, (fit_over, score_over) in VARIANTS.items():
-        key = json.dumps(fit_over)
-        if key not in fitted:
-            fitted[key] = f"v{len(fitted)}"
-            fit_heads.run(compose("fit-heads", [f"store={store}", f"name={fitted[key]}", "seed=42",
-                                                f"agra.epochs={args.epochs}", *fit_over]))
-        rows[name] = {mode: score.run(compose("score", [f"store={store}", f"mode={mode}", "pictures=0",
-                                                        f"heads={fitted[key]}", *score_over]))
-                      for mode in ("D2S", "S2D")}
-    rows["oracle (supervised)"] = {"D2S": {"recall": {"1": sim["d2s_r1"]["oracle"]}}}
+def test_metrics(embed, data) -> dict:
+    q, g = data["test", "drone"], data["test", "satellite"]
+    m = retrieval_metrics(embed(_desc(q), "drone"), embed(_desc(g), "satellite"), q["labels"], g["labels"])
+    return {"r1": m["recall"]["1"], "ap": m["ap"]}
+
+
+def run_one(family: str, seed: int, args, log) -> dict:
+    data, truth = generate(family=family, seed=seed)
+    td, ts = data["train", "drone"], data["train", "satellite"]
+    views = TrainViews(_desc(ts), _desc(td), td["labels"], LAYERS)
+    recipe = AgraRecipe(**{**to_plain(DEFAULT.agra), **({"epochs": args.epochs} if args.epochs else {})})
+    train_agra = None if args.no_agra else (
+        lambda centre, teacher, seen: agra_candidate(centre, teacher, seen, recipe, DEFAULT.seed)[0])
+    select_cfg = SelectionConfig.from_config(to_plain(DEFAULT.select))
+    t0 = time.perf_counter()
+    sel = select(views, select_cfg, DEFAULT.seed, train_agra, log=lambda *_: None)
+    fit_s = time.perf_counter() - t0
+    ref = baselines(data, truth)
+    rows = {"raw": test_metrics(raw_embedding, data), "centred (test means)": {"r1": ref["centred"]}}
+    for name, heads in sel.fitted.items():
+        rows[name] = {**test_metrics(heads.embed, data), "criterion": sel.estimates[name]}
+    rows["SELECTED"] = {**test_metrics(sel.heads.embed, data), "chosen": sel.chosen}
+    if args.paper:
+        rows["paper recipe (preset=paper)"] = paper_recipe(family, seed)
+    rows["oracle (supervised ridge)"] = {"r1": ref["oracle"]}
+    if "oracle_regime" in ref:
+        rows["oracle (per-regime ridge, true regime)"] = {"r1": ref["oracle_regime"]}
+    log(f"{family} seed {seed}: chosen {sel.chosen} ({sel.reason}); test R@1 "
+        f"{rows['SELECTED']['r1']:.3f}, centre {rows['centre']['r1']:.3f}; fit {fit_s:.0f} s")
     return rows
 
 
-def table(per_seed: list[dict]) -> str:
-    lines = ["| variant | D2S R@1 | D2S AP | S2D R@1 | S2D AP |", "|---|---:|---:|---:|---:|"]
-    for name in per_seed[0]:
-        cells = []
-        for mode, metric in (("D2S", "r1"), ("D2S", "ap"), ("S2D", "r1"), ("S2D", "ap")):
-            values = [100 * (s[name][mode]["recall"]["1"] if metric == "r1" else s[name][mode]["ap"])
-                      for s in per_seed if mode in s[name] and (metric == "r1" or "ap" in s[name][mode])]
-            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def paper_recipe(family: str, seed: int) -> dict:
+    import tempfile
+    from pipelines import fit_heads, score, simulate
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"{tmp}/sim.zarr"
+        simulate.run(compose("simulate", [f"store={store}", f"family={family}", f"seed={seed}"]))
+        fit_heads.run(compose("fit-heads", [f"store={store}", "preset=paper"]))
+        m = score.run(compose("score", [f"store={store}", "mode=D2S", "pictures=0"]))
+    return {"r1": m["recall"]["1"], "ap": m["ap"]}
+
+
+def spearman(x, y) -> float:
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (x, y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def report(results: dict) -> None:
+    for family, per_seed in results.items():
+        print(f"\n### {family}\n\n| variant | D2S R@1 | D2S AP | criterion |\n|---|---:|---:|---:|")
+        for name in per_seed[0]:
+            cells = []
+            for key in ("r1", "ap", "criterion"):
+                vals = [100 * s[name][key] for s in per_seed if key in s.get(name, {})]
+                cells.append(f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if len(vals) == len(per_seed) else "-")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print("\nchosen: " + ", ".join(s["SELECTED"]["chosen"] for s in per_seed))
+    checks(results)
+
+
+def checks(results: dict) -> None:
+    crit, true = [], []
+    print("\n| family | selected | best candidate | centre | selected - best | min over seeds of selected - centre |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for family, per_seed in results.items():
+        names = [n for n in per_seed[0] if "criterion" in per_seed[0][n]]
+        mean = {n: np.mean([s[n]["r1"] for s in per_seed]) for n in names + ["SELECTED"]}
+        best = max(names, key=mean.get)
+        worst = min(s["SELECTED"]["r1"] - s["centre"]["r1"] for s in per_seed)
+        print(f"| {family} | {100 * mean['SELECTED']:.1f} | {100 * mean[best]:.1f} ({best}) | "
+              f"{100 * mean['centre']:.1f} | {100 * (mean['SELECTED'] - mean[best]):+.1f} | {100 * worst:+.1f} |")
+        for s in per_seed:
+            crit += [s[n]["criterion"] for n in names]
+            true += [s[n]["r1"] for n in names]
+    print(f"\ncriterion vs true test R@1: Spearman {spearman(crit, true):.3f} over {len(crit)} "
+          "(family, seed, candidate)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="all", help=f"all or one of {', '.join(FAMILIES)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--dim", type=int, default=240)
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="AGRA epochs (default: the recipe's)")
+    parser.add_argument("--no-agra", action="store_true", help="skip the AGRA candidate (fast)")
+    parser.add_argument("--paper", action="store_true", help="also run preset=paper through the stages")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.out or Path(tmp)
-        per_seed = [run_seed(seed, args, folder) for seed in args.seeds]
-    mean = lambda k: np.mean([s[k]["D2S"]["recall"]["1"] for s in per_seed])  # noqa: E731
-    raw, oracle, centred = mean("raw"), mean("oracle (supervised)"), mean("domain-centred")
-    print(f"simulator dim {args.dim}, seeds {args.seeds}, {args.epochs} epochs\n")
-    print(table(per_seed))
-    for name in ("fused (GeoAlign*, paper)", "improved: fused (default)"):
-        print(f"\n{name}: closes {100 * (mean(name) - raw) / (oracle - raw):.1f}% of the raw -> oracle "
-              f"D2S R@1 gap, {100 * (mean(name) - centred):+.1f} points vs domain-centred")
+    families = FAMILIES if args.family == "all" else [args.family]
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    results = {f: [run_one(f, seed, args, log) for seed in args.seeds] for f in families}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    report(results)
 
 
 if __name__ == "__main__":

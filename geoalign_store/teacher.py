@@ -87,29 +87,22 @@ def mutual_pairs(plan: torch.Tensor) -> int:
     return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
 
 
-# ----- label-free choice of the fusion weight, on drone flights AGRA never saw -----
-
-def holdout_flights(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Drone rows of a seeded `fraction` of the flights (at least one when fraction > 0 and
-    there are >= 2 flights), kept out of AGRA's training and its teacher."""
-    ids = np.unique(groups)
-    n = min(len(ids) - 1, max(1, int(round(fraction * len(ids))))) if fraction > 0 else 0
-    return np.isin(groups, np.random.default_rng(seed).choice(ids, n, replace=False) if n > 0 else [])
-
-
-def select_fusion_weight(sat1, sat2, drone1, drone2, groups: np.ndarray,
-                         grid=(0.0, 0.25, 0.5, 0.75, 1.0)) -> tuple[float, dict[float, float]]:
-    """Pick the weight of stream 1 by how consistently single drones of held-out flights pick
-    the satellite their whole flight picks (the flight = the mean of its drones): a label-free
-    proxy of single-image retrieval that AGRA cannot have memorised. Ties go to the weight
-    nearest 1/2 (the paper's fusion). sat*/drone*: embeddings of stream 1 (AGRA) and 2 (ISMS)."""
-    from .heads import fuse
-    scores = {}
-    for w in grid:
-        zs = fuse(torch.as_tensor(sat1), torch.as_tensor(sat2), w).numpy()
-        zd = fuse(torch.as_tensor(drone1), torch.as_tensor(drone2), w).numpy()
-        means, inverse = flight_means(zd, groups)
-        flight_pick = np.argmax(means @ zs.T, axis=1)
-        scores[float(w)] = float(np.mean(np.argmax(zd @ zs.T, axis=1) == flight_pick[inverse]))
-    best = max(scores.values())
-    return min((w for w, s in scores.items() if s >= best - 1e-12), key=lambda w: abs(w - 0.5)), scores
+def agra_candidate(centre, teacher_space, views, recipe, seed: int, resume=None, on_epoch=None):
+    """AGRA as a candidate head: trained on the centred layer-b rows of `views` (the seen
+    flights), taught by the flight plan built in `teacher_space` (a Heads) and rebuilt every
+    `recipe.teacher_refresh` epochs in the fused space. Its randomness (init, dropout, gate
+    noise, draws) lives in a forked RNG seeded by `seed`, so candidates fitted in one process
+    are independent; `resume(state)` may restore a checkpoint (which holds that RNG state)."""
+    from .training import fit_agra, new_agra_state
+    sat = torch.from_numpy(np.ascontiguousarray(centre.stream_input(views.sat, "satellite", "agra")))
+    drone = torch.from_numpy(np.ascontiguousarray(centre.stream_input(views.drone, "drone", "agra")))
+    t_sat = teacher_space.embed(views.sat, "satellite")
+    t_drone = teacher_space.embed(views.drone, "drone")
+    with torch.random.fork_rng(devices=[]):
+        teacher = FlightTeacher(sat, drone, t_sat, t_drone, views.groups, recipe.teacher_epsilon,
+                                recipe.teacher_iters, recipe.teacher_per_flight)
+        state = new_agra_state(sat.shape[1], recipe, seed)
+        if resume is not None:
+            resume(state)
+        fit_agra(state, sat, drone, views.groups, recipe, on_epoch, teacher)
+    return centre.with_streams([("agra", state.model.eval())], [1.0]), state

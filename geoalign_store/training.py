@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from . import alignment as al
-from .embeddings import l2n as l2n_rows
 from .heads import AGRA, ISMS, export_state_dict, isms_losses, l2n
 
 
@@ -54,13 +53,11 @@ class AgraRecipe:
     teacher_iters: int = 50
     teacher_refresh: int = 0      # teacher=isms: rebuild the plan in the fused space every N epochs (0: never)
     teacher_per_flight: int = 8   # drones per flight the plan averages
-    holdout_flights: float = 0.0  # fraction of drone flights kept out of AGRA to choose the fusion weight
 
 
 @dataclass
 class IsmsRecipe:
-    latent_dim: int | str | None = None  # None = C (the paper's 2C -> C); int; "auto" = chosen
-                                         # label-free by select_latent_dim
+    latent_dim: int | None = None   # None = C (the paper's 2C -> C)
     init: str = "orthogonal"        # orthogonal (the paper's) | pca: start from the principal axes
     epochs: int = 60
     batch_size: int = 512
@@ -167,29 +164,6 @@ def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: n
     return state
 
 
-def select_latent_dim(sat: np.ndarray, drone: np.ndarray, drone_groups: np.ndarray,
-                      candidates: list[int]) -> tuple[int, dict[int, float]]:
-    """Label-free choice of how many principal directions to whiten: for each candidate L,
-    PCA-whiten both views (each centred on its own mean), average each drone group (a flight),
-    and measure how decisively every satellite picks one group: the mean gap between its best
-    and second-best cosine. Too few directions lose the location signal, too many amplify noise
-    and nuisance; both blur that gap. Uses the grouping only, never a cross-view label."""
-    s, d = sat - sat.mean(0), drone - drone.mean(0)
-    _, sv, vt = np.linalg.svd(np.concatenate([s, d]), full_matrices=False)
-    var = np.maximum(sv ** 2 / (len(s) + len(d)), 1e-12)
-    order = np.argsort(drone_groups, kind="stable")
-    _, starts = np.unique(drone_groups[order], return_index=True)
-    scores = {}
-    for L in candidates:
-        w = vt[:L].T / np.sqrt(var[:L])
-        zs = l2n_rows(s @ w)
-        zd = l2n_rows(d @ w)[order]
-        means = l2n_rows(np.add.reduceat(zd, starts, axis=0))
-        top2 = np.sort(zs @ means.T, axis=1)[:, -2:]
-        scores[L] = float(np.mean(top2[:, 1] - top2[:, 0]))
-    return max(scores, key=scores.get), scores
-
-
 def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
              on_epoch: Callable[[int, dict], None] | None = None) -> ISMS:
     """Whitening autoencoder on pooled rows (satellite and drone, no pairing)."""
@@ -238,5 +212,4 @@ def _pca_init(model: ISMS, x: torch.Tensor) -> None:
 
 
 __all__ = ["AgraRecipe", "IsmsRecipe", "AgraState", "new_agra_state", "fit_agra", "fit_isms",
-           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict",
-           "select_latent_dim"]
+           "agra_losses", "draw_one_per_group", "group_index", "export_state_dict"]

@@ -119,12 +119,15 @@ def score(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
 
 def _render_fit(result: dict) -> None:
     verb = "trained" if result["trained"] else "up to date"
-    console.print(f"heads {result['name']} ({verb}) in {result['folder']}; last epoch: {result['final']}")
+    chosen = (result.get("selection") or {}).get("chosen")
+    what = f"chosen: {chosen}" if chosen else f"last epoch: {result['final']}"
+    console.print(f"heads {result['name']} ({verb}) in {result['folder']}; {what}", highlight=False)
 
 
 @app.command("fit-heads")
 def fit_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
-    """Train AGRA + ISMS on the store's train descriptors, without labels (resumable)."""
+    """Fit heads on the store's train descriptors without cross-view labels: candidates chosen
+    label-free (preset=improved) or the release's AGRA + ISMS (preset=paper); resumable."""
     from . import fit_heads as stage
     run_stage("fit-heads", overrides, as_json, stage.run, _render_fit)
 

@@ -13,7 +13,8 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     common = [f"store={cfg.store}", f"overwrite={str(bool(cfg.overwrite)).lower()}"]
     extracted = extract.run(compose("extract", [*common, "dataset=demo", f"num_workers={cfg.num_workers}"]))
-    heads = fit_heads.run(compose("fit-heads", [*common, "dataset=demo", f"agra.epochs={cfg.agra_epochs}",
+    epochs = [] if cfg.agra_epochs is None else [f"agra.epochs={cfg.agra_epochs}"]
+    heads = fit_heads.run(compose("fit-heads", [*common, "dataset=demo", *epochs,
                                                 f"isms.epochs={cfg.isms_epochs}"]))
     results: dict = {}
     for label, heads_name in (("raw", "none"), ("heads", heads["name"])):

@@ -1,10 +1,15 @@
-"""Stage `fit-heads`: train AGRA + ISMS on the store's train descriptors, without labels.
+"""Stage `fit-heads`: fit heads on the store's train descriptors, without cross-view labels.
 
-Everything lands in `heads/<name>/`: agra.safetensors, isms.safetensors, heads.json (resolved
-config, fingerprint of the features read, completion), train_log.jsonl and, while training,
-checkpoint.safetensors. A killed run resumes from its last checkpoint and ends with the weights
-an uninterrupted run would have; a finished one is not retrained unless the request changed
-(then `overwrite=true` is needed).
+`preset=improved` (default, `select.enabled`): the candidates of geoalign_store.candidates are
+fitted and one is chosen label-free on held-out drone flights (geoalign_store.selection); every
+candidate's criterion, the choice and the estimate for centring alone are printed and kept in
+heads.json. `preset=paper`: the release's AGRA + ISMS recipe, trained as it is.
+
+Everything lands in `heads/<name>/`: the streams' safetensors (agra, isms, maps), centering
+means, heads.json (resolved config, fingerprint of the features read, recipe, selection,
+completion), train_log.jsonl and, while AGRA trains, checkpoint.safetensors. A killed run resumes
+from its last checkpoint and ends with the weights an uninterrupted run would have; a finished
+one is not retrained unless the request changed (then `overwrite=true` is needed).
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ from geoalign_store import store as st
 from geoalign_store.checkpoints import (load_tensors, load_training_state, save_module,
                                         save_tensors, save_training_state)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.heads import agra_dim_error, load_release_isms
+from geoalign_store.candidates import TrainViews
 from geoalign_store.embeddings import l2n
-from geoalign_store.teacher import (FlightTeacher, holdout_flights, mutual_pairs,
-                                    select_fusion_weight)
-from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state,
-                                     select_latent_dim)
+from geoalign_store.headset import legacy_recipe
+from geoalign_store.heads import agra_dim_error
+from geoalign_store.selection import SelectionConfig, select
+from geoalign_store.teacher import agra_candidate
+from geoalign_store.training import AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state
 
 from .progress import console, progress_bar
 from .retrieval import claim_heads_folder, resolve_layers
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 def read_train(root, dataset: str, layers: list[int], center: bool = False) -> dict:
@@ -54,7 +60,7 @@ def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     features = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
     return {"features": features or _content_hash(root, dataset, layers), "dataset": dataset,
             "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra), "isms": to_plain(cfg.isms),
-            "seed": int(cfg.seed), "stage_version": STAGE_VERSION}
+            "select": to_plain(cfg.select), "seed": int(cfg.seed), "stage_version": STAGE_VERSION}
 
 
 def _content_hash(root, dataset, layers) -> str:
@@ -79,6 +85,88 @@ def run(cfg) -> dict:
     if meta["complete"]:
         console.print(f"heads {cfg.name}: up to date ({folder})")
         return _summary(cfg, dataset, folder, meta, trained=False)
+    if cfg.select.enabled:
+        meta.update(_fit_selected(cfg, folder, root, dataset, layers))
+    else:
+        meta.update(_fit_paper(cfg, folder, root, dataset, layers))
+    meta["complete"] = True
+    st.write_json(folder / "heads.json", meta)
+    (folder / "checkpoint.safetensors").unlink(missing_ok=True)
+    return _summary(cfg, dataset, folder, meta, trained=True)
+
+
+def _counts(data: dict, layers) -> dict:
+    return {"satellite": len(data["satellite"][layers[1]]), "drone": len(data["drone"][layers[1]]),
+            "drone_groups": int(len(np.unique(data["drone_groups"])))}
+
+
+def _fit_selected(cfg, folder: Path, root, dataset: str, layers: list[int]) -> dict:
+    """preset=improved: fit the candidates, choose label-free, save the chosen heads."""
+    data = read_train(root, dataset, layers)
+    views = TrainViews(data["satellite"], data["drone"], data["drone_groups"], tuple(layers))
+    select_cfg = SelectionConfig.from_config(to_plain(cfg.select))
+    dim = int(data["satellite"][layers[1]].shape[1])
+    if select_cfg.agra and agra_dim_error(dim):
+        console.print(f"AGRA candidate skipped: {agra_dim_error(dim)}")
+        select_cfg.agra = False
+    selection = select(views, select_cfg, int(cfg.seed), _agra_trainer(cfg, folder),
+                       log=lambda msg: console.print(msg, highlight=False))
+    _print_selection(selection)
+    selection.heads.save(folder)
+    return {"dim": dim, "n_train": {**_counts(data, layers), "held_out_groups": selection.held_out_flights},
+            "recipe": selection.heads.recipe(), "selection": selection.summary()}
+
+
+def _agra_trainer(cfg, folder: Path):
+    """AGRA as a selection candidate, checkpointed and resumable like preset=paper's."""
+    recipe = AgraRecipe(**to_plain(cfg.agra))
+    ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
+
+    def train(centre, teacher, views):
+        _truncate_log(log_path, int(load_tensors(ckpt)[1]["epoch"]) if ckpt.exists() else 0)
+        with progress_bar() as progress, open(log_path, "a") as log:
+            task = progress.add_task("AGRA", total=recipe.epochs)
+            def resume(state):  # noqa: E306
+                if ckpt.exists():
+                    load_training_state(ckpt, state)
+                    console.print(f"resuming AGRA at epoch {state.epoch} from {ckpt}")
+                progress.update(task, completed=state.epoch)
+            heads, state = agra_candidate(centre, teacher, views, recipe, int(cfg.seed), resume,
+                                          _epoch_logger(log, progress, task, ckpt, recipe))
+        # the costly candidate is kept whether chosen or not (heads.json's recipe says which is used)
+        save_module(folder / "agra.safetensors", state.model, {"dim": int(views.sat[views.layers[1]].shape[1])})
+        return heads
+    return train
+
+
+def _epoch_logger(log, progress, task, ckpt: Path, recipe: AgraRecipe):
+    def on_epoch(state, record):
+        log.write(json.dumps(record) + "\n")
+        progress.update(task, advance=1, description=_describe(record))
+        if state.epoch % recipe.checkpoint_every == 0 or state.epoch == recipe.epochs:
+            log.flush()
+            save_training_state(ckpt, state)
+    return on_epoch
+
+
+def _print_selection(selection) -> None:
+    from rich.table import Table
+    table = Table(title="label-free selection (criterion: held-out single drones that pick their "
+                        "flight's one-to-one satellite)")
+    table.add_column("candidate")
+    table.add_column("criterion", justify="right")
+    for name, value in sorted(selection.estimates.items(), key=lambda kv: -kv[1]):
+        mark = " <- chosen" if name == selection.chosen else (" (centring)" if name == "centre" else "")
+        table.add_row(name + mark, f"{value:.3f}")
+    console.print(table)
+    console.print(f"heads: {selection.heads.describe()} ({selection.reason}); centring alone "
+                  f"is estimated at {selection.estimates['centre']:.3f}", highlight=False)
+    if selection.chosen == "centre":
+        console.print("no candidate is estimated better than centring: the fitted heads are centring")
+
+
+def _fit_paper(cfg, folder: Path, root, dataset: str, layers: list[int]) -> dict:
+    """preset=paper: the release's AGRA (self-taught) + ISMS, fused at 0.5."""
     data = read_train(root, dataset, layers, bool(cfg.center))
     if data["means"]:
         save_tensors(folder / "centering.safetensors",
@@ -87,21 +175,10 @@ def run(cfg) -> dict:
     if problem:
         raise ConfigError(problem)
     _train_isms(cfg, folder, data, layers)
-    held = holdout_flights(data["drone_groups"], float(cfg.agra.holdout_flights), int(cfg.seed))
-    needs_isms = cfg.agra.teacher != "self" or held.any()   # the paper's recipe does not
-    isms_emb = _isms_embeddings(folder, data, layers) if needs_isms else None
-    state = _train_agra(cfg, folder, data, layers, isms_emb, ~held)
-    meta.update({"complete": True, "dim": int(data["satellite"][layers[1]].shape[1]),
-                 "n_train": {"satellite": len(data["satellite"][layers[1]]),
-                             "drone": len(data["drone"][layers[1]]),
-                             "drone_groups": int(len(np.unique(data["drone_groups"]))),
-                             "held_out_groups": int(len(np.unique(data["drone_groups"][held])))},
-                 "final": state.history[-1] if state.history else None})
-    if held.any():
-        meta["fusion_weight"], meta["fusion_selection"] = _choose_fusion(state.model, data, layers, isms_emb, held)
-    st.write_json(folder / "heads.json", meta)
-    (folder / "checkpoint.safetensors").unlink(missing_ok=True)
-    return _summary(cfg, dataset, folder, meta, trained=True)
+    state = _train_agra(cfg, folder, data, layers)
+    return {"dim": int(data["satellite"][layers[1]].shape[1]), "n_train": _counts(data, layers),
+            "recipe": legacy_recipe(layers, bool(data["means"]), 0.5),
+            "final": state.history[-1] if state.history else None}
 
 
 def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
@@ -111,83 +188,37 @@ def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
     x = np.concatenate([np.concatenate([data[v][a], data[v][b]], axis=1) for v in ("satellite", "drone")])
     recipe = IsmsRecipe(**to_plain(cfg.isms))
     channels = data["satellite"][b].shape[1]
-    latent, scores = recipe.latent_dim or channels, None
-    if latent == "auto":
-        sat, drone = (np.concatenate([data[v][a], data[v][b]], axis=1) for v in ("satellite", "drone"))
-        candidates = list(range(8, min(2 * channels, 256) + 1, 8))
-        latent, scores = select_latent_dim(sat, drone, data["drone_groups"], candidates)
-        console.print(f"ISMS latent size {latent} (label-free selection over {candidates[0]}..{candidates[-1]})")
+    latent = recipe.latent_dim or channels
     with progress_bar() as progress:
         task = progress.add_task("ISMS", total=recipe.epochs)
         def on_epoch(epoch, losses):  # noqa: E306
             progress.update(task, advance=1, description=f"ISMS loss {losses['total']:.4f}")
         model = fit_isms(torch.from_numpy(x), int(latent), recipe, int(cfg.seed), on_epoch)
-    save_module(folder / "isms.safetensors", model, {"in_dim": x.shape[1], "latent_dim": model.latent_dim,
-                                                     "latent_selection": scores})
+    save_module(folder / "isms.safetensors", model, {"in_dim": x.shape[1], "latent_dim": model.latent_dim})
 
 
-def _isms_embeddings(folder: Path, data: dict, layers: list[int]) -> dict[str, torch.Tensor]:
-    """Train rows in the ISMS space (read back from isms.safetensors: a resumed run sees the
-    very same numbers)."""
-    isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0])
-    with torch.inference_mode():
-        return {v: isms.embed(torch.from_numpy(np.concatenate([data[v][k] for k in layers], axis=1)))
-                for v in ("satellite", "drone")}
-
-
-def _train_agra(cfg, folder: Path, data: dict, layers: list[int], isms_emb: dict, rows: np.ndarray):
-    """AGRA on every satellite and the drone `rows` (flights not held out)."""
+def _train_agra(cfg, folder: Path, data: dict, layers: list[int]):
+    """The release's self-taught AGRA on every satellite and drone (layer b)."""
     b = layers[1]
-    sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b][rows])
-    groups = data["drone_groups"][rows]
+    sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b])
     recipe = AgraRecipe(**to_plain(cfg.agra))
-    teacher = _teacher(sat, drone, isms_emb, rows, groups, recipe)
-    state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
+    if recipe.teacher != "self":
+        raise ConfigError(f"preset=paper trains AGRA with agra.teacher=self, got {recipe.teacher!r} "
+                          "(the flight teacher is a candidate of preset=improved)")
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
-    if ckpt.exists():
-        load_training_state(ckpt, state)
-        console.print(f"resuming AGRA at epoch {state.epoch} from {ckpt}")
-    _truncate_log(log_path, state.epoch)
-    with progress_bar() as progress, open(log_path, "a") as log:
-        task = progress.add_task("AGRA", total=recipe.epochs, completed=state.epoch)
-        def on_epoch(st_, record):  # noqa: E306
-            log.write(json.dumps(record) + "\n")
-            progress.update(task, advance=1, description=_describe(record))
-            if st_.epoch % recipe.checkpoint_every == 0 or st_.epoch == recipe.epochs:
-                log.flush()
-                save_training_state(ckpt, st_)
-        fit_agra(state, sat, drone, groups, recipe, on_epoch, teacher)
+    with torch.random.fork_rng(devices=[]):
+        state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
+        if ckpt.exists():
+            load_training_state(ckpt, state)
+            console.print(f"resuming AGRA at epoch {state.epoch} from {ckpt}")
+        _truncate_log(log_path, state.epoch)
+        with progress_bar() as progress, open(log_path, "a") as log:
+            task = progress.add_task("AGRA", total=recipe.epochs, completed=state.epoch)
+            fit_agra(state, sat, drone, data["drone_groups"], recipe,
+                     _epoch_logger(log, progress, task, ckpt, recipe))
     save_module(folder / "agra.safetensors", state.model,
                 {"dim": sat.shape[1], "config": state.model.config, "logit_scale": float(state.log_scale.detach().exp())})
     return state
-
-
-def _choose_fusion(model, data: dict, layers: list[int], isms_emb: dict, held: np.ndarray):
-    b = layers[1]
-    with torch.inference_mode():
-        sat = model.embed(torch.from_numpy(data["satellite"][b]), "satellite")
-        drone = model.embed(torch.from_numpy(data["drone"][b][held]), "drone")
-    weight, scores = select_fusion_weight(sat, isms_emb["satellite"], drone,
-                                          isms_emb["drone"][torch.from_numpy(held)], data["drone_groups"][held])
-    console.print(f"fusion weight {weight} (label-free, on {len(np.unique(data['drone_groups'][held]))} "
-                  f"held-out flights; consistency by weight: {scores})")
-    return weight, scores
-
-
-def _teacher(sat, drone, isms_emb, rows, groups, recipe: AgraRecipe) -> FlightTeacher | None:
-    """agra.teacher=isms: satellites vs drone flights (the drone `rows`), first in the ISMS space."""
-    if recipe.teacher == "self":
-        return None
-    if recipe.teacher != "isms":
-        raise ConfigError(f"agra.teacher must be self or isms, got {recipe.teacher!r}")
-    teacher = FlightTeacher(sat, drone, isms_emb["satellite"], isms_emb["drone"][torch.from_numpy(rows)],
-                            groups, recipe.teacher_epsilon,
-                            recipe.teacher_iters, recipe.teacher_per_flight)
-    plan = teacher.initial()[0]
-    console.print(f"AGRA teacher: OT plan of {plan.shape[0]} satellites x {plan.shape[1]} drone flights "
-                  f"in the ISMS space, {mutual_pairs(plan)} mutual pairs"
-                  + (f"; rebuilt every {recipe.teacher_refresh} epochs in the fused space" if recipe.teacher_refresh else ""))
-    return teacher
 
 
 def _describe(record: dict) -> str:
@@ -208,4 +239,5 @@ def _truncate_log(path: Path, epoch: int) -> None:
 def _summary(cfg, dataset, folder, meta, trained) -> dict:
     return {"stage": "fit-heads", "store": str(cfg.store), "dataset": dataset, "name": str(cfg.name),
             "folder": str(folder), "trained": trained, "layers": meta["spec"]["layers"],
-            "n_train": meta.get("n_train"), "final": meta.get("final")}
+            "n_train": meta.get("n_train"), "final": meta.get("final"),
+            "recipe": meta.get("recipe"), "selection": meta.get("selection")}

@@ -48,11 +48,20 @@ PROTOCOLS = {
 }
 
 
+def _heads_line(result: dict) -> str:
+    recipe = result.get("heads_recipe")
+    if recipe is None:
+        return ""
+    what = ("centring only: fit-heads estimated no candidate better than domain centring"
+            if recipe == "centre" else f"`{recipe}`, the candidate fit-heads chose")
+    return f"\n- Heads `{result['heads']}`: {what}.\n"
+
+
 def write_report(path: Path, result: dict, subsets: dict, config: dict, pictures: list) -> None:
     text = f"""# {result['dataset']} {result['mode']} - heads: {result['heads']}
 
 {_markdown_table(result)}
-
+{_heads_line(result)}
 - Direction: {result['mode']} ({'drone queries -> satellite gallery' if result['mode'] == 'D2S' else 'satellite queries -> drone gallery'}), layers {result['layers']}, fusion {result['fusion']}{' (weight of stream 1: ' + str(result['fusion_weight']) + ')' if 'fusion_weight' in result else ''}, index `{result['index']}`{' (approximate metrics: goods outside the ANN top-k count as ranked last)' if result.get('approximate') else ' (exact)'}.
 - Gallery protocol `{result['gallery_protocol']}`: {PROTOCOLS[result['gallery_protocol']]}.
 - Metrics are University-1652's official `evaluate_gpu.py` definitions: gallery ranked by cosine similarity, junk (label -1) dropped; R@K = share of queries whose first correct item is in the top K (queries without any correct item count as misses: {result['n_queries_without_match']} here); R@1% = CMC at 0-based index round(0.01 x gallery size).

@@ -8,14 +8,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from geoalign_store import store as st
-from geoalign_store.checkpoints import load_tensors
 from geoalign_store.config import ConfigError, fingerprint
-from geoalign_store.embeddings import (DirectionSet, StoredEmbeddings, direction_sets, l2n,
-                                       raw_embedding)
-from geoalign_store.heads import fuse, load_release_agra, load_release_isms
+from geoalign_store.embeddings import DirectionSet, StoredEmbeddings, direction_sets, raw_embedding
+from geoalign_store.headset import Heads, legacy_recipe
 
 
 @dataclass
@@ -24,6 +21,7 @@ class Embedder:
     layers: list[int]
     embed: Callable
     spec: dict                                  # what decides the vectors (for fingerprints)
+    description: str = "raw descriptors"        # what the heads are (e.g. "centre", "ridge(1)")
 
 
 def resolve_layers(root, dataset: str, layers) -> list[int]:
@@ -94,16 +92,33 @@ def resolve_embedder(root, cfg, dataset: str) -> Embedder:
     layers = list(meta["spec"]["layers"])  # heads read the layers they were trained on
     resolve_layers(root, dataset, layers)
     folder = st.artefact_dir(cfg.store, "heads", name)
-    weight = fusion_weight(cfg.fusion_weight, meta)
-    embed = HeadsEmbedding(folder, layers, bool(cfg.fusion), weight)
-    return Embedder(name, layers, embed, {"features": features, "heads": name,
-                                          "heads_fingerprint": meta["fingerprint"], "layers": layers,
-                                          "fusion": bool(cfg.fusion), "fusion_weight": weight})
+    recipe = heads_recipe(folder, meta, bool(cfg.fusion), cfg.fusion_weight)
+    heads = Heads.load(folder, recipe)
+    spec = {"features": features, "heads": name, "heads_fingerprint": meta["fingerprint"],
+            "layers": layers, "recipe": recipe, "fusion": len(recipe["streams"]) > 1}
+    if spec["fusion"]:
+        spec["fusion_weight"] = recipe["weights"][0]
+    return Embedder(name, layers, heads.embed, spec, heads.describe())
+
+
+def heads_recipe(folder: Path, meta: dict, fusion: bool, weight) -> dict:
+    """The streams and weights to score with: the recipe fit-heads chose (or, for heads from
+    before recipes and imported weights, AGRA + ISMS at `fusion_weight`, 0.5 for auto);
+    `fusion=false` keeps stream 1 alone, a numeric `fusion_weight` re-weights two streams."""
+    w = fusion_weight(weight, meta)   # checked whatever the recipe
+    recipe = dict(meta.get("recipe") or legacy_recipe(
+        meta["spec"]["layers"], (folder / "centering.safetensors").exists(), w))
+    if not fusion:
+        recipe.update(streams=recipe["streams"][:1], weights=[1.0])
+    elif len(recipe["streams"]) == 2 and str(weight) != "auto":
+        recipe["weights"] = [w, 1.0 - w]
+    if "isms" in recipe["streams"] and not (folder / "isms.safetensors").exists():
+        raise st.StoreError(f"{folder} has no ISMS weights (stream 2); score with fusion=false")
+    return recipe
 
 
 def fusion_weight(value, meta: dict) -> float:
-    """`auto`: the weight fit-heads chose on held-out flights (heads.json), 0.5 (the paper's)
-    for heads without one (imported, or preset=paper)."""
+    """`auto`: the recipe's own weight (0.5, the paper's, for heads without one)."""
     if str(value) == "auto":
         return float(meta.get("fusion_weight", 0.5))
     try:
@@ -113,37 +128,6 @@ def fusion_weight(value, meta: dict) -> float:
     if not 0.0 <= weight <= 1.0:
         raise ConfigError(f"fusion_weight must be auto or a number in [0, 1], got {value!r}")
     return weight
-
-
-class HeadsEmbedding:
-    """Stream 1 (AGRA on layer b; the drone branch adds its expert rectification), fused with
-    stream 2 (ISMS on concat(a, b)) unless fusion=false."""
-
-    def __init__(self, folder: Path, layers: list[int], fusion: bool, weight: float):
-        agra_sd, meta = load_tensors(folder / "agra.safetensors")
-        self.agra = load_release_agra(agra_sd, int(meta["dim"]))
-        has_isms = (folder / "isms.safetensors").exists()
-        if fusion and not has_isms:
-            raise st.StoreError(f"{folder} has no ISMS weights (stream 2); score with fusion=false")
-        self.isms = load_release_isms(load_tensors(folder / "isms.safetensors")[0]) if fusion else None
-        self.layers, self.weight = layers, weight
-        centering = folder / "centering.safetensors"
-        self.means = {k: v.numpy() for k, v in load_tensors(centering)[0].items()} if centering.exists() else {}
-
-    def _center(self, layer_desc: dict, view: str) -> dict:
-        if not self.means:
-            return layer_desc
-        return {k: l2n(l2n(x) - self.means[f"{view}.layer_{k}"]) for k, x in layer_desc.items()}
-
-    def __call__(self, layer_desc: dict, view: str) -> np.ndarray:
-        layer_desc = self._center(layer_desc, view)
-        a, b = self.layers
-        with torch.inference_mode():
-            s1 = self.agra.embed(torch.from_numpy(l2n(layer_desc[b])), view)
-            if self.isms is None:
-                return s1.numpy()
-            x2 = np.concatenate([l2n(layer_desc[a]), l2n(layer_desc[b])], axis=1)
-            return fuse(s1, self.isms.embed(torch.from_numpy(x2)), self.weight).numpy()
 
 
 def open_direction(cfg, mode: str | None = None):

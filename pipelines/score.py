@@ -20,6 +20,7 @@ from geoalign_store.metrics import (good_counts, metrics_from_ranks, recall_1pct
                                     score_retrieval)
 
 from .index import ensure_index
+from .progress import console
 from .report import draw_retrievals, pooled_metrics, write_report
 from .retrieval import open_direction, side_embeddings
 
@@ -66,6 +67,9 @@ def run(cfg) -> dict:
     mode = str(cfg.mode).upper()
     cfg.mode = mode
     root, dataset, embedder, sets = open_direction(cfg, mode)
+    if embedder.spec.get("recipe", {}).get("streams") == ["centre"]:
+        console.print(f"heads {embedder.name}: centring only (fit-heads estimated no candidate "
+                      "better than domain centring)")
     name = f"{dataset}-{embedder.name}" + ("" if cfg.fusion or embedder.name == "none" else "-stream1") \
         + ("" if cfg.gallery_protocol == "official" else f"-{cfg.gallery_protocol}")
     folder = st.artefact_dir(cfg.store, "scores", name, mode)
@@ -79,11 +83,13 @@ def run(cfg) -> dict:
         if cfg.pictures:
             pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,
-            "heads": embedder.name, "fusion": bool(cfg.fusion) and embedder.name != "none",
+            "heads": embedder.name, "fusion": bool(embedder.spec.get("fusion")),
             "layers": embedder.layers, "gallery_protocol": cfg.gallery_protocol, "index": cfg.index}
     result = {**head, **pooled_metrics(subsets)}
     if head["fusion"]:  # an extra key beside the schema: the weight `auto` resolved to
         result["fusion_weight"] = embedder.spec["fusion_weight"]
+    if embedder.name != "none":  # extra: what the heads are (fit-heads' choice, e.g. centring)
+        result["heads_recipe"] = embedder.description
     if len(subsets) > 1:
         result["subsets"] = subsets
     st.write_json(folder / "metrics.json", result)

@@ -1,4 +1,5 @@
-"""fit-heads / import-heads: determinism, resume after SIGKILL, labels ignored, refusals."""
+"""fit-heads / import-heads: determinism, resume after SIGKILL, labels ignored, refusals, the
+label-free selection kept in heads.json and used by score."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ def fit(store: Path, *extra: str) -> dict:
 
 
 def weights(store: Path, name: str = "geoalign") -> dict[str, torch.Tensor]:
+    """Every tensor the heads folder holds (streams, centring means), by file and key."""
     folder = store / "heads" / name
-    return {f"{f}:{k}": v for f in ("agra", "isms")
-            for k, v in load_file(str(folder / f"{f}.safetensors")).items()}
+    return {f"{path.stem}:{k}": v for path in sorted(folder.glob("*.safetensors"))
+            if path.stem != "checkpoint" for k, v in load_file(str(path)).items()}
 
 
 def assert_same_weights(a: dict, b: dict) -> int:
@@ -51,14 +53,28 @@ def test_fit_is_deterministic_and_scores_with_heads(tmp_path):
     result = fit(one)
     assert result["trained"] and result["n_train"]["drone_groups"] == 24
     fit(two)
-    assert assert_same_weights(weights(one), weights(two)) > 40
+    assert assert_same_weights(weights(one), weights(two)) > 40      # agra + the chosen streams
+    meta = [json.loads((s / "heads/geoalign/heads.json").read_text()) for s in (one, two)]
+    assert meta[0]["selection"] == meta[1]["selection"] and meta[0]["recipe"] == meta[1]["recipe"]
     again = fit(one)
     assert not again["trained"]  # up to date: nothing retrained
-    fused = score.run(compose("score", [f"store={one}", "pictures=0"]))
-    stream1 = score.run(compose("score", [f"store={one}", "pictures=0", "fusion=false"]))
-    assert fused["heads"] == "geoalign" and fused["fusion"] and not stream1["fusion"]
+    scored = score.run(compose("score", [f"store={one}", "pictures=0"]))
+    assert scored["heads"] == "geoalign" and scored["heads_recipe"] == meta[0]["selection"]["chosen"]
     log = (one / "heads/geoalign/train_log.jsonl").read_text().splitlines()
     assert len(log) == 8 and not (one / "heads/geoalign/checkpoint.safetensors").exists()
+
+
+def test_paper_preset_trains_the_release_recipe_and_fuses_both_streams(tmp_path):
+    one, two = make_store(tmp_path / "a.zarr"), make_store(tmp_path / "b.zarr")
+    fit(one, "preset=paper")
+    fit(two, "preset=paper")
+    assert assert_same_weights(weights(one), weights(two)) > 40
+    assert sorted(p.name for p in (one / "heads/geoalign").glob("*.safetensors")) == [
+        "agra.safetensors", "isms.safetensors"]
+    fused = score.run(compose("score", [f"store={one}", "pictures=0"]))
+    stream1 = score.run(compose("score", [f"store={one}", "pictures=0", "fusion=false"]))
+    assert fused["fusion"] and fused["fusion_weight"] == 0.5 and not stream1["fusion"]
+    assert fused["recall"] != stream1["recall"] or fused["ap"] != stream1["ap"]
 
 
 def test_cross_view_labels_are_ignored(tmp_path):
@@ -119,8 +135,8 @@ def test_import_release_checkpoints(tmp_path):
     torch.save(isms.state_dict(), tmp_path / "isms_model_26_28.pth")
     import_heads.run(compose("import-heads", [f"store={store}", f"agra={tmp_path / '300_param.t'}",
                                               f"isms={tmp_path / 'isms_model_26_28.pth'}"]))
-    from pipelines.retrieval import HeadsEmbedding
-    embed = HeadsEmbedding(store / "heads/paper", [26, 28], True, 0.5)
+    from geoalign_store.headset import Heads, legacy_recipe
+    embed = Heads.load(store / "heads/paper", legacy_recipe([26, 28], False, 0.5))
     x26, x28 = np.random.default_rng(0).standard_normal((2, 5, 40)).astype(np.float32)
     x26 /= np.linalg.norm(x26, axis=1, keepdims=True)
     x28 /= np.linalg.norm(x28, axis=1, keepdims=True)
@@ -161,7 +177,7 @@ def test_centring_and_pca_init_options(tmp_path):
     """Improvement knobs (defaults = the paper): per-view train means are stored and removed at
     embedding time; `isms.init=pca` starts the encoder at the pooled rows' principal axes."""
     store = make_store(tmp_path / "c.zarr")
-    fit(store, "center=true", "isms.init=pca", "isms.latent_dim=8", "isms.epochs=0")
+    fit(store, "preset=paper", "center=true", "isms.init=pca", "isms.latent_dim=8", "isms.epochs=0")
     means = load_file(str(store / "heads/geoalign/centering.safetensors"))
     assert set(means) == {f"{v}.layer_{k}" for v in ("satellite", "drone") for k in (26, 28)}
     encoder = weights(store)["isms:encoder.weight"]
@@ -169,25 +185,6 @@ def test_centring_and_pca_init_options(tmp_path):
     torch.testing.assert_close(encoder @ encoder.T, torch.eye(8), atol=1e-5, rtol=0)
     result = score.run(compose("score", [f"store={store}", "pictures=0"]))
     assert result["heads"] == "geoalign" and 0 <= result["recall"]["1"] <= 1
-
-
-def test_latent_size_selection_is_label_free_and_finds_the_signal():
-    """Signal in 6 of 40 dims, stronger nuisance in 4 others (so the top 10 principal axes hold
-    both): whitening fewer loses signal, whitening all 40 amplifies noise; the selection needs
-    only the drone flight grouping."""
-    from geoalign_store.training import select_latent_dim
-    rng = np.random.default_rng(0)
-    basis = np.linalg.qr(rng.standard_normal((40, 40)))[0]
-    loc = rng.standard_normal((60, 6)) * 3
-    sat = loc @ basis[:6] + 0.2 * rng.standard_normal((60, 40))
-    groups = np.repeat(np.arange(60), 5)
-    nuisance = rng.standard_normal((300, 4)) * 4
-    drone = loc[groups] @ basis[:6] + nuisance @ basis[6:10] + 0.3 * rng.standard_normal((300, 40))
-    candidates = [2, 4, 6, 8, 10, 12, 20, 40]
-    best, scores = select_latent_dim(sat, drone, groups, candidates)
-    assert 10 <= best <= 12 and scores[best] > 1.5 * scores[40] and scores[best] > 1.5 * scores[6]
-    again, _ = select_latent_dim(sat, drone, groups + 100_000, candidates)
-    assert again == best
 
 
 def test_flight_plan_pairs_satellites_with_their_flights():
@@ -222,32 +219,29 @@ def test_flight_rows_spread_over_each_flight():
     assert list(rows) == [1, 3, 8, 0, 4, 7, 10, 5]           # every other row of flight 7
 
 
-def test_fusion_weight_follows_the_stream_that_agrees_with_whole_flights():
-    """The label-free choice: single drones of held-out flights should pick the satellite their
-    flight picks; the stream where they do gets the weight, ties go to 1/2."""
-    from geoalign_store.teacher import holdout_flights, select_fusion_weight
-    rng = np.random.default_rng(1)
-    sat = rng.standard_normal((40, 12))
-    groups = np.repeat(np.arange(40), 5)
-    good = sat[groups] + 0.6 * rng.standard_normal((200, 12))      # drones near their satellite
-    noise = rng.standard_normal((200, 12))                          # drones that carry nothing
-    sat_t, good_t, noise_t = (torch.from_numpy(x).float() for x in (sat, good, noise))
-    assert select_fusion_weight(sat_t, sat_t, good_t, noise_t, groups)[0] == 1.0
-    assert select_fusion_weight(sat_t, sat_t, noise_t, good_t, groups)[0] == 0.0
-    assert select_fusion_weight(sat_t, sat_t, good_t, good_t, groups)[0] == 0.5
-    held = holdout_flights(groups + 7, 0.1, seed=3)
-    assert len(np.unique(groups[held])) == 4 and (held == holdout_flights(groups + 7, 0.1, 3)).all()
-    assert not holdout_flights(groups, 0.0, 3).any() and not holdout_flights(np.zeros(5), 0.5, 3).any()
-
-
-def test_score_uses_the_chosen_fusion_weight(tmp_path):
+def test_heads_json_keeps_the_selection_and_score_says_when_heads_are_centring(tmp_path, capsys):
+    """Every candidate's criterion, the choice and centring's own estimate are kept; heads that
+    are centring score exactly as centring with the train means, and score says so."""
     store = make_store(tmp_path / "w.zarr")
-    fit(store)
+    fit(store, "select.margin_se=1000")                # no candidate can clear this margin
     meta = json.loads((store / "heads/geoalign/heads.json").read_text())
-    assert meta["n_train"]["held_out_groups"] == 2 and set(meta["fusion_selection"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
-    auto = score.run(compose("score", [f"store={store}", "pictures=0"]))
-    explicit = score.run(compose("score", [f"store={store}", "pictures=0", f"fusion_weight={meta['fusion_weight']}"]))
-    assert auto["recall"] == explicit["recall"] and auto["ap"] == explicit["ap"]
-    assert auto["fusion_weight"] == meta["fusion_weight"]
+    sel = meta["selection"]
+    assert sel["chosen"] == "centre" and meta["recipe"]["streams"] == ["centre"]
+    assert {"centre", "whiten(16)", "ridge(1)", "orth(2)", "agra"} <= set(sel["estimates"])
+    assert sel["centring_estimate"] == sel["estimates"]["centre"] and sel["held_out_flights"] == 5
+    capsys.readouterr()
+    auto = score.run(compose("score", [f"store={store}", "pictures=0", "heads=auto"]))
+    assert "centring only" in capsys.readouterr().err and auto["heads_recipe"] == "centre"
+    from geoalign_store.embeddings import l2n
+    from geoalign_store.metrics import retrieval_metrics
+    from geoalign_store.store import open_store, read_layer, read_view
+    means = load_file(str(store / "heads/geoalign/centering.safetensors"))
+    root, emb = open_store(str(store), mode="r"), {}
+    for view in ("drone", "satellite"):
+        parts = [l2n(l2n(read_layer(root, "mine", "test", view, k)) - means[f"{view}.layer_{k}"].numpy())
+                 for k in (26, 28)]
+        emb[view] = (l2n(np.concatenate(parts, 1)), read_view(root, "mine", "test", view)["labels"])
+    want = retrieval_metrics(emb["drone"][0], emb["satellite"][0], emb["drone"][1], emb["satellite"][1])
+    assert auto["recall"] == want["recall"] and abs(auto["ap"] - want["ap"]) < 1e-9
     with pytest.raises(ConfigError, match="fusion_weight must be auto or a number"):
         score.run(compose("score", [f"store={store}", "pictures=0", "fusion_weight=heavy"]))

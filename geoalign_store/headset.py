@@ -1,0 +1,131 @@
+"""`Heads`: the one object that turns stored descriptors into retrieval vectors with trained heads,
+for fit-heads' selection, score, index and locate alike (issue 8).
+
+A Heads is: optional per-view centring means (applied per layer: L2(L2(x) - mean)), then one or
+two streams, fused as concat(sqrt(w_i) L2(stream_i)) then L2 (for two streams, the SPEC's
+fusion: inner products are w cos_1 + (1 - w) cos_2). Stream kinds and what they read:
+
+- ``centre``: concat of the (centred) layers, L2 (the centring candidate; no weights);
+- ``isms``: ISMS on concat(layer a, layer b) (the whitening autoencoder, or PCA whitening);
+- ``agra``: AGRA on layer b (the drone branch adds its expert rectification);
+- ``maps``: a MapBank on the ``centre`` vector (drones mapped, satellites unchanged).
+
+On disk (heads/<name>/): centering.safetensors, one <kind>.safetensors per stream with weights,
+and the recipe (`Heads.recipe()`: layers, stream kinds, weights) inside heads.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import load_tensors, save_module, save_tensors
+from .embeddings import l2n
+from .heads import MapBank, load_release_agra, load_release_isms
+
+KINDS = ("centre", "isms", "agra", "maps")
+
+
+class Heads:
+    def __init__(self, layers, means: dict | None, streams: list, weights: list[float], name: str = ""):
+        if len(streams) != len(weights) or not streams:
+            raise ValueError("Heads need one weight per stream and at least one stream")
+        self.layers, self.means = tuple(layers), means or {}
+        self.streams, self.weights = list(streams), [float(w) for w in weights]
+        self.name = name          # the candidate's name in the selection, when it came from one
+
+    def with_streams(self, streams: list, weights: list[float]) -> "Heads":
+        return Heads(self.layers, self.means, streams, weights)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.streams]
+
+    def describe(self) -> str:
+        if self.name:
+            return self.name
+        if len(self.streams) == 1:
+            return self.kinds[0]
+        return " + ".join(f"{w:.2f} {k}" for k, w in zip(self.kinds, self.weights))
+
+    def size(self) -> int:
+        """How many numbers were fitted (centring means excluded): a model-size measure."""
+        return sum(t.numel() for _, module in self.streams if module is not None
+                   for t in [*module.parameters(), *module.buffers()])
+
+    # ----- embedding
+    def centred(self, desc: dict, view: str) -> dict:
+        if not self.means:
+            return {k: l2n(desc[k]) for k in self.layers}
+        return {k: l2n(l2n(desc[k]) - self.means[f"{view}.layer_{k}"]) for k in self.layers}
+
+    def stream_input(self, desc: dict, view: str, kind: str) -> np.ndarray:
+        x = self.centred(desc, view)
+        a, b = self.layers
+        if kind == "agra":
+            return x[b]
+        pair = np.concatenate([x[a], x[b]], axis=1)
+        return pair if kind == "isms" else l2n(pair)
+
+    def _stream(self, kind: str, module, desc: dict, view: str) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.stream_input(desc, view, kind)))
+        if kind == "centre":
+            return x
+        if kind == "isms":
+            return module.embed(x)
+        return module.embed(x, view)
+
+    def embed(self, desc: dict, view: str) -> np.ndarray:
+        with torch.inference_mode():
+            parts = [self._stream(kind, module, desc, view) for kind, module in self.streams]
+            if len(parts) == 1:
+                return l2n(parts[0].float().numpy())
+            fused = torch.cat([np.sqrt(w) * torch.nn.functional.normalize(p.float(), dim=1)
+                               for w, p in zip(self.weights, parts)], dim=1)
+            return l2n(fused.numpy())
+
+    __call__ = embed
+
+    # ----- persistence
+    def recipe(self) -> dict:
+        return {"layers": list(self.layers), "centre": bool(self.means), "streams": self.kinds,
+                "weights": self.weights, "name": self.name}
+
+    def save(self, folder: Path) -> None:
+        if self.means:
+            save_tensors(folder / "centering.safetensors",
+                         {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in self.means.items()})
+        for kind, module in self.streams:
+            if module is None:
+                continue
+            meta = {"dim": int(module.dim)} if kind == "agra" else {}
+            save_module(folder / f"{kind}.safetensors", module, meta)
+
+    @classmethod
+    def load(cls, folder: Path, recipe: dict) -> "Heads":
+        centering = folder / "centering.safetensors"
+        means = ({k: v.numpy() for k, v in load_tensors(centering)[0].items()}
+                 if recipe.get("centre") and centering.exists() else {})
+        streams = [(kind, _load_stream(folder, kind)) for kind in recipe["streams"]]
+        return cls(recipe["layers"], means, streams, recipe["weights"], recipe.get("name", ""))
+
+
+def _load_stream(folder: Path, kind: str):
+    if kind not in KINDS:
+        raise ValueError(f"unknown stream kind {kind!r} in {folder}; known: {', '.join(KINDS)}")
+    if kind == "centre":
+        return None
+    sd, meta = load_tensors(folder / f"{kind}.safetensors")
+    if kind == "agra":
+        return load_release_agra(sd, int(meta["dim"]))
+    if kind == "isms":
+        return load_release_isms(sd)
+    return MapBank.from_state_dict(sd)
+
+
+def legacy_recipe(layers, has_centering: bool, fusion_weight: float) -> dict:
+    """Heads written before recipes existed (and imported release weights): AGRA + ISMS."""
+    return {"layers": list(layers), "centre": has_centering, "streams": ["agra", "isms"],
+            "weights": [fusion_weight, 1.0 - fusion_weight]}

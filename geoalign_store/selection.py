@@ -1,0 +1,248 @@
+"""Label-free choice among the candidate heads (issue 8), on the train split alone.
+
+1. Before anything is fitted, a seeded fraction of the drone flights is held out.
+2. Every candidate is fitted on all satellites and the other flights (candidates.py; AGRA through
+   a callback, so the stage can checkpoint it).
+3. The criterion of a candidate, in its own space (`criterion`): the seen flights are assigned
+   one-to-one to satellites, which they claim; the held-out flights are assigned one-to-one to
+   the unclaimed satellites from half of their images, and each image of the other half,
+   retrieving among *all* satellites, counts as right when it picks its flight's satellite.
+   A space that pairs the seen flights wrongly leaves the held-out flights the wrong satellites;
+   a space where a flight-wide bias keeps a flight's images together but away from its
+   satellite has them pick satellites that other flights claim; no image votes for its own
+   pseudo-label.
+4. The best candidate wins only when its gain over centring on the same held-out images is
+   larger than `margin_se` standard errors of the paired difference (and than `min_gain`);
+   otherwise the heads are centring: never worse than centring by the criterion's own measure.
+5. The winner is refitted on all flights when it is closed-form (AGRA is trained once).
+No cross-view label is read: drone group ids only group a flight's images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import candidates as cand
+from .headset import Heads
+
+
+@dataclass
+class SelectionConfig:
+    holdout: float = 0.2
+    latents: tuple = (16, 32, 64, 128, 256, 512)
+    n_maps: tuple = (1, 2, 3, 4)
+    map_kinds: tuple = ("ridge", "orth")
+    fusion_weights: tuple = (0.25, 0.5, 0.75)
+    agra: bool = True
+    margin_se: float = 2.0
+    min_gain: float = 0.01
+    map_rank: int = 512
+    rounds: int = 2              # map fits; each next one pairs flights in the best map's space
+
+    @classmethod
+    def from_config(cls, section: dict) -> "SelectionConfig":
+        """From fit-heads' `select` section (YAML lists become tuples; `enabled` is the stage's)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k != "enabled"})
+
+
+@dataclass
+class Selection:
+    heads: Heads                              # the chosen heads (refitted when closed-form)
+    chosen: str
+    estimates: dict                           # candidate name -> criterion
+    fitted: dict = field(default_factory=dict)  # candidate name -> Heads fitted without the held-out flights
+    teacher: str = ""
+    held_out_flights: int = 0
+    reason: str = ""
+
+    def summary(self) -> dict:
+        return {"chosen": self.chosen, "heads": self.heads.describe(), "estimates": self.estimates,
+                "centring_estimate": self.estimates.get("centre"), "teacher_space": self.teacher,
+                "held_out_flights": self.held_out_flights, "reason": self.reason}
+
+
+def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Drone rows of a seeded `fraction` of the flights (at least one, never all)."""
+    ids = np.unique(groups)
+    n = min(len(ids) - 1, max(1, int(round(fraction * len(ids))))) if fraction > 0 else 0
+    picked = np.random.default_rng(seed).choice(ids, n, replace=False) if n > 0 else []
+    return np.isin(groups, picked)
+
+
+def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8) -> np.ndarray:
+    """The satellites the seen flights (a sample of their images) take when they are assigned
+    one-to-one in the space of `heads`."""
+    seen = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
+    means, _ = cand.flight_means(heads.embed({k: v[seen] for k, v in views.drone.items()}, "drone"),
+                                 views.groups[seen])
+    claims = cand.assign(means, heads.embed(views.sat, "satellite"))
+    return np.unique(claims[claims >= 0])
+
+
+def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None):
+    """-> (score, per held-out image 0/1): see the module docstring, step 3.
+
+    The seen flights claim satellites (`claims`: satellite indices; None: assigned in this
+    candidate's own space). Each held-out flight's images are split in two halves (alternate
+    images); the held-out flights are assigned one-to-one to the unclaimed satellites from one
+    half's means, and the other half's images, retrieving among *all* satellites, count as right
+    when they pick their flight's satellite; then the halves swap. No image votes for its own
+    pseudo-label, and agreeing with its own flight is not enough: a space where a flight-wide
+    bias (weather, season) keeps a flight's images together but away from its satellite has them
+    pick satellites the other flights claim."""
+    if claims is None:
+        claims = seen_claims(heads, views, held)
+    rows = np.flatnonzero(held)
+    sat = heads.embed(views.sat, "satellite")
+    free = np.setdiff1d(np.arange(len(sat)), claims)
+    drone, groups = heads.embed({k: v[rows] for k, v in views.drone.items()}, "drone"), views.groups[rows]
+    half = _alternate(groups)
+    flights, counts = np.unique(groups, return_counts=True)
+    single = np.isin(groups, flights[counts < 2])
+    pick = np.argmax(drone @ sat.T, axis=1)
+    correct = np.zeros(len(rows))
+    for h in (0, 1):
+        vote = (half == h) | single
+        means, _ = cand.flight_means(drone[vote], groups[vote])
+        match = cand.assign(means, sat[free]) if len(free) else np.full(len(means), -1)
+        flight_sat = dict(zip(np.unique(groups[vote]), np.where(match >= 0, free[np.maximum(match, 0)], -1)))
+        scored = (half != h) | (single & (h == 0))
+        pseudo = np.array([flight_sat.get(g, -1) for g in groups[scored]])
+        correct[scored] = (pick[scored] == pseudo) & (pseudo >= 0)
+    return float(correct.mean()), correct
+
+
+def _alternate(groups: np.ndarray) -> np.ndarray:
+    """0/1 alternating over each flight's images in row order."""
+    order = np.argsort(groups, kind="stable")
+    _, start, count = np.unique(groups[order], return_index=True, return_counts=True)
+    rank = np.empty(len(groups), int)
+    rank[order] = np.arange(len(groups)) - np.repeat(start, count)
+    return rank % 2
+
+
+def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
+               train_agra: Callable | None, score, log: Callable, chain: list | None = None,
+               only: str | None = None):
+    """Fit every candidate on `views` (the seen flights). With `score` (heads -> criterion) the
+    best unpaired candidate becomes the teacher space that pairs flights with satellites, and
+    each further round pairs them again in the best map's space while that scores higher. A
+    refit passes the `chain` of pairing spaces found instead, and `only` the candidate it
+    needs. -> ({name: Heads}, chain)."""
+    centre = cand.centring(views)
+    basis = cand.principal_basis(centre, views)
+    out = {"centre": centre}
+    dim = basis.axes.shape[0]
+    for latent in sorted({min(L, dim) for L in cfg.latents}):
+        out[f"whiten({latent})"] = cand.whitening(centre, basis, latent)
+    if chain is None:
+        chain = [max(out, key=lambda n: score(out[n]))]
+        log(f"teacher space for the flight pairs: {chain[0]}")
+    rounds = cfg.rounds if score is not None else len(chain)
+    for round_ in range(rounds):
+        maps = {}
+        for kind in cfg.map_kinds:
+            for k in cfg.n_maps:
+                names = {"lda": f"{kind}({k})", "subspace": f"{kind}({k}, subspace gate)"}
+                if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
+                    fitted = cand.maps(centre, basis, views, out[chain[round_]], k, seed, kind, cfg.map_rank)
+                    maps.update({names[gate]: heads for gate, heads in fitted.items()})
+        out.update(maps)
+        if score is None or round_ + 1 == rounds:
+            continue
+        best = max(maps, key=lambda n: score(maps[n]))
+        if score(maps[best]) <= score(out[chain[-1]]):
+            break
+        chain.append(best)                                 # pair again in the best map's space
+        log(f"flight pairs rebuilt in the space of {best}")
+    if cfg.agra and train_agra is not None:
+        # AGRA learns from every satellite it is given, unpaired ones too: it gets only those
+        # the seen flights claim, so that a held-out flight's satellite is as new to it as a
+        # test location's (otherwise the criterion flatters it)
+        claimed = seen_claims(out[chain[-1]], views, np.zeros(len(views.groups), bool))
+        sub = cand.TrainViews({k: v[claimed] for k, v in views.sat.items()}, views.drone, views.groups,
+                              views.layers)
+        out["agra"] = train_agra(centre, out[chain[-1]], sub)
+    teacher = chain[0]
+    for name in [n for n in out if n.startswith((*cfg.map_kinds, "agra"))]:
+        for w in cfg.fusion_weights:
+            out[f"{w:g} {name} + {1 - w:g} {teacher}"] = out[name].with_streams(
+                out[name].streams + out[teacher].streams, [w, 1 - w])
+    return out, chain
+
+
+def _needed(name: str, round_: int, rounds: int, chain: list, score, only: str | None) -> bool:
+    """A refit fits only the maps that pair flights for a later round and the one it returns."""
+    if score is not None:
+        return True
+    if round_ + 1 < rounds:
+        return name == chain[round_ + 1]
+    return only is None or name in only
+
+
+def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: Callable | None = None,
+           log: Callable = print) -> Selection:
+    held = holdout_mask(views.groups, cfg.holdout, seed)
+    seen = views.drones(~held)
+    cache: dict = {}
+
+    def score(heads: Heads) -> float:
+        if id(heads) not in cache:   # keeps `heads` alive, so its id is never reused
+            cache[id(heads)] = (heads, criterion(heads, views, held))
+        return cache[id(heads)][1][0]
+
+    fitted, chain = candidates(seen, cfg, seed, train_agra, score, log)
+    # one claimed set for the final ranking, from the space the maps and AGRA took their flight
+    # pairs from: a candidate that memorised those pairs gains nothing over one that did not
+    claims = seen_claims(fitted[chain[-1]], views, held)
+    results = {name: criterion(h, views, held, claims) for name, h in fitted.items()}
+    estimates = {name: r[0] for name, r in results.items()}
+    chosen, reason = _choose(results, views.groups[held], cfg, {n: h.size() for n, h in fitted.items()})
+    heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
+    heads.name = chosen
+    return Selection(heads, chosen, estimates, fitted, " -> ".join(chain),
+                     int(len(np.unique(views.groups[held]))), reason)
+
+
+def _flight_se(diff: np.ndarray, flight: np.ndarray) -> float:
+    """Standard error of a mean per-image difference with flights as the independent units (a
+    flight's images share its conditions)."""
+    per_flight = np.bincount(flight, diff) / np.bincount(flight)
+    return float(per_flight.std(ddof=1) / np.sqrt(len(per_flight))) if len(per_flight) > 1 else np.inf
+
+
+def _choose(results: dict, held_groups: np.ndarray, cfg: SelectionConfig, size: dict) -> tuple[str, str]:
+    """The smallest candidate (fewest fitted numbers) whose criterion is within one standard
+    error of the best one's (the one-standard-error rule: a near-tie on a few dozen held-out
+    flights is noise, and the simpler model generalises at least as well); then it must beat
+    centring by more than `margin_se` standard errors and `min_gain`, else centring."""
+    _, flight = np.unique(held_groups, return_inverse=True)
+    best = max(results, key=lambda n: results[n][0])
+    near = [n for n in results if results[n][0] >= results[best][0]
+            - _flight_se(results[best][1] - results[n][1], flight)]
+    pick = min(near, key=lambda n: (size[n], -results[n][0]))
+    if pick == "centre":
+        return "centre", f"no candidate is estimated better than centring (best: {best})"
+    diff = results[pick][1] - results["centre"][1]
+    gain, se = float(diff.mean()), _flight_se(diff, flight)
+    rule = "" if pick == best else f"; the smallest within one standard error of the best, {best}"
+    if gain <= max(cfg.margin_se * se, cfg.min_gain):
+        return "centre", (f"{pick} gains {gain:+.3f} over centring, within {cfg.margin_se:g} "
+                          f"standard errors ({se:.3f}): centring kept{rule}")
+    return pick, f"gains {gain:+.3f} over centring (standard error {se:.3f}, over held-out flights){rule}"
+
+
+def _refit(chosen: str, heads: Heads, views: cand.TrainViews, cfg: SelectionConfig, seed: int,
+           chain: list) -> Heads:
+    """The chosen closed-form candidate again, on every flight, with the pairing spaces the
+    selection found; AGRA-based ones stay as trained (once, without the held-out flights)."""
+    if "agra" in chosen:
+        return heads
+    if chosen == "centre":
+        return cand.centring(views)
+    refitted, _ = candidates(views, SelectionConfig(**{**cfg.__dict__, "agra": False}), seed, None,
+                             None, lambda *_: None, list(chain), only=chosen)
+    return refitted[chosen]

@@ -1,0 +1,148 @@
+"""The label-free selection among candidate heads (issue 8), on arrays: no store, no labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoalign_store import candidates as cand
+from geoalign_store.candidates import TrainViews
+from geoalign_store.selection import SelectionConfig, criterion, holdout_mask, select
+from geoalign_store.simulator import LAYERS, generate
+
+FAST = SelectionConfig(latents=(8, 16, 32), n_maps=(1, 2), map_kinds=("ridge", "orth"),
+                       fusion_weights=(0.5,), agra=False)
+
+
+def views_of(data) -> TrainViews:
+    desc = lambda a: {k: a[f"layer_{k}/desc"] for k in LAYERS}  # noqa: E731
+    td, ts = data["train", "drone"], data["train", "satellite"]
+    return TrainViews(desc(ts), desc(td), td["labels"], LAYERS)
+
+
+def r1_of(heads, data) -> float:
+    desc = lambda a: {k: a[f"layer_{k}/desc"] for k in LAYERS}  # noqa: E731
+    q, g = data["test", "drone"], data["test", "satellite"]
+    best = np.argmax(heads.embed(desc(q), "drone") @ heads.embed(desc(g), "satellite").T, axis=1)
+    return float(np.mean(g["labels"][best] == q["labels"]))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """A small simulation where heads matter: centring alone reaches ~0.2 test R@1."""
+    return generate(family="manifold", seed=3, dim=80, train_locs=80, test_locs=60, views=4,
+                    distractors=10)[0]
+
+
+def test_selection_beats_centring_where_a_map_explains_the_views(sim):
+    """Distorted views of a manifold: the chosen heads beat centring on the test split by far,
+    and the criterion (train split only) ranks them above centring too."""
+    sel = select(views_of(sim), FAST, seed=0, log=lambda *_: None)
+    assert sel.chosen != "centre" and sel.estimates[sel.chosen] > sel.estimates["centre"] + 0.15
+    assert r1_of(sel.heads, sim) > r1_of(sel.fitted["centre"], sim) + 0.4
+
+
+def test_criterion_tracks_the_true_retrieval_rank(sim):
+    """Over the fitted candidates, criterion and true test R@1 are rank-correlated."""
+    sel = select(views_of(sim), FAST, seed=0, log=lambda *_: None)
+    names = sorted(sel.fitted)
+    crit = np.array([sel.estimates[n] for n in names])
+    true = np.array([r1_of(sel.fitted[n], sim) for n in names])
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    assert np.corrcoef(rank(crit), rank(true))[0, 1] > 0.7
+
+
+def test_no_candidate_replaces_centring_when_flights_carry_no_cross_view_signal(sim):
+    """Drone rows shuffled across flights: nothing links a flight to a satellite, so every
+    candidate is at chance and the do-no-harm rule keeps centring."""
+    views = views_of(sim)
+    rng = np.random.default_rng(0)
+    scrambled = TrainViews(views.sat, {k: rng.permutation(v) for k, v in views.drone.items()},
+                           views.groups, views.layers)
+    sel = select(scrambled, FAST, seed=0, log=lambda *_: None)
+    assert sel.chosen == "centre" and sel.heads.kinds == ["centre"]
+    assert "centring" in sel.reason
+
+
+def test_held_out_flights_never_reach_a_fitted_candidate(sim):
+    """Replacing the held-out flights' drone rows changes the criterion, not the candidates."""
+    views = views_of(sim)
+    held = holdout_mask(views.groups, FAST.holdout, 0)
+    other = {k: np.where(held[:, None], np.roll(v, 7, axis=0), v) for k, v in views.drone.items()}
+    a = select(views, FAST, 0, log=lambda *_: None).fitted
+    b = select(TrainViews(views.sat, other, views.groups, views.layers), FAST, 0, log=lambda *_: None).fitted
+    probe = {k: v[:20] for k, v in views.drone.items()}
+    for name in ("centre", "whiten(16)", "ridge(2)", "orth(1)"):
+        np.testing.assert_array_equal(a[name].embed(probe, "drone"), b[name].embed(probe, "drone"))
+
+
+def test_holdout_is_seeded_by_flight_and_never_takes_all():
+    groups = np.repeat(np.arange(10) * 3 + 100, 4)
+    held = holdout_mask(groups, 0.2, 5)
+    assert len(np.unique(groups[held])) == 2 and (held == holdout_mask(groups, 0.2, 5)).all()
+    assert all(held[groups == g].all() or not held[groups == g].any() for g in np.unique(groups))
+    assert not holdout_mask(np.zeros(4), 0.5, 1).any()
+
+
+def test_ridge_maps_recover_a_linear_view_change():
+    """Drones = a fixed linear mixing of their satellite + noise, strong enough that single
+    images rarely find their satellite but whole flights (means of 16) still do: flights paired
+    one-to-one in the centred space, the fitted ridge map retrieves new locations."""
+    rng = np.random.default_rng(0)
+    dim, n = 24, 150
+    mix = 0.5 * np.eye(dim) + rng.standard_normal((dim, dim)) / np.sqrt(dim)
+    def views_for(n_loc, per):  # noqa: E306
+        sat = rng.standard_normal((n_loc, dim))
+        drone = np.repeat(sat, per, axis=0) @ mix + 0.6 * rng.standard_normal((n_loc * per, dim))
+        norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+        return {k: norm(sat) for k in LAYERS}, {k: norm(drone) for k in LAYERS}
+    sat, drone = views_for(n, 16)
+    views = TrainViews(sat, drone, np.repeat(np.arange(n) + 500, 16), LAYERS)
+    centre = cand.centring(views)
+    basis = cand.principal_basis(centre, views)
+    heads = cand.maps(centre, basis, views, centre, 1, 0, "ridge")["lda"]
+    tsat, tdrone = views_for(40, 2)
+    pick = np.argmax(heads.embed(tdrone, "drone") @ heads.embed(tsat, "satellite").T, axis=1)
+    raw = np.argmax(centre.embed(tdrone, "drone") @ centre.embed(tsat, "satellite").T, axis=1)
+    truth = np.repeat(np.arange(40), 2)
+    assert np.mean(pick == truth) > 0.7 and np.mean(pick == truth) > np.mean(raw == truth) + 0.15
+
+
+def test_criterion_counts_a_held_out_image_right_only_on_its_flights_satellite():
+    """Identity heads on views where each flight sits on its satellite: every held-out image is
+    right; swap two held-out flights' images and they are not."""
+    rng = np.random.default_rng(1)
+    sat = rng.standard_normal((12, 16)).astype(np.float32)
+    groups = np.repeat(np.arange(12), 3)
+    drone = np.repeat(sat, 3, axis=0) + 0.05 * rng.standard_normal((36, 16)).astype(np.float32)
+    views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
+    from geoalign_store.headset import Heads
+    identity = Heads(LAYERS, None, [("centre", None)], [1.0])
+    held = np.isin(groups, [2, 7])
+    score, correct = criterion(identity, views, held)
+    assert score == 1.0 and len(correct) == 6
+    scattered = drone.copy()
+    scattered[groups == 2] = sat[[2, 5, 9]]          # flight 2's images each on another satellite
+    views_scattered = TrainViews(views.sat, {k: scattered for k in LAYERS}, groups, LAYERS)
+    score, correct = criterion(identity, views_scattered, held)
+    assert correct[3:].all() and correct[:3].sum() <= 1 and score <= 4 / 6
+
+
+def test_agra_candidate_owns_its_random_stream():
+    """Two AGRA fits with one seed are identical whatever the global RNG did in between."""
+    from geoalign_store.teacher import agra_candidate
+    from geoalign_store.training import AgraRecipe
+    data = generate(seed=1, dim=40, train_locs=16, test_locs=4, views=3, distractors=0)[0]
+    views = views_of(data)
+    centre = cand.centring(views)
+    recipe = AgraRecipe(epochs=3, teacher="isms")
+    first, _ = agra_candidate(centre, centre, views, recipe, seed=7)
+    torch.manual_seed(123)
+    torch.rand(1000)
+    second, _ = agra_candidate(centre, centre, views, recipe, seed=7)
+    for (k, a), (_, b) in zip(first.streams[0][1].state_dict().items(), second.streams[0][1].state_dict().items()):
+        assert torch.equal(a, b), k
+    before = torch.get_rng_state()
+    agra_candidate(centre, centre, views, recipe, seed=8)
+    assert torch.equal(before, torch.get_rng_state())      # the caller's stream is untouched
