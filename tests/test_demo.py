@@ -19,3 +19,8 @@ def test_demo_end_to_end(tmp_path):
             assert metrics["n_queries"] == n_queries and 0 <= metrics["recall"]["1"] <= 1
     assert (store / "scores/demo-geoalign/S2D/retrievals-all.png").exists()
     assert summary["results"]["heads"]["D2S"]["heads"] == "geoalign"
+    # the chosen heads (label-free) must not retrieve worse than the raw descriptors on the demo
+    chosen = summary["results"]["heads"]["D2S"]["heads_recipe"]
+    for mode in ("D2S", "S2D"):
+        raw, heads = summary["results"]["raw"][mode], summary["results"]["heads"][mode]
+        assert heads["ap"] >= raw["ap"], (mode, chosen, heads["ap"], raw["ap"])
