@@ -5,14 +5,14 @@ grouping: the flight folders). Output: a :class:`geoalign_store.headset.Heads`, 
 serves selection, scoring and locate alike. Candidates:
 
 - ``centre``: each view's train mean removed per layer (label-free domain centring);
-- ``whiten(L)``: PCA whitening of the L leading directions of the pooled, centred rows (ISMS);
-- ``maps(K)``: K orthogonal maps of the centred space, fitted to drone flights matched one-to-one
-  with satellites (the Hungarian assignment of flight means in a teacher space), by EM over the
-  drone images; a linear gate picks one map per drone image;
-- ``agra``: AGRA taught by the flight teacher (training.fit_agra, the improved recipe);
+- ``whiten(L)``: PCA whitening of the L leading directions of the centred drone rows (ISMS);
+- ``ridge(K)`` / ``orth(K)``: K ridge or orthogonal linear maps drone -> satellite, fitted to
+  drone flights matched one-to-one with satellites (the Hungarian assignment of flight means in
+  a teacher space), by EM over the drone images; a gate picks one map per drone image;
+- ``agra``: AGRA taught by the flight teacher (teacher.agra_candidate, the improved recipe);
 - fusions of these (headset.Heads with two streams and a weight).
 Every map acts on the leading principal subspace only and is the identity elsewhere, so it is
-determined by the data it saw and never rotates directions the data do not constrain.
+determined by the data it saw and never moves directions the data do not constrain.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from .embeddings import l2n
 from .headset import Heads
 from .heads import ISMS, MapBank
+from .teacher import flight_means, flight_rows  # noqa: F401  (flight_means: used by selection too)
 
 
 @dataclass
@@ -40,8 +41,7 @@ class TrainViews:
 
 
 def flight_sample(groups: np.ndarray, per_flight: int) -> np.ndarray:
-    """Up to `per_flight` rows of every group, evenly spaced (deterministic)."""
-    from .teacher import flight_rows
+    """Up to `per_flight` rows of every group, evenly spaced (deterministic), in row order."""
     return np.sort(flight_rows(groups, per_flight))
 
 
@@ -95,14 +95,6 @@ def assign(flight_emb: np.ndarray, sat_emb: np.ndarray) -> np.ndarray:
     out = np.full(len(flight_emb), -1)
     out[rows] = cols
     return out
-
-
-def flight_means(emb: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """L2 mean of each flight (sorted group order) and the flight index of each row."""
-    _, inverse = np.unique(groups, return_inverse=True)
-    sums = torch.zeros(int(inverse.max()) + 1, emb.shape[1], dtype=torch.float64)
-    sums.index_add_(0, torch.from_numpy(inverse), torch.from_numpy(np.asarray(emb, np.float64)))
-    return l2n(sums.float().numpy()), inverse
 
 
 def flight_pairs(centre: Heads, views: TrainViews, teacher: Heads, per_flight: int = 8):
@@ -171,20 +163,26 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     return np.linalg.solve(xt @ x + lam * np.eye(x.shape[1]), xt @ y).astype(np.float32)
 
 
+def ridge_path(x: np.ndarray, y: np.ndarray):
+    """Ridge solutions for many lambdas from one eigendecomposition of x^T x: lam -> W."""
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    xty = evecs.T @ (x.T @ y)
+    return lambda lam: evecs @ (xty / (evals + lam)[:, None])
+
+
 def ridge_lambda(x, y, flights, seed: int) -> float:
     """Shrinkage chosen like the simulator's oracle, but on pseudo-pairs: fit on four fifths of
-    the flights, pick the lambda whose mapped held-in drones retrieve their flight's satellite
-    best among those flights' satellites."""
+    the flights, pick the lambda whose mapped drones of the other fifth retrieve their flight's
+    satellite best among those flights' satellites."""
     uniq = np.unique(flights)
     val = np.isin(flights, np.random.default_rng(seed).permutation(uniq)[: max(1, len(uniq) // 5)])
-    xt = x[~val].T.astype(np.float64)
-    evals, evecs = np.linalg.eigh(xt @ x[~val])
-    xty = evecs.T @ (xt @ y[~val])
-    scale = float(np.trace(xt @ x[~val])) / x.shape[1]
+    fit_x = x[~val].astype(np.float64)
+    path = ridge_path(fit_x, y[~val].astype(np.float64))
+    scale = float(np.trace(fit_x.T @ fit_x)) / x.shape[1]
     targets, target_of = np.unique(y[val], axis=0, return_inverse=True)
     best, best_lam = -1.0, scale
     for lam in scale * np.logspace(-3, 1, 9):
-        w = evecs @ (xty / (evals + lam)[:, None])
+        w = path(lam)
         hit = np.mean(np.argmax(l2n((x[val] @ w).astype(np.float32)) @ targets.T, 1) == target_of.ravel())
         if hit > best:
             best, best_lam = hit, lam

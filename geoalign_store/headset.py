@@ -2,8 +2,8 @@
 for fit-heads' selection, score, index and locate alike (issue 8).
 
 A Heads is: optional per-view centring means (applied per layer: L2(L2(x) - mean)), then one or
-two streams, fused as concat(sqrt(w_i) L2(stream_i)) then L2 (for two streams, the SPEC's
-fusion: inner products are w cos_1 + (1 - w) cos_2). Stream kinds and what they read:
+two streams; two are fused by heads.fuse with weights (w, 1 - w) (the SPEC's fusion: inner
+products are w cos_1 + (1 - w) cos_2). Stream kinds and what they read:
 
 - ``centre``: concat of the (centred) layers, L2 (the centring candidate; no weights);
 - ``isms``: ISMS on concat(layer a, layer b) (the whitening autoencoder, or PCA whitening);
@@ -23,15 +23,15 @@ import torch
 
 from .checkpoints import load_tensors, save_module, save_tensors
 from .embeddings import l2n
-from .heads import MapBank, load_release_agra, load_release_isms
+from .heads import MapBank, fuse, load_release_agra, load_release_isms
 
 KINDS = ("centre", "isms", "agra", "maps")
 
 
 class Heads:
     def __init__(self, layers, means: dict | None, streams: list, weights: list[float], name: str = ""):
-        if len(streams) != len(weights) or not streams:
-            raise ValueError("Heads need one weight per stream and at least one stream")
+        if len(streams) != len(weights) or not 1 <= len(streams) <= 2:
+            raise ValueError("Heads need one or two streams and one weight per stream")
         self.layers, self.means = tuple(layers), means or {}
         self.streams, self.weights = list(streams), [float(w) for w in weights]
         self.name = name          # the candidate's name in the selection, when it came from one
@@ -82,9 +82,7 @@ class Heads:
             parts = [self._stream(kind, module, desc, view) for kind, module in self.streams]
             if len(parts) == 1:
                 return l2n(parts[0].float().numpy())
-            fused = torch.cat([np.sqrt(w) * torch.nn.functional.normalize(p.float(), dim=1)
-                               for w, p in zip(self.weights, parts)], dim=1)
-            return l2n(fused.numpy())
+            return fuse(parts[0].float(), parts[1].float(), self.weights[0]).numpy()
 
     __call__ = embed
 

@@ -20,7 +20,7 @@ No cross-view label is read: drone group ids only group a flight's images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -108,9 +108,11 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
         vote = (half == h) | single
         means, _ = cand.flight_means(drone[vote], groups[vote])
         match = cand.assign(means, sat[free]) if len(free) else np.full(len(means), -1)
-        flight_sat = dict(zip(np.unique(groups[vote]), np.where(match >= 0, free[np.maximum(match, 0)], -1)))
+        flight_sat = np.where(match >= 0, free[np.maximum(match, 0)], -1)   # voting flights, sorted
         scored = (half != h) | (single & (h == 0))
-        pseudo = np.array([flight_sat.get(g, -1) for g in groups[scored]])
+        voters = np.unique(groups[vote])
+        at = np.minimum(np.searchsorted(voters, groups[scored]), len(voters) - 1)
+        pseudo = np.where(voters[at] == groups[scored], flight_sat[at], -1)
         correct[scored] = (pick[scored] == pseudo) & (pseudo >= 0)
     return float(correct.mean()), correct
 
@@ -243,6 +245,6 @@ def _refit(chosen: str, heads: Heads, views: cand.TrainViews, cfg: SelectionConf
         return heads
     if chosen == "centre":
         return cand.centring(views)
-    refitted, _ = candidates(views, SelectionConfig(**{**cfg.__dict__, "agra": False}), seed, None,
-                             None, lambda *_: None, list(chain), only=chosen)
+    refitted, _ = candidates(views, replace(cfg, agra=False), seed, None, None, lambda *_: None,
+                             list(chain), only=chosen)
     return refitted[chosen]

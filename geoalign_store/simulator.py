@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import sim_families as fam
+from .candidates import ridge_path
 from . import store as st
 from .config import ConfigError, fingerprint
 from .datasets import ViewListing
@@ -170,13 +171,6 @@ def recall_at_1(query, q_labels, gallery, g_labels) -> float:
     return float(np.mean(g_labels[best] == q_labels))
 
 
-def _ridge_path(x, y):
-    """Ridge solutions for many lambdas from one eigendecomposition of x^T x."""
-    evals, evecs = np.linalg.eigh(x.T @ x)
-    xty = evecs.T @ (x.T @ y)
-    return lambda lam: evecs @ (xty / (evals + lam)[:, None])
-
-
 def oracle_map(x, y, groups, seed=0):
     """Ridge map drone -> satellite from the true pairs, lambda picked on held-out train
     locations (a fifth of them); returns the map and the satellite mean it centres with."""
@@ -185,12 +179,12 @@ def oracle_map(x, y, groups, seed=0):
     uniq = np.unique(groups)
     held = np.isin(groups, np.random.default_rng(seed).permutation(uniq)[: max(1, len(uniq) // 5)])
     _, first = np.unique(groups[held], return_index=True)
-    fit = _ridge_path(xc[~held], yc[~held])
+    fit = ridge_path(xc[~held], yc[~held])
     scale = np.trace(xc.T @ xc) / xc.shape[1]
     lams = scale * np.logspace(-3, 1, 9)
     scores = [recall_at_1(_l2(xc[held] @ fit(lam)), groups[held], _l2(yc[held])[first],
                           groups[held][first]) for lam in lams]
-    w = _ridge_path(xc, yc)(lams[int(np.argmax(scores))])
+    w = ridge_path(xc, yc)(lams[int(np.argmax(scores))])
     return (lambda q: _l2((q - mx) @ w)), my
 
 

@@ -40,9 +40,10 @@ def flight_means(drone_emb, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """The L2-normalised mean of each flight's L2-normalised drone embeddings (float64, rows in
     sorted group-id order) and, for every drone row, the index of its flight."""
     _, inverse = np.unique(groups, return_inverse=True)
-    means = np.zeros((inverse.max() + 1, drone_emb.shape[1]))
-    np.add.at(means, inverse, l2n(np.asarray(drone_emb, dtype=np.float64)))
-    return l2n(means), inverse
+    sums = torch.zeros(int(inverse.max()) + 1, drone_emb.shape[1], dtype=torch.float64)
+    # index_add_, not np.add.at: the latter was ~13 s of a 37 s selection at 800 flights
+    sums.index_add_(0, torch.from_numpy(inverse), torch.from_numpy(l2n(np.asarray(drone_emb, np.float64))))
+    return l2n(sums.numpy()), inverse
 
 
 def flight_plan(sat_emb: np.ndarray, drone_emb: np.ndarray, groups: np.ndarray, epsilon: float,
