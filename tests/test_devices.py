@@ -19,5 +19,5 @@ def test_bad_device_names_are_config_errors_naming_the_key(name):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_refused_with_the_way_out():
-    with pytest.raises(ConfigError, match="no CUDA device is visible; use device=cpu"):
+    with pytest.raises(ConfigError, match=r"no CUDA device is visible\); use device=cpu"):
         resolve_device("cuda:1")
