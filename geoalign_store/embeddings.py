@@ -123,7 +123,7 @@ def _layer_array(root, dataset, split, view, layer):
     if path not in root:
         raise st.StoreError(f"the store has no {path}; score with layers= among those extracted "
                             f"({st.read_view_layers(root, dataset, split, view)})")
-    return root[path]
+    return st.layer_array(root, dataset, split, view, layer)
 
 
 def _read_rows(array, rows: np.ndarray) -> np.ndarray:
@@ -135,4 +135,4 @@ def _read_rows(array, rows: np.ndarray) -> np.ndarray:
         return np.asarray(array[lo:hi], np.float32)
     if hi - lo <= 2 * len(rows):
         return np.asarray(array[lo:hi], np.float32)[rows - lo]
-    return np.asarray(array.oindex[rows], np.float32)
+    return np.asarray(array.read_rows(rows), np.float32)

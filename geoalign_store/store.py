@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .datasets import ViewListing
 
@@ -31,6 +32,12 @@ STORE_VERSION = 1
 
 class StoreError(RuntimeError):
     """The store cannot serve the request as it stands; the message names the fix."""
+
+
+# Every chunk ends with a crc32c (zarr v3's codec, read by plain zarr): damage is detected when
+# read, never decoded into garbage. Features stay uncompressed (see prepare_view).
+FEATURE_CODECS = (Crc32cCodec(),)
+META_CODECS = (ZstdCodec(level=0), Crc32cCodec())
 
 
 def view_path(dataset: str, split: str, view: str) -> str:
@@ -89,23 +96,25 @@ def prepare_view(root: zarr.Group, dataset: str, listing: ViewListing, layout: V
     group = root.require_group(path)
     n, bs = len(listing), layout.block_size
     meta_chunk = (max(1, min(n, 1 << 16)),)
-    group.create_array("ids", shape=(n,), dtype=str, chunks=meta_chunk)[:] = np.array(listing.ids, dtype=object)
+    group.create_array("ids", shape=(n,), dtype=str, chunks=meta_chunk,
+                       compressors=META_CODECS)[:] = np.array(listing.ids, dtype=object)
     for name, values in (("labels", listing.labels), ("in_query", listing.in_query),
                          ("in_gallery", listing.in_gallery),
                          *((f"extra/{k}", v) for k, v in listing.extra.items())):
-        group.create_array(name, shape=(n,), dtype=values.dtype, chunks=meta_chunk)[:] = values
-    group.create_array("errors", shape=(n,), dtype=str, chunks=(bs,))
+        group.create_array(name, shape=(n,), dtype=values.dtype, chunks=meta_chunk,
+                           compressors=META_CODECS)[:] = values
+    group.create_array("errors", shape=(n,), dtype=str, chunks=(bs,), compressors=META_CODECS)
     group.create_array("block_done", shape=(n_blocks(n, bs),), dtype=bool, chunks=(1,),
-                       fill_value=False)
+                       fill_value=False, compressors=META_CODECS)
     # Network features do not compress (zstd saves ~nothing on them) but costs 2.5x the read
     # time and 2.7x the write time of raw chunks: feature arrays are stored uncompressed.
     for k in layout.layers:
         for kind in ("desc", "cls"):
             group.create_array(f"layer_{k}/{kind}", shape=(n, layout.channels), dtype="float32",
-                               chunks=(bs, layout.channels), fill_value=0.0, compressors=None)
+                               chunks=(bs, layout.channels), fill_value=0.0, compressors=FEATURE_CODECS)
         if layout.token_shape:
             group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape), dtype="float16",
-                               chunks=(1, *layout.token_shape), fill_value=0.0, compressors=None)
+                               chunks=(1, *layout.token_shape), fill_value=0.0, compressors=FEATURE_CODECS)
     group.attrs.update({"n": n, "block_size": bs, "layers": list(layout.layers),
                         "channels": layout.channels, "complete": False, "config": config})
     return group
@@ -129,6 +138,18 @@ def n_blocks(n: int, block_size: int) -> int:
 
 def pending_blocks(group: zarr.Group) -> list[int]:
     return [int(b) for b in np.flatnonzero(~group["block_done"][:])]
+
+
+def reopen_damaged_blocks(group: zarr.Group, full: bool = True) -> dict[int, str]:
+    """Done blocks whose chunks are missing or fail their checksum are marked not done, so the
+    writer's next pass rewrites exactly them; returns {block: why}."""
+    from .store_integrity import damaged_blocks
+    damaged = damaged_blocks(group, full)
+    for block in damaged:
+        group["block_done"][block] = False
+    if damaged:
+        group.attrs["complete"] = False
+    return damaged
 
 
 def block_rows(group: zarr.Group, block: int) -> slice:
@@ -181,10 +202,24 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
 
 def read_layer(root: zarr.Group, dataset: str, split: str, view: str, layer: int,
                kind: str = "desc", rows=slice(None)) -> np.ndarray:
+    return np.asarray(layer_array(root, dataset, split, view, layer, kind)[rows], dtype=np.float32)
+
+
+def layer_array(root: zarr.Group, dataset: str, split: str, view: str, layer: int,
+                kind: str = "desc"):
+    """A feature array, read through the one place that names damage (store_integrity)."""
+    from .store_integrity import CheckedArray, repair_hint
     path = f"{view_path(dataset, split, view)}/layer_{layer}/{kind}"
     if path not in root:
         raise StoreError(f"the store has no {path}; extract with layers including {layer}")
-    return np.asarray(root[path][rows], dtype=np.float32)
+    group = root[view_path(dataset, split, view)]
+    done = group["block_done"][:] if "block_done" in group else None
+    return CheckedArray(root[path], repair_hint(group, store_location(root)), done)
+
+
+def store_location(root: zarr.Group) -> str:
+    store = root.store
+    return str(getattr(store, "root", store))
 
 
 def read_view_layers(root: zarr.Group, dataset: str, split: str, view: str) -> list[int]:
@@ -225,9 +260,11 @@ def write_topk(root: zarr.Group, path: str, query_ids, topk_ids, topk_scores) ->
         del root[path]
     group = root.require_group(path)
     n, k = topk_ids.shape
-    group.create_array("query_ids", shape=(n,), dtype=str, chunks=(max(1, min(n, 65536)),))[:] = query_ids
-    group.create_array("topk_ids", shape=(n, k), dtype=str, chunks=(max(1, min(n, 8192)), k))[:] = topk_ids
-    group.create_array("topk_scores", shape=(n, k), dtype="float32", chunks=(max(1, min(n, 8192)), k))[:] = topk_scores
+    for name, values, chunks in (("query_ids", query_ids, (max(1, min(n, 65536)),)),
+                                 ("topk_ids", topk_ids, (max(1, min(n, 8192)), k)),
+                                 ("topk_scores", topk_scores, (max(1, min(n, 8192)), k))):
+        group.create_array(name, shape=values.shape, dtype=str if values.dtype.kind in "OUS" else values.dtype,
+                           chunks=chunks, compressors=META_CODECS)[:] = values
 
 
 def list_views(root: zarr.Group) -> list[str]:
