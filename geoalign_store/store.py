@@ -15,6 +15,7 @@ which the rerun overwrites. Two writers of one block write identical bytes, so n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -215,6 +216,19 @@ def layer_array(root: zarr.Group, dataset: str, split: str, view: str, layer: in
     group = root[view_path(dataset, split, view)]
     done = group["block_done"][:] if "block_done" in group else None
     return CheckedArray(root[path], repair_hint(group, store_location(root)), done)
+
+
+def content_digest(root: zarr.Group, dataset: str, split: str, layers: list[int]) -> str:
+    """sha256 standing for everything a stage reads of a split (both views: ids, labels, flags,
+    errors and the layers' descriptors): an artefact records it and is refused when it changes.
+    Blind to nothing a stage reads (row order, groups, a single chunk), and costs milliseconds."""
+    from .store_integrity import view_digest
+    names = ["ids", "labels", "in_query", "in_gallery", "errors", *(f"layer_{k}/desc" for k in layers)]
+    parts = {}
+    for view in ("drone", "satellite"):
+        path = view_path(dataset, split, view)
+        parts[view] = view_digest(root[path], names) if path in root else None
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def store_location(root: zarr.Group) -> str:

@@ -12,6 +12,10 @@ blocks a rerun of extract (or simulate) must write again; `check_view` is `geoal
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+
 import numpy as np
 import zarr
 from zarr.core.sync import sync  # zarr's own loop: store listing is async-only in zarr 3
@@ -158,3 +162,47 @@ def metadata_errors(view: zarr.Group) -> dict[str, str]:
             except Exception as e:
                 bad[name] = _reason(e)
     return bad
+
+
+# ----- content digests: what an artefact was computed from, checked before it is used -----
+
+def _has_checksum(array: zarr.Array) -> bool:
+    return any(type(c).__name__ == "Crc32cCodec" for c in array.metadata.codecs
+               ) or any(type(c).__name__ == "Crc32cCodec" for c in (array.compressors or ()))
+
+
+def array_digest(array: zarr.Array) -> str:
+    """sha256 of an array's content. With crc32c chunks, the stored checksums stand for the data
+    (4 bytes read per chunk, so the digest of a store of millions of rows costs milliseconds);
+    otherwise (plain-zarr stores of a user's own) the decoded data is hashed."""
+    digest = hashlib.sha256(json.dumps([list(array.shape), str(array.dtype)]).encode())
+    if _has_checksum(array):
+        for key, tail in _chunk_tails(array):
+            digest.update(key.encode() + (tail if tail is not None else b"<absent>"))
+    else:
+        step = max(1, (64 << 20) // max(1, array.nbytes // max(1, array.shape[0])))
+        for start in range(0, array.shape[0], step):
+            block = np.asarray(array[start:start + step])
+            digest.update(block.astype(str).tobytes() if block.dtype == object else block.tobytes())
+    return digest.hexdigest()
+
+
+def _chunk_tails(array: zarr.Array) -> list[tuple[str, bytes | None]]:
+    from zarr.abc.store import SuffixByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    store, path = array.store_path.store, array.store_path.path
+    grid = [-(-s // c) for s, c in zip(array.shape, array.chunks)]
+    keys = [(f"{path}/" if path else "") + array.metadata.encode_chunk_key(c) for c in np.ndindex(*grid)]
+
+    async def tails():
+        got = await asyncio.gather(*(store.get(k, default_buffer_prototype(), SuffixByteRequest(4))
+                                     for k in keys))
+        return [None if b is None else b.to_bytes() for b in got]
+
+    return list(zip(keys, sync(tails())))
+
+
+def view_digest(view: zarr.Group, arrays: list[str]) -> str:
+    """Digest of the named arrays of a view (those absent count as absent)."""
+    parts = {name: array_digest(view[name]) if name in view else None for name in arrays}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -8,10 +8,14 @@ view and block and the command that repairs it. Nothing is written.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from geoalign_store import store as st
 from geoalign_store.store_integrity import damaged_blocks, metadata_errors, repair_hint
+
+from .retrieval import available_heads, heads_staleness, inputs_staleness
 
 
 def check_view(root, path: str) -> dict:
@@ -37,6 +41,36 @@ def _rows(block: int, block_size, n) -> list[int] | None:
     return [block * block_size, min((block + 1) * block_size, n) - 1]
 
 
+def stale_artefacts(root, store, datasets: list[str]) -> list[dict]:
+    """Heads, indices and scores whose inputs changed since they were computed, with the command
+    that recomputes each (stages refuse them until then)."""
+    stale = []
+    for name, meta in available_heads(store).items():
+        dataset = meta.get("spec", {}).get("dataset")
+        why = dataset in datasets and heads_staleness(root, dataset, meta)
+        if why:
+            stale.append({"artefact": f"heads/{name}", "why": why,
+                          "recompute": f"geoalign fit-heads store={store} name={name} overwrite=true"})
+    base = Path(str(store).removeprefix("file://"))
+    for meta_path in sorted(base.glob("indices/*/index.json")) + sorted(base.glob("scores/*/*/metrics.json")):
+        meta = json.loads(meta_path.read_text())
+        dataset, inputs = meta.get("dataset"), meta.get("inputs")
+        if dataset not in datasets or not inputs:
+            continue  # written before inputs were recorded: nothing to compare
+        why = inputs_staleness(root, store, dataset, inputs)
+        if why:
+            stale.append({"artefact": str(meta_path.parent.relative_to(base)), "why": why,
+                          "recompute": _recompute(store, meta_path, meta)})
+    return stale
+
+
+def _recompute(store, meta_path: Path, meta: dict) -> str:
+    if meta_path.name == "index.json":
+        c = meta.get("config", {})
+        return f"geoalign index store={store} mode={c.get('mode')} index={c.get('index')} overwrite=true"
+    return f"geoalign score store={store} --mode {meta.get('mode')} heads={meta.get('heads')}"
+
+
 def run(cfg) -> dict:
     t0 = time.perf_counter()
     root = st.open_store(cfg.store, mode="r")
@@ -44,5 +78,6 @@ def run(cfg) -> dict:
     views = {path: check_view(root, path) for path in st.list_views(root)
              if path.split("/")[1] in datasets}
     n_damaged = sum(len(v["damaged"]) + len(v["metadata_damaged"]) for v in views.values())
+    stale = stale_artefacts(root, cfg.store, datasets)
     return {"stage": "check", "store": str(cfg.store), "views": views, "n_damaged": n_damaged,
-            "ok": n_damaged == 0, "wall_s": round(time.perf_counter() - t0, 3)}
+            "stale": stale, "ok": n_damaged == 0, "wall_s": round(time.perf_counter() - t0, 3)}

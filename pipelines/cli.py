@@ -164,7 +164,11 @@ def _render_check(result: dict) -> None:
                           highlight=False)
         if info.get("repair"):
             console.print(f"  repair {path}: {info['repair']}", highlight=False)
-    console.print("store OK: every block read back and its checksums verified" if result["ok"] else
+    for item in result["stale"]:
+        console.print(f"  stale: {item['artefact']}: {item['why']}; recompute: {item['recompute']}",
+                      highlight=False)
+    stale = f"; {len(result['stale'])} stale artefact(s) listed above" if result["stale"] else ""
+    console.print(f"store OK: every block read back and its checksums verified{stale}" if result["ok"] else
                   f"[bold red]{result['n_damaged']} damaged block(s) or array(s)[/]")
 
 
