@@ -126,7 +126,7 @@ def _check_same_view(group, path, listing, layout) -> None:
     if attrs.get("block_size") != layout.block_size or attrs.get("layers") != list(layout.layers):
         raise StoreError(f"{path} was written with block_size={attrs.get('block_size')} and "
                          f"layers={attrs.get('layers')}; add overwrite=true to rewrite it")
-    stored = [str(s) for s in group["ids"][:]]
+    stored = [str(s) for s in read_meta(group, "ids")]
     if stored != listing.ids:
         changed = len(set(stored) ^ set(listing.ids))
         raise StoreError(f"the images under {path} changed since it was written ({len(stored)} "
@@ -138,7 +138,18 @@ def n_blocks(n: int, block_size: int) -> int:
 
 
 def pending_blocks(group: zarr.Group) -> list[int]:
-    return [int(b) for b in np.flatnonzero(~group["block_done"][:])]
+    return [int(b) for b in np.flatnonzero(~read_meta(group, "block_done"))]
+
+
+def read_meta(group: zarr.Group, name: str) -> np.ndarray:
+    """A view's per-image array (ids, labels, flags, errors, block_done) whole; damage is named
+    (these are written once with the view, so the repair is to rewrite the view)."""
+    try:
+        return group[name][:]
+    except Exception as e:
+        raise StoreError(f"{group.path}/{name} is damaged and cannot be read ({type(e).__name__}: "
+                         f"{str(e)[:100]}); rewrite the view: rerun the command that wrote it with "
+                         "overwrite=true (`geoalign check` lists every damaged array)") from None
 
 
 def reopen_damaged_blocks(group: zarr.Group, full: bool = True) -> dict[int, str]:
@@ -175,9 +186,9 @@ def write_block(group: zarr.Group, block: int, arrays: dict[str, np.ndarray],
 
 def finalize_view(group: zarr.Group) -> dict:
     """Mark a view complete when every block is done; returns its summary."""
-    done = group["block_done"][:]
-    errors = [str(e) for e in group["errors"][:]]
-    failed = [(str(i), e) for i, e in zip(group["ids"][:], errors) if e]
+    done = read_meta(group, "block_done")
+    errors = [str(e) for e in read_meta(group, "errors")]
+    failed = [(str(i), e) for i, e in zip(read_meta(group, "ids"), errors) if e]
     complete = bool(done.all())
     group.attrs.update({"complete": complete, "n_failed": len(failed)})
     return {"n": group.attrs["n"], "complete": complete, "failed": failed}
@@ -191,12 +202,13 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
         raise StoreError(f"the store has no {path} (it has: {have})")
     group = root[path]
     n = group["labels"].shape[0]
-    out = {"ids": group["ids"][:].astype(object), "labels": group["labels"][:].astype(np.int64)}
+    out = {"ids": read_meta(group, "ids").astype(object),
+           "labels": read_meta(group, "labels").astype(np.int64)}
     for flag in ("in_query", "in_gallery"):
-        out[flag] = group[flag][:].astype(bool) if flag in group else np.ones(n, dtype=bool)
-    out["errors"] = (group["errors"][:].astype(object) if "errors" in group
+        out[flag] = read_meta(group, flag).astype(bool) if flag in group else np.ones(n, dtype=bool)
+    out["errors"] = (read_meta(group, "errors").astype(object) if "errors" in group
                      else np.full(n, "", dtype=object))
-    out["extra"] = ({k: group[f"extra/{k}"][:] for k in group["extra"].array_keys()}
+    out["extra"] = ({k: read_meta(group, f"extra/{k}") for k in group["extra"].array_keys()}
                     if "extra" in group else {})
     return out
 
@@ -214,7 +226,7 @@ def layer_array(root: zarr.Group, dataset: str, split: str, view: str, layer: in
     if path not in root:
         raise StoreError(f"the store has no {path}; extract with layers including {layer}")
     group = root[view_path(dataset, split, view)]
-    done = group["block_done"][:] if "block_done" in group else None
+    done = read_meta(group, "block_done") if "block_done" in group else None
     return CheckedArray(root[path], repair_hint(group, store_location(root)), done)
 
 

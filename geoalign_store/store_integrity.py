@@ -139,7 +139,10 @@ def damaged_blocks(view: zarr.Group, full: bool = True) -> dict[int, str]:
     decoding. Tokens are only checked for presence (they can be ~100x the descriptors)."""
     if "block_done" not in view:
         return {}
-    done = view["block_done"][:]
+    try:
+        done = view["block_done"][:]
+    except Exception:
+        return {}  # metadata_errors names it; without it no block can be trusted or repaired alone
     bad: dict[int, str] = {}
     for name, array in feature_arrays(view).items():
         for block in missing_blocks(array, done):

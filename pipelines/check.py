@@ -21,7 +21,10 @@ from .retrieval import available_heads, heads_staleness, inputs_staleness
 def check_view(root, path: str) -> dict:
     group = root[path]
     n, block_size = group.attrs.get("n"), group.attrs.get("block_size")
-    done = group["block_done"][:] if "block_done" in group else None
+    try:
+        done = group["block_done"][:] if "block_done" in group else None
+    except Exception:
+        done = None   # reported below with the other damaged metadata arrays
     damaged = damaged_blocks(group, full=True)
     info = {"n": n, "blocks": None if done is None else int(len(done)),
             "blocks_done": None if done is None else int(done.sum()),

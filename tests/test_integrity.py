@@ -107,3 +107,15 @@ def test_extract_rewrites_exactly_the_damaged_blocks_bitwise(clean_store, folder
     for name in clean:
         assert np.array_equal(clean[name], repaired[name]), name
     assert cli("check", f"store={store}").exit_code == 0
+
+
+def test_damaged_metadata_is_named_by_check_and_score(clean_store, tmp_path):
+    store = tmp_path / "meta.zarr"
+    shutil.copytree(clean_store, store)
+    labels = store / DRONE / "labels/c/0"
+    labels.write_bytes(labels.read_bytes()[:-3])
+    report = json.loads(cli("check", f"store={store}", "--json").stdout)
+    assert report["views"][DRONE]["metadata_damaged"] == {"labels": "checksum mismatch"}
+    out = cli("score", f"store={store}", "heads=none", "pictures=0")
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert f"{DRONE}/labels is damaged" in " ".join(out.output.split())
