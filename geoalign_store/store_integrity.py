@@ -73,12 +73,6 @@ class CheckedArray:
         except Exception as e:  # any decoding/storage failure: find and name the block
             raise self._damage(e) from None
 
-    def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        try:
-            return self.array.oindex[rows]
-        except Exception as e:
-            raise self._damage(e) from None
-
     def _damage(self, error: Exception) -> StoreError:
         bad = first_bad_block(self.array)
         block, reason = bad if bad else (None, f"{type(error).__name__}: {error}")
