@@ -217,3 +217,39 @@ def test_cluster_run_leaves_thread_environment_alone(tmp_path, folder_dataset):
     before = {k: os.environ.get(k) for k in keys}
     run_extract(tmp_path / "env.zarr", folder_dataset, "split=test", "cluster=local:1")
     assert {k: os.environ.get(k) for k in keys} == before
+
+
+def test_truncated_backbone_equals_full_model_hidden_states(folder_dataset):
+    """Only the blocks up to the deepest requested layer run, and only those layers are kept:
+    their outputs equal the untruncated model's hidden states (transformers' own forward)."""
+    from transformers import DINOv3ViTModel
+    from geoalign_store.backbone import layer_tokens
+    bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
+    bb = load_backbone(bcfg, None, [20, 26])
+    assert len(bb.model.model.layer) == 27
+    full = DINOv3ViTModel.from_pretrained(weights_source(bcfg, None), local_files_only=True).eval()
+    pixels = torch.stack([load_image(p) for p in sorted((folder_dataset / "test/drone").rglob("*.png"))[:3]])
+    got = layer_tokens(bb, pixels)
+    with torch.inference_mode():
+        hidden = full(pixel_values=pixels, output_hidden_states=True).hidden_states
+        want = {k: full.norm(hidden[k + 1]).numpy() for k in (20, 26)}
+    assert len(hidden) == 33 and sorted(got) == [20, 26]
+    for k in (20, 26):
+        np.testing.assert_allclose(got[k].numpy(), want[k], rtol=0, atol=1e-6)
+
+
+def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
+    """precision=bf16: bf16 weights (no autocast), the final norm in fp32, float32 outputs."""
+    from geoalign_store.backbone import gem_descriptor, layer_tokens
+    bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
+    fp32 = load_backbone(bcfg, None, [26, 28], precision="fp32")
+    bf16 = load_backbone(bcfg, None, [26, 28], precision="bf16")
+    assert fp32.dtype is None and fp32.model.model.layer[0].mlp.up_proj.weight.dtype == torch.float32
+    assert bf16.model.model.layer[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert bf16.model.norm.weight.dtype == torch.float32
+    pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
+    a, b = layer_tokens(fp32, pixels), layer_tokens(bf16, pixels)
+    for k in (26, 28):
+        assert b[k].dtype == torch.float32
+        diff = (gem_descriptor(a[k][:, 5:]) - gem_descriptor(b[k][:, 5:])).abs().max()
+        assert 0 < diff < 2e-2  # the tiny random model (C = 80); the real figure: benchmarks/gpu.py
