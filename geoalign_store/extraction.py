@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import store as st
 from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
@@ -140,6 +141,24 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
 
 
 _WORKER_BACKBONES: dict[str, Backbone] = {}
+_WORKER_DEVICE: dict[str, str] = {}   # this dask worker's own device, set by DevicePerWorker
+
+
+class DevicePerWorker(WorkerPlugin):
+    """dask worker plugin: LocalCluster worker number i (its name) computes on devices[i], so
+    N workers use N GPUs instead of all sharing cuda:0. A restarted worker gets it again."""
+
+    name = "geoalign-device-per-worker"
+
+    def __init__(self, devices: list[str]):
+        self.devices = list(devices)
+
+    def setup(self, worker) -> None:
+        _WORKER_DEVICE["device"] = self.devices[int(worker.name) % len(self.devices)]
+
+
+def worker_device() -> str | None:
+    return _WORKER_DEVICE.get("device")
 
 
 def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeOptions,
@@ -148,6 +167,8 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
     Returns the number of images that failed to decode."""
     if threads:
         torch.set_num_threads(threads)
+    if worker_device() is not None:
+        backbone_args = {**backbone_args, "device": worker_device()}
     key = repr(sorted(backbone_args.items()))
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES[key] = load_backbone(**backbone_args)

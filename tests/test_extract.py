@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import extract_overrides, make_folder_dataset
 from geoalign_store.backbone import load_backbone, weights_source
-from geoalign_store.config import compose
+from geoalign_store.config import ConfigError, compose
 from geoalign_store.images import load_image
 from geoalign_store.store import StoreError
 from pipelines import extract
@@ -253,3 +253,37 @@ def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
         assert b[k].dtype == torch.float32
         diff = (gem_descriptor(a[k][:, 5:]) - gem_descriptor(b[k][:, 5:])).abs().max()
         assert 0 < diff < 2e-2  # the tiny random model (C = 80); the real figure: benchmarks/gpu.py
+
+
+def test_local_cluster_gives_each_worker_its_own_gpu(monkeypatch):
+    """cluster=local:N with device=cuda|auto: worker i is told cuda:i; cpu and an explicit
+    cuda:K are left as given. GPUs are faked: only the assignment is checked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert extract.local_worker_devices(3, "cuda") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert extract.local_worker_devices(4, "auto") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert extract.local_worker_devices(2, "cpu") is None
+    assert extract.local_worker_devices(2, "cuda:3") is None
+    with pytest.raises(ConfigError, match=r"cluster=local:5 .* only 4 CUDA device\(s\).*local:4"):
+        extract.local_worker_devices(5, "cuda")
+
+
+def test_too_many_gpu_workers_refused_before_anything_is_written(tmp_path, folder_dataset, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    store = tmp_path / "gpus.zarr"
+    result = CliRunner().invoke(app, ["extract", *extract_overrides(store, folder_dataset),
+                                      "cluster=local:2", "device=cuda"])
+    assert result.exit_code == 2 and "only 1 CUDA device(s)" in result.output
+    assert not store.exists()
+
+
+def test_device_plugin_tells_each_local_worker_its_device():
+    """What the dask workers themselves hold after the plugin ran (labels only: no GPU used)."""
+    from distributed import Client, LocalCluster
+    from geoalign_store.extraction import DevicePerWorker, worker_device
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(DevicePerWorker(["cuda:0", "cuda:1"]))
+        told = client.run(lambda dask_worker: (dask_worker.name, worker_device()))
+    assert sorted(told.values()) == [(0, "cuda:0"), (1, "cuda:1")]
