@@ -74,7 +74,28 @@ def weights_fingerprint(path: Path) -> str:
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:
         raise ConfigError(f"no *.safetensors in {path}")
-    return fingerprint([file_sha256(f) for f in files])
+    return fingerprint([cached_sha256(f) for f in files])
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a weights file, remembered by (absolute path, size, mtime in ns) in the cache's
+    weights_sha256.json: hashing a multi-GB file cost every run seconds (~2 GB/s at best), and
+    any rewrite of the file changes its size or mtime, so a stale entry is never used."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    index = cache_dir() / "weights_sha256.json"
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
+        known[key] = file_sha256(path)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f"{index.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, index)
+    return known[key]
 
 
 def read_arch(path: Path) -> dict:

@@ -7,6 +7,9 @@ distributed run computes every image in exactly the batch it would have had unin
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -78,15 +81,55 @@ class _Pending:
     errors: list = field(default_factory=list)
 
 
+class BlockWriter:
+    """Writes finished blocks on one background thread, so the backbone never waits on zarr.
+    At most `depth` finished blocks wait (bounded memory: the producer blocks beyond that). A
+    failed write stops later writes and is raised in the producer at its next submit or at
+    close; blocks queued before it are still written (nothing computed is dropped)."""
+
+    def __init__(self, depth: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self.thread = threading.Thread(target=self._loop, name="geoalign-block-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (write := self.queue.get()) is not None:
+            if self.error is None:
+                t0 = time.perf_counter()
+                try:
+                    write()
+                except BaseException as e:  # noqa: BLE001  (re-raised in the producer)
+                    self.error = e
+                self.busy_s += time.perf_counter() - t0
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self._raise()
+        self.queue.put(write)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+
 class BlockAssembler:
-    """Collects a block's batches and writes the block whole as soon as its last batch is in."""
+    """Collects a block's batches and writes the block whole as soon as its last batch is in
+    (through `submit`, e.g. a BlockWriter's; None: at once, in this thread)."""
 
     def __init__(self, jobs: list[BlockJob], batch_size: int, open_group: Callable,
-                 on_block: Callable[[BlockJob, int], None] | None = None):
+                 on_block: Callable[[BlockJob, int], None] | None = None,
+                 submit: Callable[[Callable[[], None]], None] | None = None):
         self.pending = {j.offset: _Pending(j, -(-len(j.paths) // batch_size), errors=[""] * len(j.paths))
                         for j in jobs}
         self.starts = sorted(self.pending)
         self.open_group, self.on_block = open_group, on_block
+        self.submit = submit or (lambda write: write())
 
     def _owner(self, index: int) -> _Pending:
         return self.pending[self.starts[np.searchsorted(self.starts, index, side="right") - 1]]
@@ -108,12 +151,15 @@ class BlockAssembler:
             self._flush(owner, opts)
 
     def _flush(self, owner: _Pending, opts: EncodeOptions) -> None:
+        del self.pending[owner.job.offset]
+        self.submit(lambda: self._write(owner, opts))
+
+    def _write(self, owner: _Pending, opts: EncodeOptions) -> None:
         group = self.open_group(owner.job.view_path)
         # A block whose every image failed still gets (zero) arrays of the right width.
         arrays = owner.arrays or {n: np.zeros((len(owner.job.paths), opts.channels), np.float32)
                                   for n in _desc_names(group)}
         st.write_block(group, owner.job.block, arrays, owner.errors)
-        del self.pending[owner.job.offset]
         if self.on_block:
             self.on_block(owner.job, sum(bool(e) for e in owner.errors))
 
@@ -123,10 +169,12 @@ def _desc_names(group) -> list[str]:
 
 
 def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: EncodeOptions,
-                   batch_size: int, num_workers: int, open_group: Callable, on_block=None) -> None:
+                   batch_size: int, num_workers: int, open_group: Callable, on_block=None) -> dict:
     """Decode in DataLoader workers (spawned: forking after zarr started can deadlock) while
-    the main process runs the backbone and writes finished blocks. The workers are started
-    before the backbone is loaded, so their start-up overlaps the weights loading."""
+    the main process runs the backbone and a writer thread writes finished blocks. The workers
+    are started before the backbone is loaded, so their start-up overlaps the weights loading.
+    -> where the time went (seconds; `steady_*`: every batch after the first)."""
+    clock = Clock()
     paths = [p for j in jobs for p in j.paths]
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, opts.image_size, opts.mean, opts.std),
@@ -134,10 +182,39 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
         num_workers=num_workers, multiprocessing_context="spawn" if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.cuda.is_available())
     batches = iter(loader)
+    clock.lap("workers_start_s")
     bb = load()
-    assembler = BlockAssembler(jobs, batch_size, open_group, on_block)
-    for batch in batches:
-        assembler.add(bb, batch, opts)
+    clock.lap("backbone_load_s")
+    writer = BlockWriter()
+    assembler = BlockAssembler(jobs, batch_size, open_group, on_block, writer.submit)
+    try:
+        first = next(batches, None)
+        clock.lap("first_batch_wait_s")   # what the decode workers still needed for batch one
+        if first is not None:
+            assembler.add(bb, first, opts)
+            clock.lap("first_batch_compute_s")
+        for batch in batches:
+            assembler.add(bb, batch, opts)
+        clock.lap("steady_s")
+        clock.times["steady_images"] = len(paths) - (len(first["indices"]) if first else 0)
+    finally:
+        writer.close()
+    clock.lap("write_tail_s")             # writes still queued after the last batch
+    clock.times["writes_busy_s"] = round(writer.busy_s, 3)
+    return clock.times
+
+
+class Clock:
+    """Seconds between consecutive laps, by name (a run's breakdown of where the time went)."""
+
+    def __init__(self):
+        self.times: dict = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(now - self.last, 3)
+        self.last = now
 
 
 _WORKER_BACKBONES: dict[str, Backbone] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -287,3 +288,46 @@ def test_device_plugin_tells_each_local_worker_its_device():
         client.register_plugin(DevicePerWorker(["cuda:0", "cuda:1"]))
         told = client.run(lambda dask_worker: (dask_worker.name, worker_device()))
     assert sorted(told.values()) == [(0, "cuda:0"), (1, "cuda:1")]
+
+
+def test_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import geoalign_store.backbone as backbone
+    from geoalign_store.config import file_sha256
+    monkeypatch.setenv("GEOALIGN_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    calls = []
+    monkeypatch.setattr(backbone, "file_sha256", lambda p: calls.append(p) or file_sha256(p))
+    first = backbone.cached_sha256(weights)
+    assert backbone.cached_sha256(weights) == first == file_sha256(weights) and len(calls) == 1
+    weights.write_bytes(b"b" * 1000)                      # same size, new content and mtime
+    os.utime(weights, ns=(1, 1))
+    assert backbone.cached_sha256(weights) == file_sha256(weights) != first and len(calls) == 2
+    entries = json.loads((tmp_path / "cache/weights_sha256.json").read_text())
+    assert len(entries) == 1    # the stale entry of the same path was dropped
+
+
+def test_block_writer_writes_in_order_and_raises_a_failed_write():
+    from geoalign_store.extraction import BlockWriter
+    done = []
+    writer = BlockWriter(depth=1)
+    for i in range(5):
+        writer.submit(lambda i=i: (time.sleep(0.01), done.append(i)))
+    writer.close()
+    assert done == [0, 1, 2, 3, 4]
+    failing = BlockWriter()
+    with pytest.raises(ZeroDivisionError):
+        try:  # the second submit raises at once if the writer already failed; close raises anyway
+            failing.submit(lambda: 1 / 0)
+            failing.submit(lambda: done.append("after the failed write"))
+        finally:
+            failing.close()
+    assert done[-1] == 4       # nothing written after a failed write
+
+
+def test_summary_reports_where_the_time_went(tmp_path, folder_dataset):
+    result = run_extract(tmp_path / "t.zarr", folder_dataset, "split=test")
+    keys = ("listing_s", "weights_hash_s", "backbone_load_s", "first_batch_wait_s",
+            "first_batch_compute_s", "steady_s", "write_tail_s", "writes_busy_s")
+    assert all(result["timings"][k] >= 0 for k in keys)
+    assert result["timings"]["steady_images"] == 17 - 3   # every image after the first batch
