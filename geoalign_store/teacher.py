@@ -86,7 +86,7 @@ class FlightTeacher:
 
 def mutual_pairs(plan: torch.Tensor) -> int:
     """How many satellites and flights pick each other in the plan (logged)."""
-    return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
+    return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan), device=plan.device)).sum())
 
 
 def agra_candidate(centre, teacher_space, views, recipe, seed: int, resume=None, on_epoch=None,
