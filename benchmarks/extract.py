@@ -72,7 +72,7 @@ def bench_extract(args) -> None:
         extract.run(cfg)  # warm-up: materialises the random backbone, fills OS caches
         cfg = compose("extract", overrides(args, tmp / "s.zarr", tmp / "data"))
         t0 = time.perf_counter()
-        extract.run(cfg)
+        timings = extract.run(cfg)["timings"]
         wall = time.perf_counter() - t0
         pure = time_pure_forward(cfg, tmp / "s.zarr", tmp / "data")
     print(f"extract: {args.images} images {args.size}px, width {args.width}, depth 32, "
@@ -80,6 +80,8 @@ def bench_extract(args) -> None:
     print(f"  geoalign extract wall  {wall:8.2f} s  ({args.images / wall:.1f} img/s)")
     print(f"  pure backbone forward  {pure:8.2f} s  ({args.images / pure:.1f} img/s)")
     print(f"  ratio extract / forward = {wall / pure:.3f}  (target <= 1.10)")
+    print("  where the extract run's time went (s): " + ", ".join(
+        f"{k[:-2]} {v:.2f}" for k, v in timings.items() if k.endswith("_s")))
 
 
 def _best(fn, repeat: int = 3) -> float:

@@ -40,10 +40,10 @@ def resolve_layers(layers, depth: int) -> list[int]:
 
 def _random_weights_folder(bcfg) -> Path:
     """Materialise a seeded random model as an HF folder in the cache (once)."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
     arch = {k: bcfg[k] for k in ARCH_KEYS}
     folder = cache_dir() / "backbones" / f"{bcfg['name']}-seed{bcfg['seed']}-{fingerprint(arch)[:12]}"
     if not (folder / "model.safetensors").exists():
+        from transformers import DINOv3ViTConfig, DINOv3ViTModel  # slow import: only when building
         _quiet_transformers()
         torch.manual_seed(int(bcfg["seed"]))
         model = DINOv3ViTModel(DINOv3ViTConfig(**arch))
@@ -74,7 +74,28 @@ def weights_fingerprint(path: Path) -> str:
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:
         raise ConfigError(f"no *.safetensors in {path}")
-    return fingerprint([file_sha256(f) for f in files])
+    return fingerprint([cached_sha256(f) for f in files])
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a weights file, remembered by (absolute path, size, mtime in ns) in the cache's
+    weights_sha256.json: hashing a multi-GB file cost every run seconds (~2 GB/s at best), and
+    any rewrite of the file changes its size or mtime, so a stale entry is never used."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    index = cache_dir() / "weights_sha256.json"
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
+        known[key] = file_sha256(path)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f"{index.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, index)
+    return known[key]
 
 
 def read_arch(path: Path) -> dict:
@@ -118,13 +139,21 @@ class Backbone:
     patch_size: int
     channels: int
     device: torch.device
-    dtype: torch.dtype | None  # autocast dtype, None = fp32
+    dtype: torch.dtype | None  # weights' dtype when not float32 (bf16), None = fp32
 
 
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for precision=bf16, or auto on CUDA; None (fp32) otherwise."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision={precision!r} is not one of auto, fp32, bf16")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if use_bf16 else None
 
 
 def load_backbone(bcfg, weights, layers, device="cpu", precision="auto") -> Backbone:
@@ -144,19 +173,34 @@ def load_backbone(bcfg, weights, layers, device="cpu", precision="auto") -> Back
     # Blocks after the deepest requested layer are never needed: drop them.
     model.model.layer = model.model.layer[: max(resolved) + 1]
     device = torch.device(device)
-    dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and device.type == "cuda")) else None
-    return Backbone(model.eval().to(device).requires_grad_(False), resolved,
-                    cfg.num_register_tokens, cfg.patch_size, cfg.hidden_size, device, dtype)
+    dtype = compute_dtype(precision, device)
+    model = model.eval().requires_grad_(False).to(device)
+    if dtype is not None:
+        # bf16 weights, not fp32 weights under autocast: no per-batch weight casts (measured on
+        # an H200: 178 vs 155 img/s). Cast after the move (on the GPU: fast). The final norm
+        # stays fp32: it feeds the descriptors.
+        model = model.to(dtype)
+        model.norm.float()
+    return Backbone(model, resolved, cfg.num_register_tokens, cfg.patch_size,
+                    cfg.hidden_size, device, dtype)
 
 
 def layer_tokens(bb: Backbone, pixels: torch.Tensor) -> dict[int, torch.Tensor]:
     """Final-norm'ed output of each requested block: (B, 1 + registers + patches, C), float32.
-    Block k's output is hidden_states[k + 1] (entry 0 is the embeddings)."""
-    with torch.inference_mode(), torch.autocast(bb.device.type, dtype=bb.dtype or torch.float32,
-                                                enabled=bb.dtype is not None):
-        hidden = bb.model(pixel_values=pixels.to(bb.device, non_blocking=True),
-                          output_hidden_states=True).hidden_states
-        return {k: bb.model.norm(hidden[k + 1]).float() for k in bb.layers}
+
+    The blocks are run here as DINOv3ViTModel.forward runs them (patch + register embeddings,
+    RoPE from the pixel grid, then each block with those position embeddings), so only the
+    requested blocks' outputs are kept instead of every hidden state."""
+    with torch.inference_mode():
+        x = pixels.to(bb.device, non_blocking=True).to(bb.dtype or torch.float32)
+        hidden = bb.model.embeddings(x)
+        rope = bb.model.rope_embeddings(x)
+        out = {}
+        for k, block in enumerate(bb.model.model.layer):
+            hidden = block(hidden, position_embeddings=rope)
+            if k in bb.layers:
+                out[k] = bb.model.norm(hidden.float())
+        return out
 
 
 def gem_descriptor(patches: torch.Tensor, p: float = GEM_P) -> torch.Tensor:

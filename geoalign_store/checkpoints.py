@@ -100,6 +100,8 @@ def save_training_state(path: Path, state) -> None:
     tensors = {**{f"model.{k}": v for k, v in export_state_dict(state.model).items()},
                "log_scale": state.log_scale.data, **opt_tensors,
                "rng.torch": torch.get_rng_state(), "rng.sampler": state.sampler.get_state()}
+    if state.log_scale.is_cuda:  # gate noise and dropout draw from the GPU's generator there
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(state.log_scale.device)
     if state.teacher is not None:  # agra.teacher=isms: the plan in use (built from a past model)
         tensors["teacher.plan"], tensors["teacher.sim"] = state.teacher
     save_tensors(path, tensors, {"epoch": state.epoch, "optimizer": opt_meta})
@@ -122,6 +124,8 @@ def load_training_state(path: Path, state) -> None:
     state.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     state.sampler.set_state(tensors["rng.sampler"])
+    if "rng.cuda" in tensors and state.log_scale.is_cuda:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], state.log_scale.device)
     state.epoch = int(meta["epoch"])
     if "teacher.plan" in tensors:
         state.teacher = (tensors["teacher.plan"], tensors["teacher.sim"])

@@ -7,12 +7,16 @@ distributed run computes every image in exactly the batch it would have had unin
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import store as st
 from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
@@ -57,16 +61,39 @@ def job_batches(jobs: list[BlockJob], batch_size: int) -> list[list[int]]:
 
 def encode_stack(bb: Backbone, pixels: torch.Tensor, opts: EncodeOptions) -> dict[str, np.ndarray]:
     """Descriptors of one stack of same-sized images, keyed like the store's arrays."""
+    return start_encode(bb, pixels, opts).result()
+
+
+class _Encoded:
+    """Outputs of one stack on their way to host memory: on a GPU the copies are queued behind
+    the forward (non-blocking, pinned) and only `result()` waits for them, so the caller can
+    queue the next batch first and the GPU never idles while the host collects results."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], device: torch.device):
+        self.event = None
+        if device.type == "cuda":
+            tensors = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.tensors = tensors
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {k: v.numpy() for k, v in self.tensors.items()}
+
+
+def start_encode(bb: Backbone, pixels: torch.Tensor, opts: EncodeOptions) -> _Encoded:
     grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
     out = {}
-    for k, tokens in layer_tokens(bb, pixels).items():
-        patches = tokens[:, 1 + bb.n_registers:]
-        out[f"layer_{k}/cls"] = tokens[:, 0].cpu().numpy()
-        out[f"layer_{k}/desc"] = gem_descriptor(patches).cpu().numpy()
-        if opts.store_tokens:
-            pooled = pool_tokens(patches, grid, opts.token_pool)
-            out[f"layer_{k}/tokens"] = pooled.half().cpu().numpy()
-    return out
+    with torch.inference_mode():
+        for k, tokens in layer_tokens(bb, pixels).items():
+            patches = tokens[:, 1 + bb.n_registers:]
+            out[f"layer_{k}/cls"] = tokens[:, 0]
+            out[f"layer_{k}/desc"] = gem_descriptor(patches)
+            if opts.store_tokens:
+                out[f"layer_{k}/tokens"] = pool_tokens(patches, grid, opts.token_pool).half()
+    return _Encoded(out, bb.device)
 
 
 @dataclass
@@ -77,28 +104,82 @@ class _Pending:
     errors: list = field(default_factory=list)
 
 
+class BlockWriter:
+    """Writes finished blocks on one background thread, so the backbone never waits on zarr.
+    At most `depth` finished blocks wait (bounded memory: the producer blocks beyond that). A
+    failed write stops later writes and is raised in the producer at its next submit or at
+    close; blocks queued before it are still written (nothing computed is dropped)."""
+
+    def __init__(self, depth: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self.thread = threading.Thread(target=self._loop, name="geoalign-block-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (write := self.queue.get()) is not None:
+            if self.error is None:
+                t0 = time.perf_counter()
+                try:
+                    write()
+                except BaseException as e:  # noqa: BLE001  (re-raised in the producer)
+                    self.error = e
+                self.busy_s += time.perf_counter() - t0
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self._raise()
+        self.queue.put(write)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+
 class BlockAssembler:
-    """Collects a block's batches and writes the block whole as soon as its last batch is in."""
+    """Collects a block's batches and writes the block whole as soon as its last batch is in
+    (through `submit`, e.g. a BlockWriter's; None: at once, in this thread)."""
 
     def __init__(self, jobs: list[BlockJob], batch_size: int, open_group: Callable,
-                 on_block: Callable[[BlockJob, int], None] | None = None):
+                 on_block: Callable[[BlockJob, int], None] | None = None,
+                 submit: Callable[[Callable[[], None]], None] | None = None):
         self.pending = {j.offset: _Pending(j, -(-len(j.paths) // batch_size), errors=[""] * len(j.paths))
                         for j in jobs}
         self.starts = sorted(self.pending)
         self.open_group, self.on_block = open_group, on_block
+        self.submit = submit or (lambda write: write())
+        self.in_flight = None
 
     def _owner(self, index: int) -> _Pending:
         return self.pending[self.starts[np.searchsorted(self.starts, index, side="right") - 1]]
 
     def add(self, bb: Backbone, batch: dict, opts: EncodeOptions) -> None:
+        """Queue the batch's forward, then collect the previous batch's results (one batch in
+        flight: see _Encoded). `close()` collects the last one."""
+        launched = [(indices, start_encode(bb, pixels, opts)) for indices, pixels in batch["stacks"]]
+        self.close()
+        self.in_flight = (batch, launched, opts)
+
+    def close(self) -> None:
+        if self.in_flight is not None:
+            batch, launched, opts = self.in_flight
+            self.in_flight = None
+            self._collect(batch, launched, opts)
+
+    def _collect(self, batch: dict, launched: list, opts: EncodeOptions) -> None:
         if not batch["indices"]:
             return
         owner = self._owner(batch["indices"][0])
         for index, error in batch["errors"].items():
             owner.errors[index - owner.job.offset] = error
-        for indices, pixels in batch["stacks"]:
+        for indices, encoded in launched:
             rows = np.asarray(indices) - owner.job.offset
-            for name, values in encode_stack(bb, pixels, opts).items():
+            for name, values in encoded.result().items():
                 if name not in owner.arrays:
                     owner.arrays[name] = np.zeros((len(owner.job.paths), *values.shape[1:]), values.dtype)
                 owner.arrays[name][rows] = values
@@ -107,12 +188,15 @@ class BlockAssembler:
             self._flush(owner, opts)
 
     def _flush(self, owner: _Pending, opts: EncodeOptions) -> None:
+        del self.pending[owner.job.offset]
+        self.submit(lambda: self._write(owner, opts))
+
+    def _write(self, owner: _Pending, opts: EncodeOptions) -> None:
         group = self.open_group(owner.job.view_path)
         # A block whose every image failed still gets (zero) arrays of the right width.
         arrays = owner.arrays or {n: np.zeros((len(owner.job.paths), opts.channels), np.float32)
                                   for n in _desc_names(group)}
         st.write_block(group, owner.job.block, arrays, owner.errors)
-        del self.pending[owner.job.offset]
         if self.on_block:
             self.on_block(owner.job, sum(bool(e) for e in owner.errors))
 
@@ -122,10 +206,12 @@ def _desc_names(group) -> list[str]:
 
 
 def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: EncodeOptions,
-                   batch_size: int, num_workers: int, open_group: Callable, on_block=None) -> None:
+                   batch_size: int, num_workers: int, open_group: Callable, on_block=None) -> dict:
     """Decode in DataLoader workers (spawned: forking after zarr started can deadlock) while
-    the main process runs the backbone and writes finished blocks. The workers are started
-    before the backbone is loaded, so their start-up overlaps the weights loading."""
+    the main process runs the backbone and a writer thread writes finished blocks. The workers
+    are started before the backbone is loaded, so their start-up overlaps the weights loading.
+    -> where the time went (seconds; `steady_*`: every batch after the first)."""
+    clock = Clock()
     paths = [p for j in jobs for p in j.paths]
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths, opts.image_size, opts.mean, opts.std),
@@ -133,13 +219,62 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
         num_workers=num_workers, multiprocessing_context="spawn" if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.cuda.is_available())
     batches = iter(loader)
+    clock.lap("workers_start_s")
     bb = load()
-    assembler = BlockAssembler(jobs, batch_size, open_group, on_block)
-    for batch in batches:
-        assembler.add(bb, batch, opts)
+    clock.lap("backbone_load_s")
+    writer = BlockWriter()
+    assembler = BlockAssembler(jobs, batch_size, open_group, on_block, writer.submit)
+    try:
+        first = next(batches, None)
+        clock.lap("first_batch_wait_s")   # what the decode workers still needed for batch one
+        if first is not None:
+            assembler.add(bb, first, opts)
+            assembler.close()  # timed alone: includes the device's first-call set-up
+            clock.lap("first_batch_compute_s")
+        for batch in batches:
+            assembler.add(bb, batch, opts)
+        assembler.close()
+        clock.lap("steady_s")
+        clock.times["steady_images"] = len(paths) - (len(first["indices"]) if first else 0)
+    finally:
+        writer.close()
+    clock.lap("write_tail_s")             # writes still queued after the last batch
+    clock.times["writes_busy_s"] = round(writer.busy_s, 3)
+    return clock.times
+
+
+class Clock:
+    """Seconds between consecutive laps, by name (a run's breakdown of where the time went)."""
+
+    def __init__(self):
+        self.times: dict = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(now - self.last, 3)
+        self.last = now
 
 
 _WORKER_BACKBONES: dict[str, Backbone] = {}
+_WORKER_DEVICE: dict[str, str] = {}   # this dask worker's own device, set by DevicePerWorker
+
+
+class DevicePerWorker(WorkerPlugin):
+    """dask worker plugin: LocalCluster worker number i (its name) computes on devices[i], so
+    N workers use N GPUs instead of all sharing cuda:0. A restarted worker gets it again."""
+
+    name = "geoalign-device-per-worker"
+
+    def __init__(self, devices: list[str]):
+        self.devices = list(devices)
+
+    def setup(self, worker) -> None:
+        _WORKER_DEVICE["device"] = self.devices[int(worker.name) % len(self.devices)]
+
+
+def worker_device() -> str | None:
+    return _WORKER_DEVICE.get("device")
 
 
 def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeOptions,
@@ -148,6 +283,8 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
     Returns the number of images that failed to decode."""
     if threads:
         torch.set_num_threads(threads)
+    if worker_device() is not None:
+        backbone_args = {**backbone_args, "device": worker_device()}
     key = repr(sorted(backbone_args.items()))
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES[key] = load_backbone(**backbone_args)
@@ -160,5 +297,6 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
                                lambda _, n: failed.append(n))
     for indices in job_batches([job], batch_size):
         assembler.add(bb, collate_by_shape([files[i] for i in indices]), opts)
+    assembler.close()
     return failed[0]
 

@@ -73,9 +73,10 @@ class Heads:
         x = torch.from_numpy(np.ascontiguousarray(self.stream_input(desc, view, kind)))
         if kind == "centre":
             return x
+        x = x.to(_device_of(module))    # e.g. AGRA trained on a GPU embeds there
         if kind == "isms":
-            return module.embed(x)
-        return module.embed(x, view)
+            return module.embed(x).cpu()
+        return module.embed(x, view).cpu()
 
     def embed(self, desc: dict, view: str) -> np.ndarray:
         with torch.inference_mode():
@@ -108,6 +109,11 @@ class Heads:
                  if recipe.get("centre") and centering.exists() else {})
         streams = [(kind, _load_stream(folder, kind)) for kind in recipe["streams"]]
         return cls(recipe["layers"], means, streams, recipe["weights"], recipe.get("name", ""))
+
+
+def _device_of(module) -> torch.device:
+    tensor = next(iter([*module.parameters(), *module.buffers()]), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _load_stream(folder: Path, kind: str):

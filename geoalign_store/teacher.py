@@ -77,32 +77,36 @@ class FlightTeacher:
         from .heads import fuse
         was_training = model.training
         model.eval()
-        sat = fuse(model.embed(self.sat, "satellite"), self.sat_isms, FUSION_WEIGHT)
-        drone = fuse(model.embed(self.drone, "drone"), self.drone_isms, FUSION_WEIGHT)
+        device = next(model.parameters()).device
+        sat = fuse(model.embed(self.sat.to(device), "satellite").cpu(), self.sat_isms, FUSION_WEIGHT)
+        drone = fuse(model.embed(self.drone.to(device), "drone").cpu(), self.drone_isms, FUSION_WEIGHT)
         model.train(was_training)
         return flight_plan(sat.numpy(), drone.numpy(), self.groups, self.epsilon, self.n_iter)
 
 
 def mutual_pairs(plan: torch.Tensor) -> int:
     """How many satellites and flights pick each other in the plan (logged)."""
-    return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan))).sum())
+    return int((plan.argmax(0)[plan.argmax(1)] == torch.arange(len(plan), device=plan.device)).sum())
 
 
-def agra_candidate(centre, teacher_space, views, recipe, seed: int, resume=None, on_epoch=None):
+def agra_candidate(centre, teacher_space, views, recipe, seed: int, resume=None, on_epoch=None,
+                   device=None):
     """AGRA as a candidate head: trained on the centred layer-b rows of `views` (the seen
     flights), taught by the flight plan built in `teacher_space` (a Heads) and rebuilt every
     `recipe.teacher_refresh` epochs in the fused space. Its randomness (init, dropout, gate
     noise, draws) lives in a forked RNG seeded by `seed`, so candidates fitted in one process
-    are independent; `resume(state)` may restore a checkpoint (which holds that RNG state)."""
+    are independent; `resume(state)` may restore a checkpoint (which holds that RNG state).
+    `device`: where AGRA trains and embeds (the plans are built on the CPU, in float64)."""
     from .training import fit_agra, new_agra_state
     sat = torch.from_numpy(np.ascontiguousarray(centre.stream_input(views.sat, "satellite", "agra")))
     drone = torch.from_numpy(np.ascontiguousarray(centre.stream_input(views.drone, "drone", "agra")))
     t_sat = teacher_space.embed(views.sat, "satellite")
     t_drone = teacher_space.embed(views.drone, "drone")
-    with torch.random.fork_rng(devices=[]):
-        teacher = FlightTeacher(sat, drone, t_sat, t_drone, views.groups, recipe.teacher_epsilon,
-                                recipe.teacher_iters, recipe.teacher_per_flight)
-        state = new_agra_state(sat.shape[1], recipe, seed)
+    device = torch.device(device or "cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        teacher = FlightTeacher(sat.to(device), drone.to(device), t_sat, t_drone, views.groups,
+                                recipe.teacher_epsilon, recipe.teacher_iters, recipe.teacher_per_flight)
+        state = new_agra_state(sat.shape[1], recipe, seed, device)
         if resume is not None:
             resume(state)
         fit_agra(state, sat, drone, views.groups, recipe, on_epoch, teacher)

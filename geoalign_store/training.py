@@ -108,10 +108,12 @@ class AgraState:
     teacher: tuple | None = None   # (plan, cosine) of agra.teacher=isms, saved in checkpoints
 
 
-def new_agra_state(dim: int, recipe: AgraRecipe, seed: int) -> AgraState:
+def new_agra_state(dim: int, recipe: AgraRecipe, seed: int, device=None) -> AgraState:
+    """Initialised on the CPU whatever the device (the same initial weights everywhere), then
+    moved; the sampling generator stays on the CPU, so the drawn drones never depend on it."""
     torch.manual_seed(seed)
-    model = AGRA(dim)
-    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(recipe.scale_init))))
+    model = AGRA(dim).to(device or "cpu")
+    log_scale = torch.nn.Parameter(torch.tensor(float(np.log(recipe.scale_init)), device=device or "cpu"))
     params = [p for p in model.parameters() if p.requires_grad] + [log_scale]
     optimizer = al.CautiousAdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     sampler = torch.Generator().manual_seed(seed + 1)
@@ -153,17 +155,20 @@ def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: n
     """Train from `state.epoch` to `recipe.epochs`; `on_epoch` logs and checkpoints. `teacher`:
     a :class:`geoalign_store.teacher.FlightTeacher` (None: the paper's per-step plan); its plan
     is rebuilt every `recipe.teacher_refresh` epochs and kept in `state.teacher`."""
+    device = state.log_scale.device
+    sat, drone = sat.to(device), drone.to(device)
     if teacher is not None and state.teacher is None:
         state.teacher = teacher.initial()
+    state.teacher = _on(device, state.teacher)
     index = group_index(groups)
     state.model.train()
     for epoch in range(state.epoch, recipe.epochs):
         if teacher is not None and recipe.teacher_refresh and epoch and epoch % recipe.teacher_refresh == 0:
-            state.teacher = teacher.refresh(state.model)
+            state.teacher = _on(device, teacher.refresh(state.model))
         lr = al.warmup_cosine(epoch, recipe.epochs, recipe.warmup_epochs, recipe.lr)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
-        picked = draw_one_per_group(index, state.sampler)
+        picked = draw_one_per_group(index, state.sampler).to(device)
         epsilon = al.epsilon_schedule(epoch, recipe.epochs, recipe.eps_start, recipe.eps_end)
         parts = agra_losses(state, sat, drone[picked], epsilon, recipe, state.teacher)
         state.optimizer.zero_grad(set_to_none=True)
@@ -180,11 +185,18 @@ def fit_agra(state: AgraState, sat: torch.Tensor, drone: torch.Tensor, groups: n
     return state
 
 
+def _on(device: torch.device, tensors: tuple | None) -> tuple | None:
+    return None if tensors is None else tuple(t.to(device) for t in tensors)
+
+
 def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
-             on_epoch: Callable[[int, dict], None] | None = None) -> ISMS:
-    """Whitening autoencoder on pooled rows (satellite and drone, no pairing)."""
+             on_epoch: Callable[[int, dict], None] | None = None, device=None) -> ISMS:
+    """Whitening autoencoder on pooled rows (satellite and drone, no pairing). Initialised and
+    shuffled on the CPU (the same weights and batches on every device), trained on `device`."""
     torch.manual_seed(seed)
     model = ISMS(x.shape[1], latent_dim)
+    if device is not None:
+        model, x = model.to(device), x.to(device)
     if recipe.init == "pca":
         _pca_init(model, x)
     elif recipe.init != "orthogonal":
@@ -197,7 +209,7 @@ def fit_isms(x: torch.Tensor, latent_dim: int, recipe: IsmsRecipe, seed: int,
         order = torch.randperm(x.shape[0], generator=generator)
         sums: dict[str, float] = {}
         for start in range(0, x.shape[0] - batch + 1, batch):  # full batches: BatchNorm needs >1 row
-            xb = x[order[start:start + batch]]
+            xb = x[order[start:start + batch].to(x.device)]
             latent, recon = model(xb)
             parts = isms_losses(xb, latent, recon, model)
             total = (recipe.mse_weight * parts["mse"] + recipe.decorrelation_weight * parts["decorrelation"]

@@ -12,10 +12,11 @@ import torch
 from geoalign_store import store as st
 from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, check_arch, load_backbone,
                                      read_arch, resolve_layers, weights_fingerprint, weights_source)
-from geoalign_store.config import fingerprint, to_plain
+from geoalign_store.config import ConfigError, fingerprint, to_plain
+from geoalign_store.devices import resolve_device
 from geoalign_store.datasets import list_dataset, resolve_data_root
-from geoalign_store.extraction import (BlockJob, EncodeOptions, block_task, plan_jobs,
-                                       run_in_process)
+from geoalign_store.extraction import (BlockJob, DevicePerWorker, EncodeOptions, Clock,
+                                       block_task, plan_jobs, run_in_process)
 from geoalign_store.images import image_hw
 
 from .progress import console, progress_bar
@@ -36,8 +37,23 @@ def feature_spec(cfg, arch: dict, weights_path: Path, layers: list[int]) -> dict
             "stage_version": STAGE_VERSION}
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+def _device(name) -> str:
+    return str(resolve_device(name))
+
+
+def local_worker_devices(n_workers: int, device_name) -> list[str] | None:
+    """What each of `cluster=local:N`'s workers computes on: with device=auto (a GPU visible)
+    or device=cuda, worker i gets cuda:i (one GPU each); N above the visible GPUs is an error.
+    None: every worker uses the device as given (cpu, or an explicit cuda:K)."""
+    text = str(device_name).strip().lower()
+    if resolve_device(device_name).type != "cuda" or text not in ("auto", "cuda"):
+        return None
+    count = torch.cuda.device_count()
+    if n_workers > count:
+        raise ConfigError(f"cluster=local:{n_workers} gives each worker its own GPU, but only "
+                          f"{count} CUDA device(s) are visible; use cluster=local:{count} "
+                          "(or device=cuda:K to put every worker on one GPU)")
+    return [f"cuda:{i}" for i in range(n_workers)]
 
 
 def _num_workers(value, device: str) -> int:
@@ -66,15 +82,21 @@ def _bytes_per_row(layout: st.ViewLayout) -> int:
 
 def run(cfg) -> dict:
     t0 = time.perf_counter()
+    clock = Clock()
     dcfg = cfg.dataset
     data_root = resolve_data_root(dcfg, cfg.data_root)
     splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
     listings = list_dataset(dcfg, data_root, splits)
+    clock.lap("listing_s")
     weights_path = weights_source(cfg.backbone, cfg.weights)
+    clock.lap("weights_source_s")   # a random backbone is built here the first time only
     arch = read_arch(weights_path)
     check_arch(cfg.backbone, arch, weights_path)
     layers = resolve_layers(list(cfg.layers), arch["num_hidden_layers"])
+    if str(cfg.cluster or "").startswith("local:"):  # refuse before anything is written
+        local_worker_devices(int(str(cfg.cluster).split(":", 1)[1]), cfg.device)
     spec = feature_spec(cfg, arch, weights_path, layers)
+    clock.lap("weights_hash_s")
     root = st.open_store(cfg.store, mode="a")
     st.prepare_dataset(root, dcfg.name, spec, fingerprint(spec), bool(cfg.overwrite))
     jobs, groups, n_bytes = [], [], 0
@@ -95,9 +117,17 @@ def run(cfg) -> dict:
                          to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
     backbone_args = {"bcfg": to_plain(cfg.backbone), "weights": cfg.weights, "layers": layers,
                      "device": _device(cfg.device), "precision": cfg.precision}
+    clock.lap("store_prepare_s")
     if jobs:
-        _run_jobs(cfg, root, jobs, backbone_args, opts)
-    return _summary(cfg, groups, n_images, n_bytes, time.perf_counter() - t0)
+        clock.times.update(_run_jobs(cfg, root, jobs, backbone_args, opts))
+        clock.last = time.perf_counter()
+    summary = _summary(cfg, groups, n_images, n_bytes, time.perf_counter() - t0)
+    clock.lap("finalize_s")
+    summary["timings"] = clock.times
+    if jobs:
+        console.print("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in
+                                           clock.times.items() if k.endswith("_s")), highlight=False)
+    return summary
 
 
 def _reopen_damaged(group, listing, full: bool) -> None:
@@ -109,16 +139,18 @@ def _reopen_damaged(group, listing, full: bool) -> None:
                       f"(block {first[0]}: {first[1]})", highlight=False)
 
 
-def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: EncodeOptions) -> None:
+def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: EncodeOptions) -> dict:
+    """-> where the time went (seconds), see extraction.run_in_process."""
     with progress_bar() as progress:
         task = progress.add_task("extract", total=sum(len(j.paths) for j in jobs))
         on_block = lambda job, _failed: progress.advance(task, len(job.paths))  # noqa: E731
         if cfg.cluster:
+            t0 = time.perf_counter()
             _run_on_cluster(cfg, jobs, backbone_args, opts, on_block)
-        else:
-            workers = _num_workers(cfg.num_workers, backbone_args["device"])
-            run_in_process(lambda: load_backbone(**backbone_args), jobs, opts, int(cfg.batch_size),
-                           workers, lambda path: root[path], on_block)
+            return {"cluster_s": round(time.perf_counter() - t0, 3)}
+        workers = _num_workers(cfg.num_workers, backbone_args["device"])
+        return run_in_process(lambda: load_backbone(**backbone_args), jobs, opts, int(cfg.batch_size),
+                              workers, lambda path: root[path], on_block)
 
 
 @contextlib.contextmanager
@@ -145,9 +177,12 @@ def _submit_blocks(cfg, jobs, backbone_args, opts, on_block) -> None:
     address = str(cfg.cluster)
     if address.startswith("local:"):
         n = int(address.split(":", 1)[1])
+        devices = local_worker_devices(n, cfg.device)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client, threads = Client(cluster), max(1, (os.cpu_count() or 1) // n)
+        if devices:
+            client.register_plugin(DevicePerWorker(devices))
     else:
         cluster, client, threads = None, Client(address), None
     store_url = str(cfg.store)

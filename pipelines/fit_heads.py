@@ -25,6 +25,7 @@ from geoalign_store.checkpoints import (load_tensors, load_training_state, save_
                                         save_tensors, save_training_state)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.candidates import TrainViews
+from geoalign_store.devices import resolve_device
 from geoalign_store.embeddings import l2n
 from geoalign_store.headset import legacy_recipe
 from geoalign_store.heads import agra_dim_error
@@ -68,6 +69,7 @@ def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
 
 
 def run(cfg) -> dict:
+    device = resolve_device(cfg.device)  # a bad name stops here, before anything is written
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
     layers = resolve_layers(root, dataset, list(cfg.layers))
@@ -83,9 +85,9 @@ def run(cfg) -> dict:
         console.print(f"heads {cfg.name}: up to date ({folder})")
         return _summary(cfg, dataset, folder, meta, trained=False)
     if cfg.select.enabled:
-        meta.update(_fit_selected(cfg, folder, root, dataset, layers))
+        meta.update(_fit_selected(cfg, folder, root, dataset, layers, device))
     else:
-        meta.update(_fit_paper(cfg, folder, root, dataset, layers))
+        meta.update(_fit_paper(cfg, folder, root, dataset, layers, device))
     meta["complete"] = True
     st.write_json(folder / "heads.json", meta)
     (folder / "checkpoint.safetensors").unlink(missing_ok=True)
@@ -97,7 +99,7 @@ def _counts(data: dict, layers) -> dict:
             "drone_groups": int(len(np.unique(data["drone_groups"])))}
 
 
-def _fit_selected(cfg, folder: Path, root, dataset: str, layers: list[int]) -> dict:
+def _fit_selected(cfg, folder: Path, root, dataset: str, layers: list[int], device) -> dict:
     """preset=improved: fit the candidates, choose label-free, save the chosen heads."""
     data = read_train(root, dataset, layers)
     views = TrainViews(data["satellite"], data["drone"], data["drone_groups"], tuple(layers))
@@ -106,7 +108,7 @@ def _fit_selected(cfg, folder: Path, root, dataset: str, layers: list[int]) -> d
     if select_cfg.agra and agra_dim_error(dim):
         console.print(f"AGRA candidate skipped: {agra_dim_error(dim)}")
         select_cfg.agra = False
-    selection = select(views, select_cfg, int(cfg.seed), _agra_trainer(cfg, folder),
+    selection = select(views, select_cfg, int(cfg.seed), _agra_trainer(cfg, folder, device),
                        log=lambda msg: console.print(msg, highlight=False))
     _print_selection(selection)
     selection.heads.save(folder)
@@ -114,7 +116,7 @@ def _fit_selected(cfg, folder: Path, root, dataset: str, layers: list[int]) -> d
             "recipe": selection.heads.recipe(), "selection": selection.summary()}
 
 
-def _agra_trainer(cfg, folder: Path):
+def _agra_trainer(cfg, folder: Path, device):
     """AGRA as a selection candidate, checkpointed and resumable like preset=paper's."""
     recipe = AgraRecipe(**to_plain(cfg.agra))
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
@@ -129,7 +131,7 @@ def _agra_trainer(cfg, folder: Path):
                     console.print(f"resuming AGRA at epoch {state.epoch} from {ckpt}")
                 progress.update(task, completed=state.epoch)
             heads, state = agra_candidate(centre, teacher, views, recipe, int(cfg.seed), resume,
-                                          _epoch_logger(log, progress, task, ckpt, recipe))
+                                          _epoch_logger(log, progress, task, ckpt, recipe), device)
         # the costly candidate is kept whether chosen or not (heads.json's recipe says which is used)
         save_module(folder / "agra.safetensors", state.model, {"dim": int(views.sat[views.layers[1]].shape[1])})
         return heads
@@ -162,7 +164,7 @@ def _print_selection(selection) -> None:
         console.print("no candidate is estimated better than centring: the fitted heads are centring")
 
 
-def _fit_paper(cfg, folder: Path, root, dataset: str, layers: list[int]) -> dict:
+def _fit_paper(cfg, folder: Path, root, dataset: str, layers: list[int], device) -> dict:
     """preset=paper: the release's AGRA (self-taught) + ISMS, fused at 0.5."""
     data = read_train(root, dataset, layers, bool(cfg.center))
     if data["means"]:
@@ -171,14 +173,14 @@ def _fit_paper(cfg, folder: Path, root, dataset: str, layers: list[int]) -> dict
     problem = agra_dim_error(int(data["satellite"][layers[1]].shape[1]))
     if problem:
         raise ConfigError(problem)
-    _train_isms(cfg, folder, data, layers)
-    state = _train_agra(cfg, folder, data, layers)
+    _train_isms(cfg, folder, data, layers, device)
+    state = _train_agra(cfg, folder, data, layers, device)
     return {"dim": int(data["satellite"][layers[1]].shape[1]), "n_train": _counts(data, layers),
             "recipe": legacy_recipe(layers, bool(data["means"]), 0.5),
             "final": state.history[-1] if state.history else None}
 
 
-def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
+def _train_isms(cfg, folder: Path, data: dict, layers: list[int], device) -> None:
     if (folder / "isms.safetensors").exists():
         return
     a, b = layers
@@ -190,11 +192,11 @@ def _train_isms(cfg, folder: Path, data: dict, layers: list[int]) -> None:
         task = progress.add_task("ISMS", total=recipe.epochs)
         def on_epoch(epoch, losses):  # noqa: E306
             progress.update(task, advance=1, description=f"ISMS loss {losses['total']:.4f}")
-        model = fit_isms(torch.from_numpy(x), int(latent), recipe, int(cfg.seed), on_epoch)
+        model = fit_isms(torch.from_numpy(x), int(latent), recipe, int(cfg.seed), on_epoch, device)
     save_module(folder / "isms.safetensors", model, {"in_dim": x.shape[1], "latent_dim": model.latent_dim})
 
 
-def _train_agra(cfg, folder: Path, data: dict, layers: list[int]):
+def _train_agra(cfg, folder: Path, data: dict, layers: list[int], device):
     """The release's self-taught AGRA on every satellite and drone (layer b)."""
     b = layers[1]
     sat, drone = torch.from_numpy(data["satellite"][b]), torch.from_numpy(data["drone"][b])
@@ -203,8 +205,8 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int]):
         raise ConfigError(f"preset=paper trains AGRA with agra.teacher=self, got {recipe.teacher!r} "
                           "(the flight teacher is a candidate of preset=improved)")
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
-    with torch.random.fork_rng(devices=[]):
-        state = new_agra_state(sat.shape[1], recipe, int(cfg.seed))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        state = new_agra_state(sat.shape[1], recipe, int(cfg.seed), device)
         if ckpt.exists():
             load_training_state(ckpt, state)
             console.print(f"resuming AGRA at epoch {state.epoch} from {ckpt}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import extract_overrides, make_folder_dataset
 from geoalign_store.backbone import load_backbone, weights_source
-from geoalign_store.config import compose
+from geoalign_store.config import ConfigError, compose
 from geoalign_store.images import load_image
 from geoalign_store.store import StoreError
 from pipelines import extract
@@ -217,3 +218,116 @@ def test_cluster_run_leaves_thread_environment_alone(tmp_path, folder_dataset):
     before = {k: os.environ.get(k) for k in keys}
     run_extract(tmp_path / "env.zarr", folder_dataset, "split=test", "cluster=local:1")
     assert {k: os.environ.get(k) for k in keys} == before
+
+
+def test_truncated_backbone_equals_full_model_hidden_states(folder_dataset):
+    """Only the blocks up to the deepest requested layer run, and only those layers are kept:
+    their outputs equal the untruncated model's hidden states (transformers' own forward)."""
+    from transformers import DINOv3ViTModel
+    from geoalign_store.backbone import layer_tokens
+    bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
+    bb = load_backbone(bcfg, None, [20, 26])
+    assert len(bb.model.model.layer) == 27
+    full = DINOv3ViTModel.from_pretrained(weights_source(bcfg, None), local_files_only=True).eval()
+    pixels = torch.stack([load_image(p) for p in sorted((folder_dataset / "test/drone").rglob("*.png"))[:3]])
+    got = layer_tokens(bb, pixels)
+    with torch.inference_mode():
+        hidden = full(pixel_values=pixels, output_hidden_states=True).hidden_states
+        want = {k: full.norm(hidden[k + 1]).numpy() for k in (20, 26)}
+    assert len(hidden) == 33 and sorted(got) == [20, 26]
+    for k in (20, 26):
+        np.testing.assert_allclose(got[k].numpy(), want[k], rtol=0, atol=1e-6)
+
+
+def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
+    """precision=bf16: bf16 weights (no autocast), the final norm in fp32, float32 outputs."""
+    from geoalign_store.backbone import gem_descriptor, layer_tokens
+    bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
+    fp32 = load_backbone(bcfg, None, [26, 28], precision="fp32")
+    bf16 = load_backbone(bcfg, None, [26, 28], precision="bf16")
+    assert fp32.dtype is None and fp32.model.model.layer[0].mlp.up_proj.weight.dtype == torch.float32
+    assert bf16.model.model.layer[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert bf16.model.norm.weight.dtype == torch.float32
+    pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
+    a, b = layer_tokens(fp32, pixels), layer_tokens(bf16, pixels)
+    for k in (26, 28):
+        assert b[k].dtype == torch.float32
+        diff = (gem_descriptor(a[k][:, 5:]) - gem_descriptor(b[k][:, 5:])).abs().max()
+        assert 0 < diff < 2e-2  # the tiny random model (C = 80); the real figure: benchmarks/gpu.py
+
+
+def test_local_cluster_gives_each_worker_its_own_gpu(monkeypatch):
+    """cluster=local:N with device=cuda|auto: worker i is told cuda:i; cpu and an explicit
+    cuda:K are left as given. GPUs are faked: only the assignment is checked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert extract.local_worker_devices(3, "cuda") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert extract.local_worker_devices(4, "auto") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert extract.local_worker_devices(2, "cpu") is None
+    assert extract.local_worker_devices(2, "cuda:3") is None
+    with pytest.raises(ConfigError, match=r"cluster=local:5 .* only 4 CUDA device\(s\).*local:4"):
+        extract.local_worker_devices(5, "cuda")
+
+
+def test_too_many_gpu_workers_refused_before_anything_is_written(tmp_path, folder_dataset, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    store = tmp_path / "gpus.zarr"
+    result = CliRunner().invoke(app, ["extract", *extract_overrides(store, folder_dataset),
+                                      "cluster=local:2", "device=cuda"])
+    assert result.exit_code == 2 and "only 1 CUDA device(s)" in result.output
+    assert not store.exists()
+
+
+def test_device_plugin_tells_each_local_worker_its_device():
+    """What the dask workers themselves hold after the plugin ran (labels only: no GPU used)."""
+    from distributed import Client, LocalCluster
+    from geoalign_store.extraction import DevicePerWorker, worker_device
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(DevicePerWorker(["cuda:0", "cuda:1"]))
+        told = client.run(lambda dask_worker: (dask_worker.name, worker_device()))
+    assert sorted(told.values()) == [(0, "cuda:0"), (1, "cuda:1")]
+
+
+def test_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import geoalign_store.backbone as backbone
+    from geoalign_store.config import file_sha256
+    monkeypatch.setenv("GEOALIGN_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    calls = []
+    monkeypatch.setattr(backbone, "file_sha256", lambda p: calls.append(p) or file_sha256(p))
+    first = backbone.cached_sha256(weights)
+    assert backbone.cached_sha256(weights) == first == file_sha256(weights) and len(calls) == 1
+    weights.write_bytes(b"b" * 1000)                      # same size, new content and mtime
+    os.utime(weights, ns=(1, 1))
+    assert backbone.cached_sha256(weights) == file_sha256(weights) != first and len(calls) == 2
+    entries = json.loads((tmp_path / "cache/weights_sha256.json").read_text())
+    assert len(entries) == 1    # the stale entry of the same path was dropped
+
+
+def test_block_writer_writes_in_order_and_raises_a_failed_write():
+    from geoalign_store.extraction import BlockWriter
+    done = []
+    writer = BlockWriter(depth=1)
+    for i in range(5):
+        writer.submit(lambda i=i: (time.sleep(0.01), done.append(i)))
+    writer.close()
+    assert done == [0, 1, 2, 3, 4]
+    failing = BlockWriter()
+    with pytest.raises(ZeroDivisionError):
+        try:  # the second submit raises at once if the writer already failed; close raises anyway
+            failing.submit(lambda: 1 / 0)
+            failing.submit(lambda: done.append("after the failed write"))
+        finally:
+            failing.close()
+    assert done[-1] == 4       # nothing written after a failed write
+
+
+def test_summary_reports_where_the_time_went(tmp_path, folder_dataset):
+    result = run_extract(tmp_path / "t.zarr", folder_dataset, "split=test")
+    keys = ("listing_s", "weights_hash_s", "backbone_load_s", "first_batch_wait_s",
+            "first_batch_compute_s", "steady_s", "write_tail_s", "writes_busy_s")
+    assert all(result["timings"][k] >= 0 for k in keys)
+    assert result["timings"]["steady_images"] == 17 - 3   # every image after the first batch

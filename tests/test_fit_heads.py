@@ -168,7 +168,7 @@ def test_import_refuses_bad_checkpoints(tmp_path):
     torch.save({"model": {"shared_enc.0.weight": torch.zeros(80, 40)}}, tmp_path / "missing.t")
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickle.t")
     for name, message in (("wrong_dim.t", "C=80 descriptors, but the features have C=40"),
-                          ("missing.t", "missing keys"), ("pickle.t", "weights_only=True refused")):
+                          ("missing.t", "missing keys"), ("pickle.t", "pickles a Python object")):
         with pytest.raises(ConfigError, match=message):
             import_heads.run(compose("import-heads", [f"store={store}", f"agra={tmp_path / name}"]))
 
@@ -245,3 +245,22 @@ def test_heads_json_keeps_the_selection_and_score_says_when_heads_are_centring(t
     assert auto["recall"] == want["recall"] and abs(auto["ap"] - want["ap"]) < 1e-9
     with pytest.raises(ConfigError, match="fusion_weight must be auto or a number"):
         score.run(compose("score", [f"store={store}", "pictures=0", "fusion_weight=heavy"]))
+
+
+@pytest.mark.parametrize("preset", ["improved", "paper"])
+def test_device_cpu_gives_the_default_heads_bitwise(tmp_path, preset):
+    """device=cpu runs the path the default always ran on a CPU: the very same weights."""
+    one, two = make_store(tmp_path / "a.zarr"), make_store(tmp_path / "b.zarr")
+    fit(one, f"preset={preset}")
+    fit(two, f"preset={preset}", "device=cpu")
+    assert assert_same_weights(weights(one), weights(two)) > 40
+
+
+def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+    from pipelines.cli import app
+    store = make_store(tmp_path / "s.zarr")
+    result = CliRunner().invoke(app, ["fit-heads", f"store={store}", *FAST, "device=gpu"])
+    assert result.exit_code == 2, result.output
+    assert "device='gpu' is not one of auto, cpu, cuda, cuda:N" in result.output
+    assert "Traceback" not in result.output and not (store / "heads").exists()

@@ -1,0 +1,291 @@
+"""Every GPU figure of issue 9 in one run (<= 5 minutes on one H100/H200), each part guarded.
+
+    python benchmarks/gpu.py [--budget 300] [--device cuda] [--peak-tflops 790]
+    python benchmarks/gpu.py --smoke        # CPU, tiny backbone and sizes: checks the plumbing
+
+1. extract: a random-weight DINOv3 ViT-H+/16 (`backbone=dinov3_vith16plus backbone.seed=0`, layers
+   26/28) on synthetic 512 px JPEGs made here, two `geoalign extract` processes of N1 and N2
+   images: fixed cost per run (wall = fixed + n / rate, from the two runs) with the larger run's
+   breakdown (its `timings`), steady-state img/s and its fraction of the bf16 peak (FLOPs per
+   image computed from the architecture), and the bare forward on pre-decoded batches.
+2. bf16 (what extract does on a GPU) vs fp32 descriptors of the same images: max abs difference.
+3. fit-heads' default recipe at University-1652 size on the device (benchmarks/fit.py's data).
+4. `geoalign score` at University-1652 size with device= (whole process, heads=none), if the
+   stage has that key on this branch; else it says so.
+5. faiss IVF-PQ build/search at 1e6 x 256 on the GPU, when faiss has GPU support (else why not).
+A part that fails prints its error and the others still run; a part that would start after the
+time budget is spent is skipped (and says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+FULL = dict(backbone="dinov3_vith16plus", size=512, n1=256, n2=2304, batch=64, unique=256,
+            forward_iters=10, diff_images=64, fit=dict(dim=1280, groups=700, per_group=54),
+            fit_overrides=[], score=dict(n_loc=701, drones=54, distractors=250, dim=1280),
+            faiss=dict(n=1_000_000, dim=256, queries=10_000, nlist=4096, m=32))
+SMOKE = dict(backbone="tiny", size=64, n1=8, n2=24, batch=8, unique=8, forward_iters=2,
+             diff_images=8, fit=dict(dim=80, groups=16, per_group=6),
+             fit_overrides=["agra.epochs=3", "agra.teacher_refresh=2", "select.latents=[8,16]",
+                            "select.n_maps=[1,2]", "select.map_rank=32"],
+             score=dict(n_loc=20, drones=5, distractors=5, dim=80),
+             faiss=dict(n=10_000, dim=64, queries=500, nlist=32, m=4))
+
+
+def flops_per_image(arch: dict, size: int, blocks: int) -> float:
+    """Multiply-adds x 2 of the patch embedding and `blocks` blocks (projections, gated MLP,
+    attention scores and values) for a size x size image."""
+    c, inner, p = arch["hidden_size"], arch["intermediate_size"], arch["patch_size"]
+    patches = (size // p) ** 2
+    tokens = 1 + arch["num_register_tokens"] + patches
+    mlp = (3 if arch.get("use_gated_mlp") else 2) * c * inner
+    per_token = 4 * c * c + mlp + 2 * tokens * c
+    return 2.0 * (patches * 3 * p * p * c + blocks * tokens * per_token)
+
+
+def make_images(root: Path, n: int, unique: int, size: int) -> None:
+    """n JPEGs in the folder layout (one satellite per 16 images), `unique` of them distinct
+    (the rest hard links: decoding costs the same)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    made = []
+    for i in range(n):
+        view = "satellite" if i % 16 == 0 else "drone"
+        path = root / "test" / view / f"{i // 16:05d}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if len(made) < unique:
+            coarse = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+            Image.fromarray(coarse).resize((size, size), Image.BICUBIC).save(path, quality=90)
+            made.append(path)
+        else:
+            os.link(made[i % unique], path)
+
+
+def extract_process(store: Path, data: Path, cfg: dict, device: str) -> tuple[float, dict]:
+    """One `geoalign extract` process, timed from outside: -> (wall seconds, its summary)."""
+    cmd = [sys.executable, "-m", "pipelines.cli", "extract", f"store={store}", "dataset=folder",
+           f"data_root={data}", "split=test", f"backbone={cfg['backbone']}", "backbone.seed=0",
+           f"batch_size={cfg['batch']}", f"device={device}", "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise RuntimeError(f"extract exited {out.returncode}: {out.stderr[-2000:]}")
+    return wall, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def part_extract(args, cfg, tmp: Path) -> None:
+    from geoalign_store.backbone import read_arch, weights_fingerprint, weights_source
+    from geoalign_store.config import compose
+    bcfg = compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone
+    t0 = time.perf_counter()
+    weights_fingerprint(weights_source(bcfg, None))  # built and hashed once per machine, cached
+    print(f"  random {cfg['backbone']} weights built/hashed (once per cache): {time.perf_counter() - t0:.1f} s")
+    arch = read_arch(weights_source(bcfg, None))
+    for n in (cfg["n1"], cfg["n2"]):
+        make_images(tmp / f"img{n}", n, cfg["unique"], cfg["size"])
+    runs = {n: extract_process(tmp / f"s{n}.zarr", tmp / f"img{n}", cfg, args.device)
+            for n in (cfg["n1"], cfg["n2"])}
+    (w1, _), (w2, big) = runs[cfg["n1"]], runs[cfg["n2"]]
+    rate = (cfg["n2"] - cfg["n1"]) / (w2 - w1) if w2 > w1 else float("nan")  # nan: timing noise
+    fixed = w1 - cfg["n1"] / rate
+    t = big["timings"]
+    steady = t["steady_images"] / t["steady_s"] if t.get("steady_s") else float("nan")
+    flops = flops_per_image(arch, cfg["size"], 29)
+    print(f"  {cfg['n1']} images: {w1:.1f} s wall; {cfg['n2']} images: {w2:.1f} s wall "
+          f"({cfg['n2'] / w2:.0f} img/s)  [whole processes: interpreter, imports, device start]")
+    print(f"  -> fixed cost per run {fixed:.1f} s (target <= 10 s), marginal rate {rate:.0f} img/s")
+    print(f"  breakdown of the {cfg['n2']}-image run (s): " + ", ".join(
+        f"{k[:-2]} {v:.2f}" for k, v in t.items() if k.endswith("_s")))
+    print(f"  steady state inside the run: {steady:.0f} img/s = {steady * flops / 1e12:.3g} TFLOP/s"
+          + _peak(args, steady * flops) + f"  ({flops / 1e12:.3g} TFLOP/image, 29 blocks, {cfg['size']} px)")
+    part_forward(args, cfg, bcfg, flops)
+
+
+def _peak(args, flop_s: float) -> str:
+    if not args.device.startswith("cuda"):
+        return " (no GPU: fraction of peak n/a)"
+    return f" = {100 * flop_s / (args.peak_tflops * 1e12):.0f}% of {args.peak_tflops:.0f} TFLOP/s bf16 peak (target >= 60%)"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def part_forward(args, cfg, bcfg, flops: float) -> None:
+    """The bare forward (bf16 weights on a GPU) on one pre-decoded batch already on the device."""
+    from geoalign_store.backbone import layer_tokens, load_backbone
+    bb = load_backbone(bcfg, None, [26, 28], args.device, "auto")
+    pixels = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"]).to(args.device)
+    layer_tokens(bb, pixels)
+    _sync(args.device)
+    t0 = time.perf_counter()
+    for _ in range(cfg["forward_iters"]):
+        layer_tokens(bb, pixels)
+    _sync(args.device)
+    rate = cfg["forward_iters"] * cfg["batch"] / (time.perf_counter() - t0)
+    print(f"  bare forward ({bb.dtype or torch.float32} weights, batch {cfg['batch']}): {rate:.0f} img/s = "
+          f"{rate * flops / 1e12:.3g} TFLOP/s" + _peak(args, rate * flops))
+    del bb
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def part_bf16_diff(args, cfg, tmp: Path) -> None:
+    """The same decoded images through extract's encoder with fp32 and with bf16 weights."""
+    from geoalign_store.backbone import load_backbone
+    from geoalign_store.config import compose, to_plain
+    from geoalign_store.extraction import EncodeOptions, encode_stack
+    from geoalign_store.images import load_image
+    bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
+    data = tmp / "img_diff"
+    make_images(data, cfg["diff_images"], cfg["diff_images"], cfg["size"])
+    pixels = torch.stack([load_image(p) for p in sorted(data.rglob("*.jpg"))])
+    opts = EncodeOptions(bcfg["hidden_size"])
+    out = {}
+    for precision in ("fp32", "bf16"):
+        bb = load_backbone(bcfg, None, [26, 28], args.device, precision)
+        parts = [encode_stack(bb, pixels[i:i + 16], opts) for i in range(0, len(pixels), 16)]
+        out[precision] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        del bb
+    for name in out["fp32"]:
+        diff = np.abs(out["fp32"][name] - out["bf16"][name]).max()
+        target = "  (target <= 1e-3)" if name.endswith("desc") else ""
+        print(f"  {name}: max |bf16 - fp32| = {diff:.2e} over {len(pixels)} images{target}")
+
+
+def part_fit(args, cfg, tmp: Path) -> None:
+    import fit as fit_bench
+    a = argparse.Namespace(device=args.device, seed=0, **cfg["fit"])
+    out = fit_bench.time_default_recipe(a, cfg["fit_overrides"])
+    print(f"  -> fit-heads default recipe on {out['device']}: {out['total_s']:.1f} s (target <= 30 s on a GPU)")
+
+
+def write_score_store(path: Path, n_loc: int, drones: int, distractors: int, dim: int) -> None:
+    """Random L2-normalised test descriptors in plain zarr, University-1652's counts by default."""
+    import zarr
+    rng = np.random.default_rng(0)
+    root = zarr.open_group(str(path), mode="w")
+    sat_labels = np.arange(n_loc + distractors)
+    drone_labels = np.repeat(np.arange(n_loc), drones)
+    for view, labels in (("satellite", sat_labels), ("drone", drone_labels)):
+        group = root.require_group(f"features/u1652/test/{view}")
+        group.create_array("ids", shape=(len(labels),), dtype=str)[:] = np.array(
+            [f"{view}/{i}.jpg" for i in range(len(labels))], dtype=object)
+        group.create_array("labels", shape=(len(labels),), dtype="int64")[:] = labels
+        for layer in (26, 28):
+            desc = rng.standard_normal((len(labels), dim), dtype=np.float32)
+            desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+            group.create_array(f"layer_{layer}/desc", data=desc, chunks=(4096, dim))
+
+
+def part_score(args, cfg, tmp: Path) -> None:
+    from geoalign_store.config import compose
+    store = tmp / "score.zarr"
+    write_score_store(store, **cfg["score"])
+    has_device = "device" in compose("score", [])
+    overrides = [f"store={store}", "heads=none", "pictures=0"]
+    if has_device:
+        overrides.append(f"device={args.device}")
+    else:
+        print("  score has no device= key on this branch (issue 9 item 3): the figure below is on the CPU")
+    cmd = [sys.executable, "-m", "pipelines.cli", "score", *overrides, "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        raise RuntimeError(f"score exited {out.returncode}: {out.stderr[-2000:]}")
+    s = cfg["score"]
+    print(f"  geoalign score D2S heads=none, {s['n_loc'] * s['drones']} queries x "
+          f"{s['n_loc'] + s['distractors']} gallery, d={2 * s['dim']}: {wall:.2f} s whole process on "
+          f"{args.device if has_device else 'cpu'} (target <= 3 s on a GPU)")
+
+
+def part_faiss(args, cfg) -> None:
+    import faiss
+    from geoalign_store.index import gpu_available
+    f = cfg["faiss"]
+    gpu = gpu_available()
+    if not gpu:
+        why = ("faiss has no GPU support (faiss-cpu installed; the `gpu` extra is faiss-gpu-cu12)"
+               if not hasattr(faiss, "StandardGpuResources") else "faiss sees no CUDA device")
+        print(f"  no GPU faiss: {why}" + ("; timing the CPU index at smoke size instead" if args.smoke else ""))
+        if not args.smoke:
+            return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((f["n"], f["dim"]), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[: f["queries"]] + 0.05 * rng.standard_normal((f["queries"], f["dim"]), dtype=np.float32)
+    index = faiss.index_factory(f["dim"], f"IVF{f['nlist']},PQ{f['m']}x8", faiss.METRIC_INNER_PRODUCT)
+    t0 = time.perf_counter()
+    if gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    train = min(f["n"], max(64 * f["nlist"], 39 * 256))   # k-means: >= 39 points per centroid
+    index.train(x[rng.choice(f["n"], train, replace=False)])
+    index.add(x)
+    built = time.perf_counter() - t0
+    faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", 32) if gpu else setattr(
+        faiss.extract_index_ivf(index), "nprobe", 32)
+    t0 = time.perf_counter()
+    _, ids = index.search(q, 10)
+    searched = time.perf_counter() - t0
+    recall = float(np.mean(ids[:, 0] == np.arange(f["queries"])))
+    print(f"  IVF{f['nlist']},PQ{f['m']}x8 on {'GPU' if gpu else 'CPU'}, {f['n']:.0e} x {f['dim']}: build "
+          f"(train + add) {built:.1f} s, search {f['queries']} queries top-10 (nprobe 32) {searched:.2f} s "
+          f"= {f['queries'] / searched:.0f} q/s, R@1 of the perturbed row {recall:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny backbone and sizes (runs on a CPU)")
+    ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds; later parts are skipped")
+    ap.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak of the GPU")
+    ap.add_argument("--parts", default="extract,diff,fit,score,faiss")
+    args = ap.parse_args()
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
+    cfg = SMOKE if args.smoke else FULL
+    start = time.perf_counter()
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else "no GPU"
+    print(f"benchmarks/gpu.py{' --smoke' if args.smoke else ''}: device {args.device} ({name}), torch "
+          f"{torch.__version__}, {os.cpu_count()} CPUs, budget {args.budget:.0f} s")
+    parts = {"extract": ("1. extract (fixed cost, steady state, bare forward)", part_extract),
+             "diff": ("2. bf16 vs fp32 descriptors", part_bf16_diff),
+             "fit": ("3. fit-heads default recipe, University-1652 size", part_fit),
+             "score": ("4. score, University-1652 size", part_score),
+             "faiss": ("5. faiss IVF-PQ", lambda a, c, _tmp: part_faiss(a, c))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.parts.split(","):
+            title, fn = parts[key]
+            spent = time.perf_counter() - start
+            print(f"\n{title}  [t = {spent:.0f} s]", flush=True)
+            if spent > args.budget:
+                print(f"  skipped: the {args.budget:.0f} s budget is spent")
+                continue
+            try:
+                fn(args, cfg, Path(tmp))
+            except Exception:  # noqa: BLE001  (one part's failure must not stop the others)
+                print("  FAILED:\n    " + traceback.format_exc().strip().replace("\n", "\n    "))
+            sys.stdout.flush()
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
