@@ -17,7 +17,7 @@ def test_demo_end_to_end(tmp_path):
         for mode, n_queries in (("D2S", 240), ("S2D", 40)):
             metrics = summary["results"][label][mode]
             assert metrics["n_queries"] == n_queries and 0 <= metrics["recall"]["1"] <= 1
-    assert (store / "scores/demo-geoalign/S2D/retrievals-all.png").exists()
+    assert (store / "artefacts/scores/demo-geoalign/S2D/retrievals-all.png").exists()
     assert summary["results"]["heads"]["D2S"]["heads"] == "geoalign"
     # the chosen heads (label-free) must not retrieve worse than the raw descriptors on the demo
     chosen = summary["results"]["heads"]["D2S"]["heads_recipe"]
