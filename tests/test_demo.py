@@ -1,6 +1,7 @@
 """The demo end to end: every stage on generated data, through the CLI."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -24,3 +25,10 @@ def test_demo_end_to_end(tmp_path):
     for mode in ("D2S", "S2D"):
         raw, heads = summary["results"]["raw"][mode], summary["results"]["heads"][mode]
         assert heads["ap"] >= raw["ap"], (mode, chosen, heads["ap"], raw["ap"])
+    # the demo ends with `locate` of a new drone photo of test location 0040, not in the store
+    found = summary["locate"]
+    assert "new-drone-0040" in found["image"] and found["truth"]["location"] == "0040"
+    assert len(found["top"]) == 5 and all("lat" in t and "lon" in t for t in found["top"])
+    assert found["position"] == {"lat": found["top"][0]["lat"], "lon": found["top"][0]["lon"]}
+    assert found["truth"]["error_m"] >= 0 and (store / "artefacts/locate").is_dir()
+    assert Path(found["picture"]).is_file()
