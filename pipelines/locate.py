@@ -39,7 +39,7 @@ def locator_from(cfg) -> Locator:
 
 def run(cfg, images=None, locator: Locator | None = None) -> dict:
     t0 = time.perf_counter()
-    paths = image_paths(images if images is not None else cfg.images)
+    paths = image_paths(images or cfg.images)
     locator = locator or locator_from(cfg)
     t1 = time.perf_counter()
     answers = locator.locate(paths)

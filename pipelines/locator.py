@@ -77,7 +77,7 @@ class Locator:
         if path not in self.root:
             raise LocateError(f"{self.store} has no satellite gallery ({path}): locate searches the "
                               "test satellite images; extract them first (folder datasets: "
-                              "<data_root>/[test/]satellite/<location>/<image>)")
+                              "<data_root>/test/satellite/<location>/<image>)")
         meta = st.read_view(self.root, self.dataset, "test", "satellite")
         rows = np.flatnonzero(meta["in_gallery"] & (meta["errors"] == ""))
         if len(rows) == 0:
@@ -93,9 +93,10 @@ class Locator:
         try:
             path = weights_source(recorded.get("backbone") or {"name": AUTO}, given)
         except ConfigError:
-            raise LocateError(f"the weights {self.spec.get('backbone')!r} features in {self.store} were "
-                              f"extracted with{f' ({given})' if given else ''} are not there; pass "
-                              f"weights=PATH to them (sha256 fingerprint {want[:16]}...)") from None
+            where = f"are not at {given} (moved or deleted?)" if given else "were not recorded"
+            raise LocateError(f"the weights the features in {self.store} were extracted with {where}; pass "
+                              f"weights=PATH to them (backbone {self.spec.get('backbone')!r}, sha256 "
+                              f"fingerprint {want[:16]}...)") from None
         have = weights_fingerprint(path)
         if have != want:
             raise LocateError(f"weights={path} are not the weights the store's features were extracted "

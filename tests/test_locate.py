@@ -96,7 +96,7 @@ def test_refusals_are_clear_with_exit_code_2(located_store, folder_dataset, tmp_
         code, out = run_locate(photo, f"store={store}")
     finally:
         shutil.move(moved, weights)
-    assert code == 2 and "are not there; pass weights=PATH" in out and str(weights) in out
+    assert code == 2 and f"are not at {weights} (moved or deleted?); pass weights=PATH" in out
     other = weights_source({**to_plain(compose("extract", ["backbone=tiny"]).backbone), "seed": 1}, None)
     code, out = run_locate(photo, f"store={store}", f"weights={other}")
     assert code == 2 and "are not the weights the store's features were extracted with" in out
