@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, file_sha256, fingerprint
+from .config import CONFIG_DIR, ConfigError, file_sha256, fingerprint
 
 ARCH_KEYS = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size", "num_register_tokens", "use_gated_mlp", "hidden_act",
              "layer_norm_eps", "rope_theta")
 GEM_P = 3.0
 GEM_EPS = 1e-6
+AUTO = "auto"  # backbone=auto: the architecture comes from the weights themselves
 
 
 def cache_dir() -> Path:
@@ -38,10 +39,33 @@ def resolve_layers(layers, depth: int) -> list[int]:
     return resolved
 
 
+def arch_name(arch: dict) -> str:
+    """The configs/backbone/<name>.yaml whose architecture `arch` is, else "custom": the name a
+    fingerprint records when backbone=auto, so it is the same whether or not the user named it."""
+    import yaml
+    for path in sorted(CONFIG_DIR.glob("backbone/*.yaml")):
+        known = yaml.safe_load(path.read_text()) or {}
+        if known.get("name") != AUTO and all(known.get(k) == arch.get(k) for k in ARCH_KEYS):
+            return str(known["name"])
+    return "custom"
+
+
+def resolve_backbone(bcfg: dict, weights) -> tuple[dict, Path, dict]:
+    """(backbone config, weights path, architecture of the weights). backbone=auto takes the
+    architecture from the weights; a named backbone is checked against them."""
+    path = weights_source(bcfg, weights)
+    arch = read_arch(path)
+    if bcfg["name"] == AUTO:
+        bcfg = {**bcfg, **{k: arch[k] for k in ARCH_KEYS if k in arch}, "name": arch_name(arch)}
+    check_arch(bcfg, arch, path)
+    return bcfg, path, arch
+
+
 def _random_weights_folder(bcfg) -> Path:
     """Materialise a seeded random model as an HF folder in the cache (once)."""
     arch = {k: bcfg[k] for k in ARCH_KEYS}
-    folder = cache_dir() / "backbones" / f"{bcfg['name']}-seed{bcfg['seed']}-{fingerprint(arch)[:12]}"
+    name = arch_name(arch) if bcfg["name"] == AUTO else bcfg["name"]
+    folder = cache_dir() / "backbones" / f"{name}-seed{bcfg['seed']}-{fingerprint(arch)[:12]}"
     if not (folder / "model.safetensors").exists():
         from transformers import DINOv3ViTConfig, DINOv3ViTModel  # slow import: only when building
         _quiet_transformers()
@@ -126,6 +150,8 @@ def _check_weight_files(folder: Path) -> None:
 
 
 def check_arch(bcfg, arch: dict, path: Path) -> None:
+    if bcfg["name"] == AUTO:  # nothing to check: the weights say what they are
+        return
     for key in ("patch_size", "hidden_size", "num_hidden_layers", "num_register_tokens"):
         if key in arch and arch[key] != bcfg[key]:
             raise ConfigError(f"weights {path} have {key}={arch[key]} but backbone "

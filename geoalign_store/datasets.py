@@ -139,13 +139,15 @@ def _sues_view(root, split, view, per_alt) -> ViewListing:
 FOLDER_LAYOUT = "<root>/[<split>/]<view>/<location>/<image> with views {views}"
 
 
-def list_folder(root: Path, splits: list[str], views: list[str]) -> list[ViewListing]:
+def list_folder(root: Path, splits: list[str], views: list[str], explicit: bool = True) -> list[ViewListing]:
     """A user's own imagery. Labels are the location folder names (ints if all numeric, else the
     index in the sorted union of names); an image is a query when its location exists in another
-    view, so a satellite without drone images is a gallery-only distractor."""
-    has_splits = any((root / s).is_dir() for s in splits)
+    view, so a satellite without drone images is a gallery-only distractor. Splits asked for
+    by name must exist; the default list takes those whose folders exist."""
+    present = [s for s in splits if (root / s).is_dir()]
+    has_splits = bool(present) or any((root / s).is_dir() for s in ("train", "test"))
     listings = []
-    for split in (splits if has_splits else ["test"]):
+    for split in ((splits if explicit else present) if has_splits else ["test"]):
         base = root / split if has_splits else root
         for view in views:
             _require_dir(base / view, FOLDER_LAYOUT.format(views=views))
@@ -180,6 +182,7 @@ def resolve_data_root(dcfg, data_root) -> Path:
 
 
 def list_dataset(dcfg, root: Path, splits: list[str] | None = None) -> list[ViewListing]:
+    explicit = bool(splits)
     splits = list(splits or dcfg["splits"])
     kind = dcfg["kind"]
     if kind == "university1652":
@@ -187,5 +190,5 @@ def list_dataset(dcfg, root: Path, splits: list[str] | None = None) -> list[View
     if kind == "sues200":
         return list_sues200(root, splits, list(dcfg["altitudes"]))
     if kind == "folder":
-        return list_folder(root, splits, list(dcfg["views"]))
+        return list_folder(root, splits, list(dcfg["views"]), explicit)
     raise DatasetLayoutError(f"unknown dataset kind {kind!r}: university1652, sues200 or folder")

@@ -13,6 +13,7 @@ Layout (the folder-dataset layout of the pipeline)::
     root/train/satellite/<loc>/sat.png     root/train/drone/<loc>/drone-<k>.png
     root/test/satellite/<loc>/sat.png      root/test/drone/<loc>/drone-<k>.png (not distractors)
     root/_demo.json                        the parameters (checked on every call)
+    root/locations.csv                     a synthetic coordinate grid (location,lat,lon)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["generate_demo", "default_demo_root"]
+__all__ = ["generate_demo", "default_demo_root", "demo_coordinates", "render_drone_view"]
 
 FORMAT_VERSION = 1
 _WORLD = 3  # world side = _WORLD * image_size: room for rotated, zoomed-out, tilted drone footprints
@@ -57,6 +58,7 @@ def generate_demo(root: str | os.PathLike, *, seed: int = 0, n_train: int = 40, 
                        drone_views=drone_views, image_size=image_size)
     root = pathlib.Path(root)
     if _existing_matches(root, params):
+        _write_locations(root, params)  # demos generated before coordinates existed gain them
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -126,6 +128,38 @@ def _write_dataset(out: pathlib.Path, p: dict[str, int]) -> None:
     meta = {"format": "geoalign-demo", "format_version": FORMAT_VERSION, "params": p,
             "locations": locations, "distractors": locations["test"][p["n_test"]:]}
     (out / "_demo.json").write_text(json.dumps(meta, indent=1) + "\n")
+    _write_locations(out, p)
+
+
+# A synthetic grid: location i sits at row i // 10, column i % 10, 200 m apart, near Zurich.
+_GRID_ORIGIN, _GRID_STEP_M, _GRID_COLUMNS = (47.3700, 8.5400), 200.0, 10
+
+
+def demo_coordinates(n_locations: int) -> np.ndarray:
+    """(n, 2) lat/lon of demo locations 0..n-1 on the synthetic grid."""
+    i = np.arange(n_locations)
+    lat0, lon0 = _GRID_ORIGIN
+    dlat = _GRID_STEP_M / 111_195.0
+    dlon = dlat / np.cos(np.radians(lat0))
+    return np.column_stack([lat0 + (i // _GRID_COLUMNS) * dlat, lon0 + (i % _GRID_COLUMNS) * dlon])
+
+
+def _write_locations(out: pathlib.Path, p: dict[str, int]) -> None:
+    path = out / "locations.csv"
+    if path.exists():
+        return
+    latlon = demo_coordinates(p["n_train"] + p["n_test"] + p["n_distractors"])
+    lines = ["location,lat,lon"] + [f"{i:04d},{lat:.7f},{lon:.7f}" for i, (lat, lon) in enumerate(latlon)]
+    tmp = path.with_name(f".locations.csv.tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def render_drone_view(loc: int, stream: int, *, seed: int = 0, image_size: int = 128) -> Image.Image:
+    """A drone view of demo location `loc` from RNG stream `stream`: streams 1..drone_views are
+    the dataset's own views, any larger one a new photo of the same place that no store holds."""
+    world = Image.fromarray(_render_world(_rng(seed, loc, 0), _WORLD * image_size, image_size))
+    return _drone_view(world, _rng(seed, loc, stream), image_size).convert("RGB")
 
 
 def _write_location(out: pathlib.Path, p: dict[str, int], split: str, loc: int, with_drone: bool) -> None:

@@ -4,8 +4,13 @@
         <split>/<view>/                     attrs: n, block_size, layers, complete, n_failed, config
             ids (N,) str | labels (N,) int64 | in_query, in_gallery (N,) bool | extra/<name>
             errors (N,) str                 "" = ok, else why the image could not be used
+            latlon (N, 2) float64           WGS84 lat/lon of the row's location, NaN = unknown
+                                            (only when the dataset has coordinates)
             block_done (n_blocks,) bool     one chunk per block, written after the block's data
             layer_<k>/desc (N, C) float32 | layer_<k>/cls (N, C) float32 | layer_<k>/tokens
+
+    artefacts                               an empty array: non-array files live under it
+        heads/<name>/ | indices/<name>/ | scores/<name>/<mode>/ | locate/
 
 The unit written, resumed and owned by a dask task is one block of `block_size` rows: its
 chunks are written whole (each chunk key is replaced atomically by the local store), then its
@@ -289,14 +294,50 @@ def resolve_dataset(root: zarr.Group, dataset: str | None) -> str:
                      + ("; name one with dataset=NAME" if dataset is None and have else ""))
 
 
-def artefact_dir(store_url: str, *parts: str) -> Path:
+ARTEFACTS = "artefacts"
+
+
+def artefact_dir(store_url: str, *parts: str, create: bool = True) -> Path:
     """A folder inside a local store for files that are not Zarr arrays (FAISS indices, head
-    weights, reports); they are written to temp files and moved into place."""
+    weights, reports, pictures); they are written to temp files and moved into place.
+
+    They live under `artefacts/`, an empty Zarr *array*: zarr lists a group's members, not what
+    lies under an array's prefix, so a plain `zarr.open_group(store)` traversal never meets them
+    (a file or folder anywhere in the group tree makes it warn "not recognized as a component
+    of a Zarr hierarchy"). Folders of stores written before (`<store>/heads/<name>`, ...) are
+    moved there on first use."""
     if "://" in str(store_url) and not str(store_url).startswith("file://"):
         raise StoreError(f"{'/'.join(parts)} needs a local store path, not {store_url}")
-    path = Path(str(store_url).removeprefix("file://")).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    base = Path(str(store_url).removeprefix("file://"))
+    path = base.joinpath(ARTEFACTS, *parts)
+    if create and not path.is_dir():
+        if (base / "zarr.json").exists() and not (base / ARTEFACTS / "zarr.json").exists():
+            _artefacts_node(base)
+        path.mkdir(parents=True, exist_ok=True)
+        _adopt_legacy(base, base.joinpath(*parts), path)
     return path
+
+
+def _artefacts_node(base: Path) -> None:
+    root = zarr.open_group(str(base), mode="a")
+    node = root.require_array(ARTEFACTS, shape=(0,), dtype="uint8")
+    node.attrs["about"] = ("non-array files of this store (heads weights, FAISS indices, reports, "
+                           "pictures) lie in folders under this prefix: artefacts/<kind>/<name>/")
+
+
+def _adopt_legacy(base: Path, old: Path, new: Path) -> None:
+    """Move the non-Zarr files of a pre-`artefacts/` folder into `new` (Zarr nodes stay), then
+    drop the folders this left empty."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        zarr_node = entry.name == "zarr.json" or (entry / "zarr.json").exists()
+        if not zarr_node and not (new / entry.name).exists():
+            os.replace(entry, new / entry.name)
+    folder = old
+    while folder != base and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def write_json(path: Path, obj) -> None:
@@ -328,3 +369,21 @@ def list_views(root: zarr.Group) -> list[str]:
 
 def list_datasets(root: zarr.Group) -> list[str]:
     return sorted(root[FEATURES].group_keys()) if FEATURES in root else []
+
+
+def write_coordinates(group: zarr.Group, latlon: np.ndarray, source: str) -> None:
+    """A view's `latlon` (N, 2) float64 WGS84 degrees per row (NaN = unknown), replaced whole:
+    coordinates are metadata, not features, so a changed coordinates file just rewrites them."""
+    if "latlon" in group:
+        del group["latlon"]
+    n = latlon.shape[0]
+    array = group.create_array("latlon", shape=(n, 2), dtype="float64", fill_value=np.nan,
+                               chunks=(max(1, min(n, 1 << 16)), 2))
+    array[:] = latlon
+    array.attrs.update({"columns": ["lat", "lon"], "units": "degrees (WGS84)", "source": source})
+
+
+def read_coordinates(root: zarr.Group, dataset: str, split: str, view: str) -> np.ndarray | None:
+    """(N, 2) lat/lon of a view's rows, or None when the store has no coordinates for it."""
+    path = f"{view_path(dataset, split, view)}/latlon"
+    return np.asarray(root[path][:], np.float64) if path in root else None

@@ -54,7 +54,10 @@ def stale_artefacts(root, store, datasets: list[str]) -> list[dict]:
         if why:
             stale.append({"artefact": f"heads/{name}", "why": why,
                           "recompute": f"geoalign fit-heads store={store} name={name} overwrite=true"})
-    base = Path(str(store).removeprefix("file://"))
+    try:
+        base = st.artefact_dir(store, create=False)
+    except st.StoreError:  # not a local store: its artefacts are elsewhere
+        return stale
     for meta_path in sorted(base.glob("indices/*/index.json")) + sorted(base.glob("scores/*/*/metrics.json")):
         meta = json.loads(meta_path.read_text())
         dataset, inputs = meta.get("dataset"), meta.get("inputs")

@@ -10,6 +10,7 @@ import json
 from typing import Callable, List, Optional
 
 import typer
+from rich.markup import escape
 
 from geoalign_store.config import ConfigError, compose
 from geoalign_store.datasets import DatasetLayoutError
@@ -24,7 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.callback()
 def _root() -> None:
-    """Stages: extract, fit-heads, index, score, check, demo (each takes key=value overrides)."""
+    """Stages: extract, fit-heads, index, score, locate, check, demo (each takes key=value overrides)."""
 
 
 USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)
@@ -38,14 +39,14 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
     try:
         cfg = compose(stage, overrides or [])
         result = runner(cfg)
-    except USER_ERRORS as e:
-        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    except USER_ERRORS as e:  # escaped: "[5]" in a message is text, not rich markup
+        console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     except ValueError as e:  # e.g. zarr's JSONDecodeError on a damaged zarr.json: name the file
         damage = _store_damage(cfg)
         if damage is None:
             raise
-        console.print(f"[bold red]error:[/] {damage}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(damage))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     if as_json:  # keys starting with "_" are for the terminal only
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
@@ -106,6 +107,9 @@ def _render_score(result: dict) -> None:
                       *(f"{100 * m['recall'][k]:.2f}" for k in METRIC_KEYS),
                       f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
     console.print(table)
+    if "dis@1_m" in result:
+        from geoalign_store.geo import describe_distances
+        console.print(describe_distances(result), highlight=False)
     outputs = result.get("_outputs", {})
     console.print(f"report: {outputs.get('report')}  pictures: {', '.join(outputs.get('pictures', [])) or 'none'}")
 
@@ -197,6 +201,54 @@ def check(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> N
         raise typer.Exit(1)
 
 
+def _render_answer(answer: dict) -> None:
+    from rich.table import Table
+    table = Table(title=f"{answer['image']} | heads={answer['heads']}")
+    for col in ("rank", "satellite id", "location", "score", "lat", "lon"):
+        table.add_column(col, justify="right")
+    for item in answer["top"]:
+        table.add_row(str(item["rank"]), item["satellite_id"], item["location"], f"{item['score']:.4f}",
+                      *((f"{item['lat']:.6f}", f"{item['lon']:.6f}") if "lat" in item else ("-", "-")))
+    console.print(table)
+    if answer.get("position"):
+        console.print(f"position (top-1): {answer['position']['lat']:.6f}, {answer['position']['lon']:.6f}",
+                      highlight=False)
+    truth = answer.get("truth")
+    if truth:
+        where = f" ({truth['lat']:.6f}, {truth['lon']:.6f})" if "lat" in truth else ""
+        error = f"; top-1 error {truth['error_m']:.1f} m" if "error_m" in truth else ""
+        console.print(f"true location: {truth['location']}{where}{error}", highlight=False)
+    if answer.get("picture"):
+        console.print(f"picture: {answer['picture']}", highlight=False)
+
+
+def _render_locate(result: dict) -> None:
+    for answer in result["answers"]:
+        _render_answer(answer)
+    t = result["timing_s"]
+    console.print(f"{len(result['answers'])} image(s) against {result['dataset']} ({result['search']}): "
+                  f"load {t['load']:.2f} s, locate {t['locate']:.2f} s", highlight=False)
+
+
+def _split_locate_args(args) -> tuple[list[str], list[str]]:
+    """Images/folders vs key=value overrides (an existing path is always an image)."""
+    import re
+    from pathlib import Path
+    is_override = lambda a: bool(re.match(r"^[A-Za-z_][\w.]*=", a)) and not Path(a).exists()  # noqa: E731
+    return [a for a in args or () if not is_override(a)], [a for a in args or () if is_override(a)]
+
+
+@app.command()
+def locate(args: Optional[List[str]] = typer.Argument(None, help="drone images or folders, and key=value "
+                                                                 "overrides, e.g. photo.jpg store=geoalign.zarr k=5"),
+           as_json: bool = typer.Option(False, "--json", help="print one JSON object per image on stdout")) -> None:
+    """Where was this drone photo taken? Ranked satellite tiles of the store, with coordinates."""
+    from . import locate as stage
+    images, overrides = _split_locate_args(args)
+    render = (lambda r: [print(json.dumps(a), flush=True) for a in r["answers"]]) if as_json else _render_locate
+    run_stage("locate", overrides, False, lambda cfg: stage.run(cfg, images), render)
+
+
 def _render_demo(result: dict) -> None:
     from rich.table import Table
     table = Table(title=f"geoalign demo ({result['images']} images, {result['wall_s']:.0f} s)")
@@ -207,6 +259,9 @@ def _render_demo(result: dict) -> None:
             table.add_row(label, mode, *(f"{100 * m['recall'][k]:.2f}" for k in ("1", "5", "10")),
                           f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
     console.print(table)
+    if result.get("locate"):
+        console.print("locate: a new drone photo of a test location (not in the store)")
+        _render_answer(result["locate"])
 
 
 @app.command()

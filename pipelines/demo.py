@@ -1,12 +1,22 @@
-"""`geoalign demo`: extract -> fit-heads -> score (D2S and S2D, raw and heads) on the demo data."""
+"""`geoalign demo`: extract -> fit-heads -> score (D2S and S2D, raw and heads) on the demo data,
+then `locate` of a freshly generated drone photo of a test location that the store does not hold."""
 
 from __future__ import annotations
 
 import time
 
-from geoalign_store.config import compose
+from pathlib import Path
 
-from . import extract, fit_heads, score
+import numpy as np
+
+from geoalign_store import store as st
+from geoalign_store.config import compose
+from geoalign_store.demo_data import render_drone_view
+from geoalign_store.geo import haversine_m, read_locations_csv
+
+from . import extract, fit_heads, locate, score
+
+NEW_PHOTO_STREAM = 1000  # RNG streams 1..drone_views are the dataset's views; this one is new
 
 
 def run(cfg) -> dict:
@@ -24,4 +34,24 @@ def run(cfg) -> dict:
             metrics.pop("_outputs", None)
             results.setdefault(label, {})[mode] = metrics
     return {"stage": "demo", "store": str(cfg.store), "images": sum(v["n"] for v in extracted["views"].values()),
-            "heads": heads["name"], "results": results, "wall_s": round(time.perf_counter() - t0, 1)}
+            "heads": heads["name"], "results": results, "locate": locate_new_photo(cfg, heads["name"]),
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def locate_new_photo(cfg, heads_name: str) -> dict:
+    """A new drone photo of the first test location (not in the store) through `locate`."""
+    params = dict(compose("extract", ["dataset=demo"]).dataset.generate)
+    loc = params["n_train"]  # the first test location
+    photo = st.artefact_dir(cfg.store, "demo") / f"new-drone-{loc:04d}.png"
+    render_drone_view(loc, NEW_PHOTO_STREAM, seed=params["seed"], image_size=params["image_size"]).save(photo)
+    answer = locate.run(compose("locate", [f"store={cfg.store}", "dataset=demo", f"heads={heads_name}"]),
+                        images=[photo])["answers"][0]
+    data_root = Path(st.open_store(cfg.store, mode="r")[st.view_path("demo", "test", "satellite")].attrs["data_root"])
+    lat, lon = read_locations_csv(data_root / "locations.csv")[f"{loc:04d}"]  # as the store has them
+    answer["truth"] = {"location": f"{loc:04d}", "lat": lat, "lon": lon}
+    if answer["position"]:
+        top1 = np.array([answer["position"]["lat"], answer["position"]["lon"]])
+        answer["truth"]["error_m"] = float(haversine_m(np.array([lat, lon]), top1))
+    if answer.get("picture"):  # again, now that the true location can be marked
+        locate.draw_answer(answer, data_root, Path(answer["picture"]).parent)
+    return answer

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from geoalign_store import store as st
-from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, check_arch, load_backbone,
-                                     read_arch, resolve_layers, weights_fingerprint, weights_source)
+from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, load_backbone, resolve_backbone,
+                                     resolve_layers, weights_fingerprint)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.devices import resolve_device
 from geoalign_store.datasets import list_dataset, resolve_data_root
+from geoalign_store.geo import CoordinatesError, coordinates_for, read_locations_csv
 from geoalign_store.extraction import (BlockJob, DevicePerWorker, EncodeOptions, Clock,
                                        block_task, plan_jobs, run_in_process)
 from geoalign_store.images import image_hw
@@ -24,11 +25,11 @@ from .progress import console, progress_bar
 STAGE_VERSION = 1
 
 
-def feature_spec(cfg, arch: dict, weights_path: Path, layers: list[int]) -> dict:
+def feature_spec(cfg, arch: dict, weights_path: Path, layers: list[int], name: str | None = None) -> dict:
     """Everything that decides the stored values (and nothing that does not: device, batch size
     and worker counts are left out on purpose)."""
     bcfg = cfg.backbone
-    return {"backbone": bcfg.name, "arch": {k: arch.get(k) for k in ARCH_KEYS},
+    return {"backbone": name or bcfg.name, "arch": {k: arch.get(k) for k in ARCH_KEYS},
             "weights_sha256": weights_fingerprint(weights_path), "layers": layers,
             "image_size": to_plain(cfg)["image_size"],
             "normalisation": {"mean": list(bcfg.mean), "std": list(bcfg.std)},
@@ -80,6 +81,16 @@ def _bytes_per_row(layout: st.ViewLayout) -> int:
     return per_layer * len(layout.layers)
 
 
+def coordinates_table(cfg, data_root: Path) -> tuple[dict | None, str | None]:
+    """(location -> (lat, lon), its file): `coords=PATH`, else <data_root>/locations.csv if any."""
+    path = Path(cfg.coords).expanduser() if cfg.get("coords") else data_root / "locations.csv"
+    if not path.exists():
+        if cfg.get("coords"):
+            raise CoordinatesError(f"coords={path} does not exist")
+        return None, None
+    return read_locations_csv(path), str(path)
+
+
 def run(cfg) -> dict:
     t0 = time.perf_counter()
     clock = Clock()
@@ -88,14 +99,13 @@ def run(cfg) -> dict:
     splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
     listings = list_dataset(dcfg, data_root, splits)
     clock.lap("listing_s")
-    weights_path = weights_source(cfg.backbone, cfg.weights)
+    coords, coords_source = coordinates_table(cfg, data_root)
+    bcfg, weights_path, arch = resolve_backbone(to_plain(cfg.backbone), cfg.weights)
     clock.lap("weights_source_s")   # a random backbone is built here the first time only
-    arch = read_arch(weights_path)
-    check_arch(cfg.backbone, arch, weights_path)
     layers = resolve_layers(list(cfg.layers), arch["num_hidden_layers"])
     if str(cfg.cluster or "").startswith("local:"):  # refuse before anything is written
         local_worker_devices(int(str(cfg.cluster).split(":", 1)[1]), cfg.device)
-    spec = feature_spec(cfg, arch, weights_path, layers)
+    spec = feature_spec(cfg, arch, weights_path, layers, bcfg["name"])
     clock.lap("weights_hash_s")
     root = st.open_store(cfg.store, mode="a")
     st.prepare_dataset(root, dcfg.name, spec, fingerprint(spec), bool(cfg.overwrite))
@@ -104,6 +114,8 @@ def run(cfg) -> dict:
         layout = _layout(cfg, listing, data_root, layers, arch)
         group = st.prepare_view(root, dcfg.name, listing, layout, to_plain(cfg))
         group.attrs["data_root"] = str(data_root)  # for pictures of retrievals at score time
+        if coords is not None:
+            st.write_coordinates(group, coordinates_for(listing.ids, coords), coords_source)
         _reopen_damaged(group, listing, bool(cfg.verify))
         offset = sum(len(j.paths) for j in jobs)
         new = plan_jobs(group, data_root, st.pending_blocks(group), offset)
@@ -115,7 +127,7 @@ def run(cfg) -> dict:
                   f"{n_bytes / 1e6:.1f} MB of features -> {cfg.store}")
     opts = EncodeOptions(arch["hidden_size"], bool(cfg.store_tokens), int(cfg.token_pool),
                          to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
-    backbone_args = {"bcfg": to_plain(cfg.backbone), "weights": cfg.weights, "layers": layers,
+    backbone_args = {"bcfg": bcfg, "weights": cfg.weights, "layers": layers,
                      "device": _device(cfg.device), "precision": cfg.precision}
     clock.lap("store_prepare_s")
     if jobs:
@@ -124,6 +136,7 @@ def run(cfg) -> dict:
     summary = _summary(cfg, groups, n_images, n_bytes, time.perf_counter() - t0)
     clock.lap("finalize_s")
     summary["timings"] = clock.times
+    summary["coordinates"] = coords_source
     if jobs:
         console.print("time: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in
                                            clock.times.items() if k.endswith("_s")), highlight=False)

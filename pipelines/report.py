@@ -57,11 +57,19 @@ def _heads_line(result: dict) -> str:
     return f"\n- Heads `{result['heads']}`: {what}.\n"
 
 
+def _distance_line(result: dict) -> str:
+    if "dis@1_m" not in result:
+        return ""
+    from geoalign_store.geo import describe_distances
+    return (f"\n- {describe_distances(result)} (great-circle distance from the top-1 item's "
+            "location to the query's, as Game4Loc's Dis@1).\n")
+
+
 def write_report(path: Path, result: dict, subsets: dict, config: dict, pictures: list) -> None:
     text = f"""# {result['dataset']} {result['mode']} - heads: {result['heads']}
 
 {_markdown_table(result)}
-{_heads_line(result)}
+{_heads_line(result)}{_distance_line(result)}
 - Direction: {result['mode']} ({'drone queries -> satellite gallery' if result['mode'] == 'D2S' else 'satellite queries -> drone gallery'}), layers {result['layers']}, fusion {result['fusion']}{' (weight of stream 1: ' + str(result['fusion_weight']) + ')' if 'fusion_weight' in result else ''}, index `{result['index']}`{' (approximate metrics: goods outside the ANN top-k count as ranked last)' if result.get('approximate') else ' (exact)'}.
 - Gallery protocol `{result['gallery_protocol']}`: {PROTOCOLS[result['gallery_protocol']]}.
 - Metrics are University-1652's official `evaluate_gpu.py` definitions: gallery ranked by cosine similarity, junk (label -1) dropped; R@K = share of queries whose first correct item is in the top K (queries without any correct item count as misses: {result['n_queries_without_match']} here); R@1% = CMC at 0-based index round(0.01 x gallery size).

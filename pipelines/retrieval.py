@@ -39,7 +39,10 @@ def resolve_layers(root, dataset: str, layers) -> list[int]:
 
 def available_heads(store_url) -> dict[str, dict]:
     """Finished heads in the store: name -> heads.json."""
-    folder = Path(str(store_url).removeprefix("file://")) / "heads"
+    try:
+        folder = st.artefact_dir(store_url, "heads")
+    except st.StoreError:  # not a local store: no heads folder
+        return {}
     found = {}
     for meta_path in sorted(folder.glob("*/heads.json")) if folder.is_dir() else []:
         meta = json.loads(meta_path.read_text())

@@ -17,6 +17,7 @@ from geoalign_store import index as fx
 from geoalign_store import store as st
 from geoalign_store.config import to_plain
 from geoalign_store.devices import resolve_device
+from geoalign_store.geo import pool_distance_metrics, top1_distance_metrics
 from geoalign_store.metrics import (good_counts, metrics_from_ranks, recall_1pct_index,
                                     score_retrieval)
 from geoalign_store.query_streaming import score_streamed_queries
@@ -85,7 +86,8 @@ def run(cfg) -> dict:
     subsets, pictures = {}, []
     for ds in sets:
         metrics, top_i, top_s = score_set(cfg, root, dataset, embedder, ds, device)
-        subsets[ds.subset] = metrics
+        # extra keys beside the schema, only when the store has coordinates: Dis@1, within 25/50/100 m
+        subsets[ds.subset] = {**metrics, **(top1_distance_metrics(root, dataset, ds, top_i) or {})}
         top_ids = np.where(top_i >= 0, ds.gallery.ids[np.maximum(top_i, 0)], "")
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
                       ds.query.ids.astype(str), top_ids.astype(str), top_s)
@@ -95,6 +97,8 @@ def run(cfg) -> dict:
             "heads": embedder.name, "fusion": bool(embedder.spec.get("fusion")),
             "layers": embedder.layers, "gallery_protocol": cfg.gallery_protocol, "index": cfg.index}
     result = {**head, **pooled_metrics(subsets)}
+    if len(subsets) > 1:
+        result.update(pool_distance_metrics(subsets) or {})
     if head["fusion"]:  # an extra key beside the schema: the weight `auto` resolved to
         result["fusion_weight"] = embedder.spec["fusion_weight"]
     if embedder.name != "none":  # extra: what the heads are (fit-heads' choice, e.g. centring)

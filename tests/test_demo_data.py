@@ -32,7 +32,7 @@ def small(tmp_path_factory) -> pathlib.Path:
 def test_layout_and_counts(small):
     assert isinstance(small, pathlib.Path)
     listing = lambda *parts: sorted(p.name for p in small.joinpath(*parts).iterdir())  # noqa: E731
-    assert sorted(p.name for p in small.iterdir()) == ["_demo.json", "test", "train"]
+    assert sorted(p.name for p in small.iterdir()) == ["_demo.json", "locations.csv", "test", "train"]
     assert listing("train", "satellite") == listing("train", "drone") == ["0000", "0001", "0002"]
     assert listing("test", "satellite") == ["0003", "0004", "0005", "0006"]  # 2 queries + 2 distractors
     assert listing("test", "drone") == ["0003", "0004"]
@@ -162,3 +162,18 @@ def test_defaults_generation_time(tmp_path):
     print(f"\ndefault demo (40 train + 40 test + 10 distractors, 6 views, 128 px): "
           f"{time.perf_counter() - start:.2f} s")
     assert len(list(root.rglob("*.png"))) == 90 + 80 * 6
+
+
+def test_coordinate_grid_and_fresh_views(small):
+    from geoalign_store.demo_data import demo_coordinates, render_drone_view
+    from geoalign_store.geo import haversine_m, read_locations_csv
+    table = read_locations_csv(small / "locations.csv")
+    meta = json.loads((small / "_demo.json").read_text())
+    assert sorted(table) == sorted(meta["locations"]["train"] + meta["locations"]["test"])
+    grid = demo_coordinates(12)
+    assert haversine_m(grid[0], grid[1]) == pytest.approx(200, abs=0.5)
+    assert haversine_m(grid[0], grid[10]) == pytest.approx(200, abs=0.5)
+    own = np.asarray(Image.open(small / "train/drone/0001/drone-00.png"))
+    assert np.array_equal(np.asarray(render_drone_view(1, 1, seed=0, image_size=SMALL["image_size"])), own)
+    fresh = np.asarray(render_drone_view(1, 99, seed=0, image_size=SMALL["image_size"]))
+    assert fresh.shape == own.shape and not np.array_equal(fresh, own)

@@ -36,7 +36,7 @@ def fit(store: Path, *extra: str) -> dict:
 
 def weights(store: Path, name: str = "geoalign") -> dict[str, torch.Tensor]:
     """Every tensor the heads folder holds (streams, centring means), by file and key."""
-    folder = store / "heads" / name
+    folder = store / "artefacts" / "heads" / name
     return {f"{path.stem}:{k}": v for path in sorted(folder.glob("*.safetensors"))
             if path.stem != "checkpoint" for k, v in load_file(str(path)).items()}
 
@@ -54,14 +54,14 @@ def test_fit_is_deterministic_and_scores_with_heads(tmp_path):
     assert result["trained"] and result["n_train"]["drone_groups"] == 24
     fit(two)
     assert assert_same_weights(weights(one), weights(two)) > 40      # agra + the chosen streams
-    meta = [json.loads((s / "heads/geoalign/heads.json").read_text()) for s in (one, two)]
+    meta = [json.loads((s / "artefacts/heads/geoalign/heads.json").read_text()) for s in (one, two)]
     assert meta[0]["selection"] == meta[1]["selection"] and meta[0]["recipe"] == meta[1]["recipe"]
     again = fit(one)
     assert not again["trained"]  # up to date: nothing retrained
     scored = score.run(compose("score", [f"store={one}", "pictures=0"]))
     assert scored["heads"] == "geoalign" and scored["heads_recipe"] == meta[0]["selection"]["chosen"]
-    log = (one / "heads/geoalign/train_log.jsonl").read_text().splitlines()
-    assert len(log) == 8 and not (one / "heads/geoalign/checkpoint.safetensors").exists()
+    log = (one / "artefacts/heads/geoalign/train_log.jsonl").read_text().splitlines()
+    assert len(log) == 8 and not (one / "artefacts/heads/geoalign/checkpoint.safetensors").exists()
 
 
 def test_paper_preset_trains_the_release_recipe_and_fuses_both_streams(tmp_path):
@@ -69,7 +69,7 @@ def test_paper_preset_trains_the_release_recipe_and_fuses_both_streams(tmp_path)
     fit(one, "preset=paper")
     fit(two, "preset=paper")
     assert assert_same_weights(weights(one), weights(two)) > 40
-    assert sorted(p.name for p in (one / "heads/geoalign").glob("*.safetensors")) == [
+    assert sorted(p.name for p in (one / "artefacts/heads/geoalign").glob("*.safetensors")) == [
         "agra.safetensors", "isms.safetensors"]
     fused = score.run(compose("score", [f"store={one}", "pictures=0"]))
     stream1 = score.run(compose("score", [f"store={one}", "pictures=0", "fusion=false"]))
@@ -106,7 +106,7 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     killed, full = make_store(tmp_path / "killed.zarr"), make_store(tmp_path / "full.zarr")
     args = ["agra.epochs=400", "agra.checkpoint_every=20", "isms.epochs=3", "isms.batch_size=32"]
     proc = _fit_process(killed, args)
-    checkpoint = killed / "heads/geoalign/checkpoint.safetensors"
+    checkpoint = killed / "artefacts/heads/geoalign/checkpoint.safetensors"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not checkpoint.exists():
         time.sleep(0.005)
@@ -120,7 +120,7 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
         assert run.returncode == 0, err
         assert ("resuming AGRA at epoch" in err) == (store == killed)
     assert assert_same_weights(weights(killed), weights(full)) > 40
-    log = (killed / "heads/geoalign/train_log.jsonl").read_text().splitlines()
+    log = (killed / "artefacts/heads/geoalign/train_log.jsonl").read_text().splitlines()
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in log] == list(range(400))
 
 
@@ -136,7 +136,7 @@ def test_import_release_checkpoints(tmp_path):
     import_heads.run(compose("import-heads", [f"store={store}", f"agra={tmp_path / '300_param.t'}",
                                               f"isms={tmp_path / 'isms_model_26_28.pth'}"]))
     from geoalign_store.headset import Heads, legacy_recipe
-    embed = Heads.load(store / "heads/paper", legacy_recipe([26, 28], False, 0.5))
+    embed = Heads.load(store / "artefacts/heads/paper", legacy_recipe([26, 28], False, 0.5))
     x26, x28 = np.random.default_rng(0).standard_normal((2, 5, 40)).astype(np.float32)
     x26 /= np.linalg.norm(x26, axis=1, keepdims=True)
     x28 /= np.linalg.norm(x28, axis=1, keepdims=True)
@@ -156,9 +156,9 @@ def test_import_never_replaces_other_heads_silently(tmp_path):
     args = ["import-heads", f"store={store}", f"agra={tmp_path / 'agra.t'}"]
     with pytest.raises(StoreError, match="overwrite=true"):
         import_heads.run(compose(*args[:1], args[1:]))
-    assert (store / "heads/paper/centering.safetensors").exists()   # nothing lost
+    assert (store / "artefacts/heads/paper/centering.safetensors").exists()   # nothing lost
     import_heads.run(compose(*args[:1], args[1:] + ["overwrite=true"]))
-    assert sorted(p.name for p in (store / "heads/paper").iterdir()) == ["agra.safetensors", "heads.json"]
+    assert sorted(p.name for p in (store / "artefacts/heads/paper").iterdir()) == ["agra.safetensors", "heads.json"]
     import_heads.run(compose(*args[:1], args[1:]))    # the same import again: no question
 
 
@@ -178,7 +178,7 @@ def test_centring_and_pca_init_options(tmp_path):
     embedding time; `isms.init=pca` starts the encoder at the pooled rows' principal axes."""
     store = make_store(tmp_path / "c.zarr")
     fit(store, "preset=paper", "center=true", "isms.init=pca", "isms.latent_dim=8", "isms.epochs=0")
-    means = load_file(str(store / "heads/geoalign/centering.safetensors"))
+    means = load_file(str(store / "artefacts/heads/geoalign/centering.safetensors"))
     assert set(means) == {f"{v}.layer_{k}" for v in ("satellite", "drone") for k in (26, 28)}
     encoder = weights(store)["isms:encoder.weight"]
     assert encoder.shape == (8, 80)
@@ -224,7 +224,7 @@ def test_heads_json_keeps_the_selection_and_score_says_when_heads_are_centring(t
     are centring score exactly as centring with the train means, and score says so."""
     store = make_store(tmp_path / "w.zarr")
     fit(store, "select.margin_se=1000")                # no candidate can clear this margin
-    meta = json.loads((store / "heads/geoalign/heads.json").read_text())
+    meta = json.loads((store / "artefacts/heads/geoalign/heads.json").read_text())
     sel = meta["selection"]
     assert sel["chosen"] == "centre" and meta["recipe"]["streams"] == ["centre"]
     assert {"centre", "whiten(16)", "ridge(1)", "orth(2)", "agra"} <= set(sel["estimates"])
@@ -235,7 +235,7 @@ def test_heads_json_keeps_the_selection_and_score_says_when_heads_are_centring(t
     from geoalign_store.embeddings import l2n
     from geoalign_store.metrics import retrieval_metrics
     from geoalign_store.store import open_store, read_layer, read_view
-    means = load_file(str(store / "heads/geoalign/centering.safetensors"))
+    means = load_file(str(store / "artefacts/heads/geoalign/centering.safetensors"))
     root, emb = open_store(str(store), mode="r"), {}
     for view in ("drone", "satellite"):
         parts = [l2n(l2n(read_layer(root, "mine", "test", view, k)) - means[f"{view}.layer_{k}"].numpy())

@@ -35,7 +35,7 @@ def test_plain_zarr_store_scores_like_direct_metrics(tmp_path):
         assert got["recall"] == pytest.approx(want["recall"], abs=1e-12)
         assert got["ap"] == pytest.approx(want["ap"], abs=1e-12)
         assert got["n_queries"] == want["n_queries"] and got["heads"] == "none"
-    s2d = json.loads((store / "scores/mine-none/S2D/metrics.json").read_text())
+    s2d = json.loads((store / "artefacts/scores/mine-none/S2D/metrics.json").read_text())
     assert s2d["n_queries_without_match"] == 5  # the distractor satellites (no drone images)
     top = zarr.open_group(str(store), mode="r")["scores/mine-none/D2S/all"]
     assert top["topk_ids"].shape == (120, 10) and str(top["topk_ids"][0, 0]).startswith("satellite/")
@@ -46,7 +46,7 @@ def test_score_json_matches_metrics_file_schema(tmp_path):
     out = CliRunner().invoke(app, ["score", f"store={store}", "pictures=0", "--mode", "S2D", "--json"])
     assert out.exit_code == 0, out.output
     printed = json.loads(out.stdout.strip().splitlines()[-1])
-    assert printed == json.loads((store / "scores/mine-none/S2D/metrics.json").read_text())
+    assert printed == json.loads((store / "artefacts/scores/mine-none/S2D/metrics.json").read_text())
     assert {"schema_version", "dataset", "mode", "heads", "fusion", "layers", "n_queries",
             "n_gallery", "n_queries_without_match", "recall", "ap", "ap_noninterp"} <= printed.keys()
     assert set(printed["recall"]) == {"1", "5", "10", "1%"} and printed["schema_version"] == 1
@@ -57,7 +57,7 @@ def test_per_altitude_subsets(tmp_path):
     result = score.run(score_cfg(store, "mode=S2D"))
     assert set(result["subsets"]) == {"altitude=150", "altitude=200"}
     assert all(m["n_gallery"] == 30 * 4 for m in result["subsets"].values())
-    report = (store / "scores/mine-none/S2D/report.md").read_text()
+    report = (store / "artefacts/scores/mine-none/S2D/report.md").read_text()
     assert "altitude=150" in report and "Gallery protocol `official`" in report
 
 
@@ -114,4 +114,4 @@ def test_score_on_extracted_store_writes_report_and_picture(tmp_path, folder_dat
     (picture,) = result["_outputs"]["pictures"]
     from PIL import Image
     assert Image.open(picture).size[1] > 3 * 96
-    assert "retrievals-all.png" in (store / "scores/folder-none/D2S/report.md").read_text()
+    assert "retrievals-all.png" in (store / "artefacts/scores/folder-none/D2S/report.md").read_text()

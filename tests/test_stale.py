@@ -80,7 +80,7 @@ def test_an_index_of_changed_embeddings_is_refused_until_rebuilt(fitted):
 
 
 def test_damaged_heads_weights_are_named_with_the_command(fitted):
-    path = next(p for p in (fitted / "heads/geoalign").glob("*.safetensors") if p.stem != "agra")
+    path = next(p for p in (fitted / "artefacts/heads/geoalign").glob("*.safetensors") if p.stem != "agra")
     path.write_bytes(path.read_bytes()[:50])
     out = cli("score", f"store={fitted}", "pictures=0")
     assert out.exit_code == 2 and "Traceback" not in out.output
