@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import store as st
+from .rowreader import read_rows, row_chunk
 
 MODES = {"D2S": ("drone", "satellite"), "S2D": ("satellite", "drone")}
 PROTOCOLS = ("official", "query_locations")
@@ -107,15 +108,55 @@ class StoredEmbeddings:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def chunks(self) -> tuple[int, int] | None:
+        """Rows per storage chunk of the stored layers: reads of whole chunks are the cheapest."""
+        unit = max(row_chunk(a) for a in self.arrays.values())
+        return (unit, self.dim) if unit else None
+
     def __getitem__(self, key) -> np.ndarray:
-        rows = self.rows[key]
-        return self.embed({k: _read_rows(a, rows) for k, a in self.arrays.items()}, self.view)
+        rows = np.atleast_1d(self.rows[key])
+        return self.read_into(key, np.empty((len(rows), self.dim), np.float32))
+
+    def read_into(self, key, out: np.ndarray) -> np.ndarray:
+        """Embeddings of rows `key` written into `out` (float32, C-contiguous), read from the
+        store in bounded requests (rowreader.read_rows). Raw descriptors go straight into their
+        columns of `out` and are normalised there: no per-layer copies, no concatenation."""
+        rows = np.atleast_1d(self.rows[key])
+        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):  # the store is read in row order
+            order = np.argsort(rows, kind="stable")
+            out[order] = self._fill(rows[order], np.empty_like(out))
+            return out
+        return self._fill(rows, out)
+
+    def _fill(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.embed is raw_embedding:
+            return _raw_embedding_into(self.arrays, rows, out)
+        out[:] = self.embed({k: read_rows(a, rows) for k, a in self.arrays.items()}, self.view)
+        return out
 
     def materialise(self, chunk: int = 65536) -> np.ndarray:
         out = np.empty(self.shape, np.float32)
         for start in range(0, len(self), chunk):
-            out[start:start + chunk] = self[start:start + chunk]
+            self.read_into(slice(start, start + chunk), out[start:start + chunk])
         return out
+
+
+def _normalise_(x: torch.Tensor) -> None:
+    """Rows L2-normalised in place, bitwise as F.normalize (same norm, clamp and division)."""
+    x.div_(x.norm(2, dim=1, keepdim=True).clamp_min_(1e-12))
+
+
+def _raw_embedding_into(arrays: dict, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """raw_embedding of `rows`, each layer read into its columns of `out`, normalised in place."""
+    whole, col = torch.from_numpy(out), 0
+    for k in sorted(arrays):
+        width = arrays[k].shape[1]
+        read_rows(arrays[k], rows, out[:, col:col + width])
+        _normalise_(whole[:, col:col + width])
+        col += width
+    _normalise_(whole)
+    return out
 
 
 def _layer_array(root, dataset, split, view, layer):
@@ -123,16 +164,4 @@ def _layer_array(root, dataset, split, view, layer):
     if path not in root:
         raise st.StoreError(f"the store has no {path}; score with layers= among those extracted "
                             f"({st.read_view_layers(root, dataset, split, view)})")
-    return root[path]
-
-
-def _read_rows(array, rows: np.ndarray) -> np.ndarray:
-    """Rows of a zarr array: one contiguous read of their span when dense, else orthogonal."""
-    if len(rows) == 0:
-        return np.zeros((0, array.shape[1]), np.float32)
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    if hi - lo == len(rows):  # sorted and contiguous: a plain slice, no gather copy
-        return np.asarray(array[lo:hi], np.float32)
-    if hi - lo <= 2 * len(rows):
-        return np.asarray(array[lo:hi], np.float32)[rows - lo]
-    return np.asarray(array.oindex[rows], np.float32)
+    return st.layer_array(root, dataset, split, view, layer)  # reads name damaged blocks

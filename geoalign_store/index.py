@@ -29,6 +29,14 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def gpu_for(device) -> int | None:
+    """The CUDA device number faiss should use for `device` (a torch.device from
+    devices.resolve_device), or None for the CPU: a CPU device, or faiss without GPU support."""
+    if device is None or getattr(device, "type", str(device)) != "cuda" or not gpu_available():
+        return None
+    return int(device.index or 0)
+
+
 def resolve_params(index_type: str, params: dict | None = None) -> dict:
     """Defaults of `index_type` overridden by `params`; ValueError naming the valid choices."""
     if index_type not in INDEX_TYPES:
@@ -47,7 +55,7 @@ def resolve_params(index_type: str, params: dict | None = None) -> dict:
 
 def build_index(embeddings, index_type: str = "flat", params: dict | None = None, *,
                 use_gpu: bool | None = None, train_size: int | None = None,
-                add_chunk_size: int = 65536, seed: int = 0):
+                add_chunk_size: int = 65536, seed: int = 0, gpu_id: int = 0):
     """An inner-product index holding `embeddings` (row i = id i).
 
     params: nlist/m/nbits/nprobe (ivfpq), M/efConstruction/efSearch (hnsw). IVF-PQ trains on
@@ -67,7 +75,7 @@ def build_index(embeddings, index_type: str = "flat", params: dict | None = None
         index = _trained_ivfpq(embeddings, n, dim, p, train_size, seed)
     for start in range(0, n, add_chunk_size):
         index.add(_rows(embeddings, slice(start, min(start + add_chunk_size, n))))
-    return to_device(index, use_gpu)
+    return to_device(index, use_gpu, gpu_id)
 
 
 def _trained_ivfpq(embeddings, n, dim, p, train_size, seed):
@@ -91,8 +99,9 @@ def _trained_ivfpq(embeddings, n, dim, p, train_size, seed):
     return index
 
 
-def to_device(index, use_gpu: bool | None = None):
-    """Move a flat / IVF-PQ index to GPU 0 if asked (None: when available); HNSW stays on CPU."""
+def to_device(index, use_gpu: bool | None = None, gpu_id: int = 0):
+    """Move a flat / IVF-PQ index to GPU `gpu_id` if asked (None: when available); HNSW stays
+    on the CPU."""
     global _GPU_RESOURCES
     want = gpu_available() if use_gpu is None else use_gpu
     if not want or isinstance(index, faiss.IndexHNSW):
@@ -102,7 +111,7 @@ def to_device(index, use_gpu: bool | None = None):
     if _GPU_RESOURCES is None:
         _GPU_RESOURCES = faiss.StandardGpuResources()
     nprobe = getattr(index, "nprobe", None)
-    gpu_index = faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index)
+    gpu_index = faiss.index_cpu_to_gpu(_GPU_RESOURCES, gpu_id, index)
     if nprobe is not None:
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
     return gpu_index
@@ -122,12 +131,12 @@ def save_index(index, path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_index(path, *, use_gpu: bool | None = None):
+def load_index(path, *, use_gpu: bool | None = None, gpu_id: int = 0):
     """Read an index written by save_index (search parameters such as nprobe/efSearch persist)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no FAISS index at {path}")
-    return to_device(faiss.read_index(str(path)), use_gpu)
+    return to_device(faiss.read_index(str(path)), use_gpu, gpu_id)
 
 
 def search(index, queries, k: int, *, chunk_size: int = 4096):

@@ -37,6 +37,9 @@ import numpy as np
 import torch
 
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of one similarity block (and of one gallery chunk)
+# Up to this many goods per query, counting the items above each good score by comparison
+# (slots x n per row) is cheaper than sorting the row (n log n); U1652 D2S has one good per query.
+COMPARE_SLOTS = 4
 
 
 @dataclass
@@ -79,9 +82,12 @@ def topk_gallery(query_emb, gallery_emb, k, *, gallery_labels=None, chunk_size=N
 
 def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=None, *,
                     ks=(1, 5, 10), topk=0, chunk_size=None, gallery_chunk_size=None,
-                    memory_budget=DEFAULT_MEMORY_BUDGET) -> RetrievalResult:
-    """One streamed pass over the gallery giving the metrics (if query_labels) and the top-k."""
+                    memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu") -> RetrievalResult:
+    """One streamed pass over the gallery giving the metrics (if query_labels) and the top-k.
+    device: where the similarity blocks, the top-k and the rank counting run (a torch.device or
+    its name); the gallery is read on the CPU and each chunk moved there."""
     q, n_gal, dtype = _check_inputs(query_emb, gallery_emb, ks, topk)
+    dev = torch.device(device)
     n_q = q.shape[0]
     gl = np.zeros(n_gal, np.int64) if gallery_labels is None else _labels(gallery_labels, n_gal, "gallery")
     with_metrics = query_labels is not None
@@ -93,16 +99,18 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
     junk = np.flatnonzero(gl == -1)
     g_step, q_step = _plan_chunks(gallery_emb, q, chunk_size, gallery_chunk_size, memory_budget)
     # several gallery chunks: good scores must be known before any chunk is counted
-    good_scores = _pair_scores(q, gallery_emb, gidx, n_good, memory_budget) if (
+    good_scores = _pair_scores(q, gallery_emb, gidx, n_good, memory_budget).to(dev) if (
         n_slots and g_step < n_gal) else None
-    counts = torch.zeros((n_q, n_slots), dtype=torch.int64)
-    best = (torch.full((n_q, topk), -torch.inf, dtype=dtype), torch.full((n_q, topk), -1)) if topk else None
-    buf = torch.empty(q_step * g_step, dtype=dtype)
+    counts = torch.zeros((n_q, n_slots), dtype=torch.int64, device=dev)
+    best = (torch.full((n_q, topk), -torch.inf, dtype=dtype, device=dev),
+            torch.full((n_q, topk), -1, device=dev)) if topk else None
+    buf = torch.empty(q_step * g_step, dtype=dtype, device=dev)
+    q = q.to(dev)
     for g0 in range(0, n_gal, g_step):
         g1 = min(g0 + g_step, n_gal)
         gc = None  # drop the previous chunk before reading the next: one chunk alive at a time
-        gc = _read_rows(gallery_emb, slice(g0, g1), dtype)
-        jc = torch.from_numpy(junk[(junk >= g0) & (junk < g1)] - g0)
+        gc = _read_rows(gallery_emb, slice(g0, g1), dtype).to(dev)
+        jc = torch.from_numpy(junk[(junk >= g0) & (junk < g1)] - g0).to(dev)
         for q0 in range(0, n_q, q_step):
             q1 = min(q0 + q_step, n_q)
             s = torch.matmul(q[q0:q1], gc.T, out=buf[: (q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0))
@@ -114,11 +122,17 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
                 gs = good_scores[q0:q1] if good_scores is not None else _gather_goods(s, gidx[q0:q1], n_good[q0:q1])
                 _count_above(s, gs, gidx[q0:q1], n_good[q0:q1], g0, g1, counts[q0:q1])
     # rank of good i = non-goods above it (counted) + i (the goods above it, masked when counting)
-    metrics = metrics_from_ranks(counts.numpy() + np.arange(n_slots), n_good, n_gal, ks) if with_metrics else None
-    if not topk:
+    return _result(counts, best, n_good, n_gal, ks, with_metrics)
+
+
+def _result(counts, best, n_good, n_gal, ks, with_metrics=True) -> RetrievalResult:
+    """Metrics from the counted ranks and the top-k (junk-padded slots as -1), on the CPU."""
+    n_slots = counts.shape[1]
+    metrics = metrics_from_ranks(counts.cpu().numpy() + np.arange(n_slots), n_good, n_gal, ks) if with_metrics else None
+    if best is None:
         return RetrievalResult(metrics)
     best[1][torch.isneginf(best[0])] = -1
-    return RetrievalResult(metrics, best[1].numpy(), best[0].numpy())
+    return RetrievalResult(metrics, best[1].cpu().numpy(), best[0].cpu().numpy())
 
 
 def _plan_chunks(gallery, q, chunk_size, gallery_chunk_size, budget):
@@ -217,14 +231,14 @@ def _read_rows(gallery, key, dtype):
 
 def _sort_desc(gs, valid):
     """Good scores in descending order, -inf padding last (its counts are ignored)."""
-    gs = torch.where(torch.from_numpy(valid), gs, -torch.inf)
+    gs = torch.where(torch.from_numpy(valid).to(gs.device), gs, -torch.inf)
     return torch.sort(gs, dim=1, descending=True).values.contiguous()
 
 
 def _gather_goods(s, gidx, n_good):
     """Good scores read off a similarity block that holds the whole gallery."""
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
-    return _sort_desc(s.gather(1, torch.from_numpy(gidx)), valid)
+    return _sort_desc(s.gather(1, torch.from_numpy(gidx).to(s.device)), valid)
 
 
 def _pair_scores(q, gallery, gidx, n_good, budget):
@@ -251,8 +265,15 @@ def _count_above(s, gs, gidx, n_good, g0, g1, counts):
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
     rows, cols = np.nonzero(valid & (gidx >= g0) & (gidx < g1))
     if len(rows):
-        s[torch.from_numpy(rows), torch.from_numpy(gidx[rows, cols] - g0)] = -torch.inf
-    s.numpy().sort(axis=1)
+        s[torch.from_numpy(rows).to(s.device), torch.from_numpy(gidx[rows, cols] - g0).to(s.device)] = -torch.inf
+    if gs.shape[1] <= COMPARE_SLOTS:  # the same counts as below, without sorting the rows
+        for i in range(gs.shape[1]):
+            counts[:, i] += (s > gs[:, i:i + 1]).sum(1)
+        return
+    if s.device.type == "cpu":
+        s.numpy().sort(axis=1)
+    else:
+        s = torch.sort(s, dim=1).values
     counts += s.shape[1] - torch.searchsorted(s, gs, right=True)
 
 

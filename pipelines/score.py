@@ -16,13 +16,15 @@ import numpy as np
 from geoalign_store import index as fx
 from geoalign_store import store as st
 from geoalign_store.config import to_plain
+from geoalign_store.devices import resolve_device
 from geoalign_store.metrics import (good_counts, metrics_from_ranks, recall_1pct_index,
                                     score_retrieval)
+from geoalign_store.query_streaming import score_streamed_queries
 
 from .index import ensure_index
 from .progress import console
 from .report import draw_retrievals, pooled_metrics, write_report
-from .retrieval import open_direction, side_embeddings
+from .retrieval import embedder_inputs, open_direction, side_embeddings
 
 SCHEMA_VERSION = 1
 IN_MEMORY_BYTES = 1 << 30  # galleries above this are streamed from the store
@@ -48,17 +50,23 @@ def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple
     return metrics, np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
 
 
-def score_set(cfg, root, dataset, embedder, ds) -> tuple[dict, np.ndarray, np.ndarray]:
-    queries = side_embeddings(root, dataset, embedder, ds.query).materialise()
+def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.ndarray, np.ndarray]:
+    queries = side_embeddings(root, dataset, embedder, ds.query)
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     k = int(cfg.topk)
     if cfg.index != "flat":
-        index, _ = ensure_index(cfg, root, dataset, embedder, ds)
-        metrics, top_i, top_s = ann_metrics(index, queries, ds.query.labels, ds.gallery.labels, k)
+        index, _ = ensure_index(cfg, root, dataset, embedder, ds, device)
+        metrics, top_i, top_s = ann_metrics(index, queries.materialise(), ds.query.labels, ds.gallery.labels, k)
         return {**metrics, "approximate": True}, top_i, top_s
-    if gallery.shape[0] * gallery.shape[1] * 4 <= IN_MEMORY_BYTES:
-        gallery = gallery.materialise()
-    res = score_retrieval(queries, gallery, ds.query.labels, ds.gallery.labels, topk=k)
+    g_bytes = gallery.shape[0] * gallery.shape[1] * 4
+    if g_bytes <= min(IN_MEMORY_BYTES, queries.shape[0] * queries.shape[1] * 4):
+        # the smaller side is held, the larger one streamed (U1652 D2S: 951 x 37,855 queries)
+        res = score_streamed_queries(queries, gallery.materialise(), ds.query.labels,
+                                     ds.gallery.labels, topk=k, device=device)
+    else:
+        gallery = gallery.materialise() if g_bytes <= IN_MEMORY_BYTES else gallery
+        res = score_retrieval(queries.materialise(), gallery, ds.query.labels, ds.gallery.labels,
+                              topk=k, device=device)
     return {**res.metrics, "approximate": False}, res.topk_indices, res.topk_scores
 
 
@@ -66,6 +74,7 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     mode = str(cfg.mode).upper()
     cfg.mode = mode
+    device = resolve_device(cfg.get("device", "auto"))
     root, dataset, embedder, sets = open_direction(cfg, mode)
     if embedder.spec.get("recipe", {}).get("streams") == ["centre"]:
         console.print(f"heads {embedder.name}: centring only (fit-heads estimated no candidate "
@@ -75,7 +84,7 @@ def run(cfg) -> dict:
     folder = st.artefact_dir(cfg.store, "scores", name, mode)
     subsets, pictures = {}, []
     for ds in sets:
-        metrics, top_i, top_s = score_set(cfg, root, dataset, embedder, ds)
+        metrics, top_i, top_s = score_set(cfg, root, dataset, embedder, ds, device)
         subsets[ds.subset] = metrics
         top_ids = np.where(top_i >= 0, ds.gallery.ids[np.maximum(top_i, 0)], "")
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
@@ -92,6 +101,7 @@ def run(cfg) -> dict:
         result["heads_recipe"] = embedder.description
     if len(subsets) > 1:
         result["subsets"] = subsets
+    result["inputs"] = embedder_inputs(embedder)  # extra: what `geoalign check` compares to the store
     st.write_json(folder / "metrics.json", result)
     write_report(folder / "report.md", result, subsets, to_plain(cfg), [p for p in pictures if p])
     outputs = {"metrics": str(folder / "metrics.json"), "report": str(folder / "report.md"),
