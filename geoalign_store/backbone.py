@@ -114,7 +114,8 @@ def read_arch(path: Path) -> dict:
     try:
         return load_official_checkpoint(path)[0].to_dict()
     except ValueError as e:  # CheckpointError (unreadable) or a state dict that is not DINOv3's
-        raise ConfigError(f"weights={path}: {e}") from None
+        message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+        raise ConfigError(f"weights={message}") from None
 
 
 def _check_weight_files(folder: Path) -> None:

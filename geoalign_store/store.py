@@ -52,6 +52,31 @@ def open_store(url: str, mode: str = "a") -> zarr.Group:
         raise StoreError(f"no geoalign store at {url}; run `geoalign extract` first") from e
 
 
+def damaged_metadata(url: str) -> list[str]:
+    """zarr.json documents of a local store that cannot be parsed (a truncated write, a flaky
+    copy): zarr fails on them with a bare JSONDecodeError that names no file."""
+    base = Path(str(url).removeprefix("file://"))
+    if "://" in str(url) and not str(url).startswith("file://") or not base.is_dir():
+        return []
+    bad = []
+    for doc in sorted(base.rglob("zarr.json")):
+        try:
+            meta = json.loads(doc.read_text())
+            assert meta["zarr_format"] == 3 and meta["node_type"] in ("group", "array")
+        except Exception:
+            bad.append(str(doc.relative_to(base)))
+    return bad
+
+
+def metadata_error(url: str) -> StoreError | None:
+    bad = damaged_metadata(url)
+    if not bad:
+        return None
+    return StoreError(f"{url}: {len(bad)} metadata document(s) of the store are damaged and cannot "
+                      f"be parsed: {', '.join(bad[:5])}. The arrays under them cannot be read: rewrite "
+                      "them by rerunning the command that wrote them with overwrite=true")
+
+
 def prepare_dataset(root: zarr.Group, dataset: str, spec: dict, spec_hash: str,
                     overwrite: bool) -> zarr.Group:
     """The dataset's feature group, refusing to mix features of another fingerprint."""

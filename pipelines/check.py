@@ -76,6 +76,11 @@ def _recompute(store, meta_path: Path, meta: dict) -> str:
 
 def run(cfg) -> dict:
     t0 = time.perf_counter()
+    bad_metadata = st.damaged_metadata(str(cfg.store))
+    if bad_metadata:  # zarr cannot open what lies under them: report them first, alone
+        return {"stage": "check", "store": str(cfg.store), "views": {}, "metadata_documents_damaged":
+                bad_metadata, "n_damaged": len(bad_metadata), "stale": [], "ok": False,
+                "wall_s": round(time.perf_counter() - t0, 3)}
     root = st.open_store(cfg.store, mode="r")
     datasets = [st.resolve_dataset(root, cfg.dataset)] if cfg.dataset else st.list_datasets(root)
     views = {path: check_view(root, path) for path in st.list_views(root)

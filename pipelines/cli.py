@@ -34,17 +34,30 @@ JSON = typer.Option(False, "--json", help="print the result summary as one JSON 
 
 def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
               runner: Callable[[object], dict], render: Callable[[dict], None]) -> dict:
+    cfg = None
     try:
         cfg = compose(stage, overrides or [])
         result = runner(cfg)
     except USER_ERRORS as e:
         console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+    except ValueError as e:  # e.g. zarr's JSONDecodeError on a damaged zarr.json: name the file
+        damage = _store_damage(cfg)
+        if damage is None:
+            raise
+        console.print(f"[bold red]error:[/] {damage}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
     if as_json:  # keys starting with "_" are for the terminal only
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
     else:
         render(result)
     return result
+
+
+def _store_damage(cfg):
+    from geoalign_store.store import metadata_error
+    store = cfg.get("store") if cfg is not None else None
+    return metadata_error(str(store)) if store else None
 
 
 def _render_extract(result: dict) -> None:
@@ -164,6 +177,9 @@ def _render_check(result: dict) -> None:
                           highlight=False)
         if info.get("repair"):
             console.print(f"  repair {path}: {info['repair']}", highlight=False)
+    for doc in result.get("metadata_documents_damaged", []):
+        console.print(f"  damaged metadata document: {doc} (cannot be parsed; rerun the command that "
+                      "wrote it with overwrite=true)", highlight=False)
     for item in result["stale"]:
         console.print(f"  stale: {item['artefact']}: {item['why']}; recompute: {item['recompute']}",
                       highlight=False)

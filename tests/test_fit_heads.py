@@ -168,7 +168,7 @@ def test_import_refuses_bad_checkpoints(tmp_path):
     torch.save({"model": {"shared_enc.0.weight": torch.zeros(80, 40)}}, tmp_path / "missing.t")
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickle.t")
     for name, message in (("wrong_dim.t", "C=80 descriptors, but the features have C=40"),
-                          ("missing.t", "missing keys"), ("pickle.t", "weights_only=True refused")):
+                          ("missing.t", "missing keys"), ("pickle.t", "pickles a Python object")):
         with pytest.raises(ConfigError, match=message):
             import_heads.run(compose("import-heads", [f"store={store}", f"agra={tmp_path / name}"]))
 

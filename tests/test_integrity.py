@@ -119,3 +119,14 @@ def test_damaged_metadata_is_named_by_check_and_score(clean_store, tmp_path):
     out = cli("score", f"store={store}", "heads=none", "pictures=0")
     assert out.exit_code == 2 and "Traceback" not in out.output
     assert f"{DRONE}/labels is damaged" in " ".join(out.output.split())
+
+
+def test_a_damaged_metadata_document_is_named(clean_store, tmp_path):
+    store = tmp_path / "doc.zarr"
+    shutil.copytree(clean_store, store)
+    doc = store / DRONE / "layer_28/desc/zarr.json"
+    doc.write_text(doc.read_text()[:30])
+    for args, code in ((["score", "heads=none", "pictures=0"], 2), (["check"], 1)):
+        out = cli(args[0], f"store={store}", *args[1:])
+        assert out.exit_code == code and "Traceback" not in out.output
+        assert f"{DRONE}/layer_28/desc/zarr.json" in " ".join(out.output.split()).replace(" ", "")
