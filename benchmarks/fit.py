@@ -11,7 +11,7 @@ and the refit. Prints the wall time and its breakdown against the 5-minute targe
 One epoch = one optimiser step on all 701 train satellites + one drone drawn from each of 700 drone
 groups (54 rows each, 37,800 drone rows), C = 1280, random L2-normalised descriptors, fp32, CPU.
 
-* **geoalign**: ``new_agra_state`` + ``fit_agra`` with ``AgraRecipe(epochs=warmup + epochs)``, i.e.
+* **geoalign**: ``new_agra_state`` + ``fit_agra`` with ``AgraRecipe.defaults(epochs=warmup + epochs)``, i.e.
   the real training loop (group draw, warm-up/cosine lr, epsilon curriculum, log-domain Sinkhorn
   OTCA, DAMO distillation + reliable matching, L1 reconstruction, load-balance aux, value clipping,
   CautiousAdamW).  Per-epoch times come from its ``on_epoch`` hook.  ``--teacher isms`` (the
@@ -126,9 +126,9 @@ class ReleaseTrainer:
 def profile_ours(sat, drone, groups, dim, seed, top):
     """torch.profiler over one geoalign epoch (after one untimed epoch), top ops by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
-    recipe = AgraRecipe(epochs=2)
+    recipe = AgraRecipe.defaults(epochs=2)
     state = new_agra_state(dim, recipe, seed)
-    fit_agra(state, sat, drone, groups, AgraRecipe(epochs=1))
+    fit_agra(state, sat, drone, groups, AgraRecipe.defaults(epochs=1))
     state.model.train()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
         fit_agra(state, sat, drone, groups, recipe)
@@ -197,7 +197,7 @@ def main(argv=None):
 
     sat, drone, groups = make_data(a.n_sat, a.groups, a.per_group, a.dim, a.seed)
     n = a.warmup + a.epochs
-    recipe = AgraRecipe(epochs=n, teacher=a.teacher)
+    recipe = AgraRecipe.defaults(epochs=n, teacher=a.teacher)
     state = new_agra_state(a.dim, recipe, a.seed)
     teacher, teacher_s = None, 0.0
     if a.teacher == "isms":

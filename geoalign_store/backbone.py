@@ -82,9 +82,25 @@ def read_arch(path: Path) -> dict:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ConfigError(f"{path} has no config.json (expected a Hugging Face DINOv3 folder)")
-        return json.loads((path / "config.json").read_text())
+        try:
+            arch = json.loads((path / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path / 'config.json'} is not valid JSON ({e}); expected the "
+                              "config.json of a Hugging Face DINOv3 folder") from None
+        _check_weight_files(path)
+        return arch
     from .dinov3_convert import load_official_checkpoint
-    return load_official_checkpoint(path)[0].to_dict()
+    try:
+        return load_official_checkpoint(path)[0].to_dict()
+    except ValueError as e:  # CheckpointError (unreadable) or a state dict that is not DINOv3's
+        raise ConfigError(f"weights={path}: {e}") from None
+
+
+def _check_weight_files(folder: Path) -> None:
+    from .checkpoints import check_safetensors
+    for file in sorted(folder.glob("*.safetensors")):
+        check_safetensors(file, "the weights of a Hugging Face DINOv3 folder (config.json + "
+                                "model.safetensors, as save_pretrained writes them)")
 
 
 def check_arch(bcfg, arch: dict, path: Path) -> None:

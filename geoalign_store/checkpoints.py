@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .config import ConfigError
 from .heads import export_state_dict
 
 
@@ -24,10 +25,58 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     os.replace(tmp, path)
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    with safe_open(str(path), framework="pt") as f:
-        metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_file(str(path)), metadata
+class CheckpointError(ConfigError):
+    """A weights or checkpoint file that cannot be read as what it should be; names the file
+    (a user error: the CLI prints it and exits 2)."""
+
+
+def load_tensors(path: Path, remedy: str = "recompute it (its stage with overwrite=true)"
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
+    """A safetensors file's tensors and JSON metadata; a truncated or foreign file is a
+    CheckpointError naming it, never a deserializer traceback."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return load_file(str(path)), metadata
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; {remedy}") from None
+    except Exception as e:  # SafetensorError, JSON of foreign metadata, OSError mid-read
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}): "
+                              f"truncated, damaged or another format; {remedy}") from None
+
+
+def check_safetensors(path: Path, expected: str) -> None:
+    """Read a safetensors header and check the file covers every tensor it declares."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}): "
+                              f"truncated, damaged or another format; expected {expected}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def safe_torch_load(path: Path, expected: str):
+    """`torch.load(weights_only=True)` whose failures name the file and what was expected; torch's
+    own advice to set weights_only=False (which would run arbitrary code) is never passed on."""
+    import pickle
+    import re
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4"
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # text files raise KeyError/IndexError/UnpicklingError, zips BadZipFile
+        glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = (f"it pickles a Python object ({glob.group(1)}), not plain tensors; such files are "
+               "never unpickled, since that can execute arbitrary code" if glob else
+               f"it is not a torch checkpoint of tensors: corrupt, truncated or another format "
+               f"(torch.load raised {type(e).__name__})")
+        raise CheckpointError(f"{path}: cannot be read safely as {expected}: {why}") from None
 
 
 def save_module(path: Path, module: torch.nn.Module, metadata: dict | None = None) -> None:

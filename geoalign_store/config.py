@@ -4,6 +4,11 @@ A stage's config is `configs/common.yaml` + `configs/stage/<stage>.yaml`, with t
 (`dataset=NAME`, `backbone=NAME`) replaced by the content of `configs/<group>/NAME.yaml`. Every
 override must name an existing key: a typo is an error that lists the valid keys and the nearest
 one, never a silently ignored setting.
+
+Values are typed when composed, before any work starts: the YAML files are the one source of
+defaults, and a key's type is its default's (an integer stays an integer, a list a list), with
+the enumerations and the `auto`-or-number keys of KEY_TYPES; `agra.epochs=abc` or
+`agra.teacher=ismss` are refused at once, naming the key, the value and what it accepts.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Keys whose value names a file of configs/<key>/, per stage. Elsewhere `dataset` is just the
@@ -78,6 +83,92 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     raise ConfigError(f"unknown config key {key!r}.{hint} Valid keys: {', '.join(keys)}")
 
 
+# Keys whose values are not simply of their default's type: the allowed literals and/or types.
+# A key is matched by its full dotted name.
+KEY_TYPES: dict[str, tuple] = {
+    "mode": ("D2S", "S2D", "d2s", "s2d"),
+    "index": ("flat", "ivfpq", "hnsw"),
+    "gallery_protocol": ("official", "query_locations"),
+    "precision": ("auto", "fp32", "bf16"),
+    "num_workers": ("auto", int),
+    "fusion_weight": ("auto", float),
+    "image_size": (None, int, list),
+    "split": (None, str, list),
+    "cluster": (None, str),
+    "dataset": (None, str, dict),
+    "weights": (None, str),
+    "agra.teacher": ("self", "isms"),
+    "isms.init": ("orthogonal", "pca"),
+    "isms.latent_dim": (None, int),
+    "select.map_kinds": (list,),
+    "agra": (None, str, dict),
+    "isms": (None, str, dict),
+    "heads": (None, str),
+}
+
+
+def _expected(key: str, default: Any) -> tuple | None:
+    """What `key` accepts: KEY_TYPES' entry, else its default's type (None: anything)."""
+    if key in KEY_TYPES:
+        return KEY_TYPES[key]
+    if default is None or isinstance(default, str):
+        return None  # free text or a path: its stage checks it where it is used
+    if isinstance(default, ListConfig):
+        return (list,)
+    return (type(default),)
+
+
+def _coerce(value: Any, allowed: tuple) -> tuple[bool, Any]:
+    """(ok, value): literals match as given; an int is a float; "2e-4" (YAML 1.1 reads it as
+    text) is a float."""
+    for item in allowed:
+        if not isinstance(item, type):
+            if value == item and type(value) is type(item):
+                return True, value
+        elif item is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        elif item is float and isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                continue
+        elif item is int and isinstance(value, bool):
+            continue
+        elif item in (list, tuple) and isinstance(value, (list, tuple, ListConfig)):
+            return True, value
+        elif item is dict and isinstance(value, (dict, DictConfig)):
+            return True, value
+        elif isinstance(value, item):
+            return True, value
+    return False, value
+
+
+def _describe(allowed: tuple) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+             list: "a list like [1, 2]", dict: "a mapping"}
+    return " or ".join(names.get(a, a.__name__) if isinstance(a, type) else
+                       ("null" if a is None else repr(a)) for a in allowed)
+
+
+def check_types(cfg: DictConfig, defaults: DictConfig, prefix: str = "") -> None:
+    """Every value of `cfg` against its default in `defaults` (coercing "2e-4" to 2e-4)."""
+    for key in list(cfg.keys()):
+        dotted, value = f"{prefix}{key}", cfg[key]
+        default = defaults.get(key) if isinstance(defaults, DictConfig) else None
+        if isinstance(value, DictConfig) and isinstance(default, DictConfig):
+            check_types(value, default, dotted + ".")
+            continue
+        allowed = _expected(dotted, default)
+        if allowed is None:
+            continue
+        ok, coerced = _coerce(value, allowed)
+        if not ok:
+            raise ConfigError(f"{dotted}={value!r} is not valid: {dotted} takes {_describe(allowed)}"
+                              + (f" (default {default!r})" if default is not None else ""))
+        if coerced is not value:
+            cfg[key] = coerced
+
+
 def compose(stage: str, overrides: Iterable[str] = ()) -> DictConfig:
     """The resolved config of `stage` with `overrides` (e.g. ["dataset=demo", "batch_size=8"])."""
     base = _load_yaml(CONFIG_DIR / "common.yaml")
@@ -97,11 +188,13 @@ def compose(stage: str, overrides: Iterable[str] = ()) -> DictConfig:
         name = chosen[-1] if chosen else base[group]
         cfg = OmegaConf.merge(cfg, OmegaConf.create(_load_group(group, name)))
         cfg[group] = name
+    defaults = cfg.copy()
     for key, value in pairs:
         if key in (*groups, *presets) and key in base:
             continue
         _check_key(cfg, key)
         OmegaConf.update(cfg, key, value, merge=False)
+    check_types(cfg, defaults)
     return cfg
 
 

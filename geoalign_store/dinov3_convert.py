@@ -26,7 +26,6 @@ is refused. Training checkpoints (``{"teacher": {"backbone.<key>": ...}}``) are 
 from __future__ import annotations
 
 import functools
-import pickle
 from pathlib import Path
 
 import torch
@@ -202,12 +201,8 @@ def config_from_official_state_dict(sd: dict[str, torch.Tensor], **overrides) ->
 def load_official_checkpoint(path, **overrides) -> tuple[transformers.DINOv3ViTConfig, dict[str, torch.Tensor]]:
     """Load an official ``.pth`` safely (``weights_only=True``) -> (config, DINOv3ViTModel state dict)."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a DINOv3 state dict loadable with torch.load(weights_only=True) "
-                         f"(refusing to unpickle arbitrary objects): {str(e).splitlines()[0] if str(e) else e!r}"
-                         ) from e
+    from .checkpoints import safe_torch_load
+    obj = safe_torch_load(path, "an official dinov3 checkpoint (a state dict of tensors)")
     sd = _unwrap(obj, where=str(path))
     return config_from_official_state_dict(sd, **overrides), convert_official_state_dict(sd)
 

@@ -164,4 +164,4 @@ def _layer_array(root, dataset, split, view, layer):
     if path not in root:
         raise st.StoreError(f"the store has no {path}; score with layers= among those extracted "
                             f"({st.read_view_layers(root, dataset, split, view)})")
-    return root[path]
+    return st.layer_array(root, dataset, split, view, layer)  # reads name damaged blocks

@@ -329,20 +329,8 @@ def export_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def read_release_checkpoint(path) -> dict[str, torch.Tensor]:
     """Read a release checkpoint with ``torch.load(weights_only=True)`` and return its state dict."""
-    import pickle
-    import warnings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4"
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as e:
-        import re
-        glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        why = (f"it pickles a Python object ({glob.group(1)}), not a plain state dict of tensors; "
-               "such files are not unpickled, since that can execute arbitrary code" if glob else
-               "it is not a torch checkpoint of tensors (corrupt, truncated or another format)")
-        raise ValueError(f"{path}: not a loadable state-dict checkpoint - torch.load with "
-                         f"weights_only=True refused it: {why}") from None
+    from .checkpoints import safe_torch_load
+    obj = safe_torch_load(path, "a state dict of the paper's released heads")
     return unwrap_state_dict(obj, source=str(path))
 
 

@@ -104,7 +104,7 @@ class Heads:
     @classmethod
     def load(cls, folder: Path, recipe: dict) -> "Heads":
         centering = folder / "centering.safetensors"
-        means = ({k: v.numpy() for k, v in load_tensors(centering)[0].items()}
+        means = ({k: v.numpy() for k, v in load_tensors(centering, _remedy(folder))[0].items()}
                  if recipe.get("centre") and centering.exists() else {})
         streams = [(kind, _load_stream(folder, kind)) for kind in recipe["streams"]]
         return cls(recipe["layers"], means, streams, recipe["weights"], recipe.get("name", ""))
@@ -115,12 +115,17 @@ def _load_stream(folder: Path, kind: str):
         raise ValueError(f"unknown stream kind {kind!r} in {folder}; known: {', '.join(KINDS)}")
     if kind == "centre":
         return None
-    sd, meta = load_tensors(folder / f"{kind}.safetensors")
+    sd, meta = load_tensors(folder / f"{kind}.safetensors", _remedy(folder))
     if kind == "agra":
         return load_release_agra(sd, int(meta["dim"]))
     if kind == "isms":
         return load_release_isms(sd)
     return MapBank.from_state_dict(sd)
+
+
+def _remedy(folder: Path) -> str:
+    return (f"re-run `geoalign fit-heads name={folder.name} overwrite=true` (or `import-heads` "
+            "for imported weights)")
 
 
 def legacy_recipe(layers, has_centering: bool, fusion_weight: float) -> dict:

@@ -31,21 +31,27 @@ from .headset import Heads
 
 @dataclass
 class SelectionConfig:
-    holdout: float = 0.2
-    latents: tuple = (16, 32, 64, 128, 256, 512)
-    n_maps: tuple = (1, 2, 3, 4)
-    map_kinds: tuple = ("ridge", "orth")
-    fusion_weights: tuple = (0.25, 0.5, 0.75)
-    agra: bool = True
-    margin_se: float = 2.0
-    min_gain: float = 0.01
-    map_rank: int = 512
-    rounds: int = 2              # map fits; each next one pairs flights in the best map's space
+    """fit-heads' `select:` section (documented and defaulted in configs/stage/fit-heads.yaml)."""
+    holdout: float
+    latents: tuple
+    n_maps: tuple
+    map_kinds: tuple
+    fusion_weights: tuple
+    agra: bool
+    margin_se: float
+    min_gain: float
+    map_rank: int
+    rounds: int
 
     @classmethod
     def from_config(cls, section: dict) -> "SelectionConfig":
         """From fit-heads' `select` section (YAML lists become tuples; `enabled` is the stage's)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k != "enabled"})
+
+    @classmethod
+    def defaults(cls, **changes) -> "SelectionConfig":
+        from .training import _stage_defaults
+        return cls.from_config({**_stage_defaults("select"), **changes})
 
 
 @dataclass

@@ -140,6 +140,7 @@ def simulate(store_url: str, *, dataset="sim", family: str = DEFAULT_FAMILY, see
         layout = st.ViewLayout(list(LAYERS), int(dim), BLOCK_SIZE)
         group = st.prepare_view(root, dataset, listing, layout, {"simulator": spec})
         feats = {name: v for name, v in arrays.items() if name.startswith("layer_")}
+        st.reopen_damaged_blocks(group)
         for block in st.pending_blocks(group):
             rows = st.block_rows(group, block)
             st.write_block(group, block, {n: v[rows] for n, v in feats.items()},

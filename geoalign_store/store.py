@@ -15,6 +15,7 @@ which the rerun overwrites. Two writers of one block write identical bytes, so n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .datasets import ViewListing
 
@@ -31,6 +33,12 @@ STORE_VERSION = 1
 
 class StoreError(RuntimeError):
     """The store cannot serve the request as it stands; the message names the fix."""
+
+
+# Every chunk ends with a crc32c (zarr v3's codec, read by plain zarr): damage is detected when
+# read, never decoded into garbage. Features stay uncompressed (see prepare_view).
+FEATURE_CODECS = (Crc32cCodec(),)
+META_CODECS = (ZstdCodec(level=0), Crc32cCodec())
 
 
 def view_path(dataset: str, split: str, view: str) -> str:
@@ -89,23 +97,25 @@ def prepare_view(root: zarr.Group, dataset: str, listing: ViewListing, layout: V
     group = root.require_group(path)
     n, bs = len(listing), layout.block_size
     meta_chunk = (max(1, min(n, 1 << 16)),)
-    group.create_array("ids", shape=(n,), dtype=str, chunks=meta_chunk)[:] = np.array(listing.ids, dtype=object)
+    group.create_array("ids", shape=(n,), dtype=str, chunks=meta_chunk,
+                       compressors=META_CODECS)[:] = np.array(listing.ids, dtype=object)
     for name, values in (("labels", listing.labels), ("in_query", listing.in_query),
                          ("in_gallery", listing.in_gallery),
                          *((f"extra/{k}", v) for k, v in listing.extra.items())):
-        group.create_array(name, shape=(n,), dtype=values.dtype, chunks=meta_chunk)[:] = values
-    group.create_array("errors", shape=(n,), dtype=str, chunks=(bs,))
+        group.create_array(name, shape=(n,), dtype=values.dtype, chunks=meta_chunk,
+                           compressors=META_CODECS)[:] = values
+    group.create_array("errors", shape=(n,), dtype=str, chunks=(bs,), compressors=META_CODECS)
     group.create_array("block_done", shape=(n_blocks(n, bs),), dtype=bool, chunks=(1,),
-                       fill_value=False)
+                       fill_value=False, compressors=META_CODECS)
     # Network features do not compress (zstd saves ~nothing on them) but costs 2.5x the read
     # time and 2.7x the write time of raw chunks: feature arrays are stored uncompressed.
     for k in layout.layers:
         for kind in ("desc", "cls"):
             group.create_array(f"layer_{k}/{kind}", shape=(n, layout.channels), dtype="float32",
-                               chunks=(bs, layout.channels), fill_value=0.0, compressors=None)
+                               chunks=(bs, layout.channels), fill_value=0.0, compressors=FEATURE_CODECS)
         if layout.token_shape:
             group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape), dtype="float16",
-                               chunks=(1, *layout.token_shape), fill_value=0.0, compressors=None)
+                               chunks=(1, *layout.token_shape), fill_value=0.0, compressors=FEATURE_CODECS)
     group.attrs.update({"n": n, "block_size": bs, "layers": list(layout.layers),
                         "channels": layout.channels, "complete": False, "config": config})
     return group
@@ -116,7 +126,7 @@ def _check_same_view(group, path, listing, layout) -> None:
     if attrs.get("block_size") != layout.block_size or attrs.get("layers") != list(layout.layers):
         raise StoreError(f"{path} was written with block_size={attrs.get('block_size')} and "
                          f"layers={attrs.get('layers')}; add overwrite=true to rewrite it")
-    stored = [str(s) for s in group["ids"][:]]
+    stored = [str(s) for s in read_meta(group, "ids")]
     if stored != listing.ids:
         changed = len(set(stored) ^ set(listing.ids))
         raise StoreError(f"the images under {path} changed since it was written ({len(stored)} "
@@ -128,7 +138,30 @@ def n_blocks(n: int, block_size: int) -> int:
 
 
 def pending_blocks(group: zarr.Group) -> list[int]:
-    return [int(b) for b in np.flatnonzero(~group["block_done"][:])]
+    return [int(b) for b in np.flatnonzero(~read_meta(group, "block_done"))]
+
+
+def read_meta(group: zarr.Group, name: str) -> np.ndarray:
+    """A view's per-image array (ids, labels, flags, errors, block_done) whole; damage is named
+    (these are written once with the view, so the repair is to rewrite the view)."""
+    try:
+        return group[name][:]
+    except Exception as e:
+        raise StoreError(f"{group.path}/{name} is damaged and cannot be read ({type(e).__name__}: "
+                         f"{str(e)[:100]}); rewrite the view: rerun the command that wrote it with "
+                         "overwrite=true (`geoalign check` lists every damaged array)") from None
+
+
+def reopen_damaged_blocks(group: zarr.Group, full: bool = True) -> dict[int, str]:
+    """Done blocks whose chunks are missing or fail their checksum are marked not done, so the
+    writer's next pass rewrites exactly them; returns {block: why}."""
+    from .store_integrity import damaged_blocks
+    damaged = damaged_blocks(group, full)
+    for block in damaged:
+        group["block_done"][block] = False
+    if damaged:
+        group.attrs["complete"] = False
+    return damaged
 
 
 def block_rows(group: zarr.Group, block: int) -> slice:
@@ -153,9 +186,9 @@ def write_block(group: zarr.Group, block: int, arrays: dict[str, np.ndarray],
 
 def finalize_view(group: zarr.Group) -> dict:
     """Mark a view complete when every block is done; returns its summary."""
-    done = group["block_done"][:]
-    errors = [str(e) for e in group["errors"][:]]
-    failed = [(str(i), e) for i, e in zip(group["ids"][:], errors) if e]
+    done = read_meta(group, "block_done")
+    errors = [str(e) for e in read_meta(group, "errors")]
+    failed = [(str(i), e) for i, e in zip(read_meta(group, "ids"), errors) if e]
     complete = bool(done.all())
     group.attrs.update({"complete": complete, "n_failed": len(failed)})
     return {"n": group.attrs["n"], "complete": complete, "failed": failed}
@@ -169,22 +202,50 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
         raise StoreError(f"the store has no {path} (it has: {have})")
     group = root[path]
     n = group["labels"].shape[0]
-    out = {"ids": group["ids"][:].astype(object), "labels": group["labels"][:].astype(np.int64)}
+    out = {"ids": read_meta(group, "ids").astype(object),
+           "labels": read_meta(group, "labels").astype(np.int64)}
     for flag in ("in_query", "in_gallery"):
-        out[flag] = group[flag][:].astype(bool) if flag in group else np.ones(n, dtype=bool)
-    out["errors"] = (group["errors"][:].astype(object) if "errors" in group
+        out[flag] = read_meta(group, flag).astype(bool) if flag in group else np.ones(n, dtype=bool)
+    out["errors"] = (read_meta(group, "errors").astype(object) if "errors" in group
                      else np.full(n, "", dtype=object))
-    out["extra"] = ({k: group[f"extra/{k}"][:] for k in group["extra"].array_keys()}
+    out["extra"] = ({k: read_meta(group, f"extra/{k}") for k in group["extra"].array_keys()}
                     if "extra" in group else {})
     return out
 
 
 def read_layer(root: zarr.Group, dataset: str, split: str, view: str, layer: int,
                kind: str = "desc", rows=slice(None)) -> np.ndarray:
+    return np.asarray(layer_array(root, dataset, split, view, layer, kind)[rows], dtype=np.float32)
+
+
+def layer_array(root: zarr.Group, dataset: str, split: str, view: str, layer: int,
+                kind: str = "desc"):
+    """A feature array, read through the one place that names damage (store_integrity)."""
+    from .store_integrity import CheckedArray, repair_hint
     path = f"{view_path(dataset, split, view)}/layer_{layer}/{kind}"
     if path not in root:
         raise StoreError(f"the store has no {path}; extract with layers including {layer}")
-    return np.asarray(root[path][rows], dtype=np.float32)
+    group = root[view_path(dataset, split, view)]
+    done = read_meta(group, "block_done") if "block_done" in group else None
+    return CheckedArray(root[path], repair_hint(group, store_location(root)), done)
+
+
+def content_digest(root: zarr.Group, dataset: str, split: str, layers: list[int]) -> str:
+    """sha256 standing for everything a stage reads of a split (both views: ids, labels, flags,
+    errors and the layers' descriptors): an artefact records it and is refused when it changes.
+    Blind to nothing a stage reads (row order, groups, a single chunk), and costs milliseconds."""
+    from .store_integrity import view_digest
+    names = ["ids", "labels", "in_query", "in_gallery", "errors", *(f"layer_{k}/desc" for k in layers)]
+    parts = {}
+    for view in ("drone", "satellite"):
+        path = view_path(dataset, split, view)
+        parts[view] = view_digest(root[path], names) if path in root else None
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def store_location(root: zarr.Group) -> str:
+    store = root.store
+    return str(getattr(store, "root", store))
 
 
 def read_view_layers(root: zarr.Group, dataset: str, split: str, view: str) -> list[int]:
@@ -225,9 +286,11 @@ def write_topk(root: zarr.Group, path: str, query_ids, topk_ids, topk_scores) ->
         del root[path]
     group = root.require_group(path)
     n, k = topk_ids.shape
-    group.create_array("query_ids", shape=(n,), dtype=str, chunks=(max(1, min(n, 65536)),))[:] = query_ids
-    group.create_array("topk_ids", shape=(n, k), dtype=str, chunks=(max(1, min(n, 8192)), k))[:] = topk_ids
-    group.create_array("topk_scores", shape=(n, k), dtype="float32", chunks=(max(1, min(n, 8192)), k))[:] = topk_scores
+    for name, values, chunks in (("query_ids", query_ids, (max(1, min(n, 65536)),)),
+                                 ("topk_ids", topk_ids, (max(1, min(n, 8192)), k)),
+                                 ("topk_scores", topk_scores, (max(1, min(n, 8192)), k))):
+        group.create_array(name, shape=values.shape, dtype=str if values.dtype.kind in "OUS" else values.dtype,
+                           chunks=chunks, compressors=META_CODECS)[:] = values
 
 
 def list_views(root: zarr.Group) -> list[str]:

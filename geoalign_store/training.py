@@ -25,47 +25,63 @@ from . import alignment as al
 from .heads import AGRA, ISMS, export_state_dict, isms_losses, l2n
 
 
+def _stage_defaults(section: str) -> dict:
+    """configs/stage/fit-heads.yaml's `section`: the one place the recipes' defaults are written
+    (the paper's values; preset=improved changes some of them on top)."""
+    from .config import compose, to_plain
+    return to_plain(compose("fit-heads", ["preset=paper"])[section])
+
+
 @dataclass
 class AgraRecipe:
-    """The paper's recipe (its configs' values); flags switch parts off for ablations."""
-    epochs: int = 300
-    lr: float = 2e-4
-    weight_decay: float = 1e-2
-    warmup_epochs: int = 1
-    clip_value: float = 100.0
-    eps_start: float = 0.2
-    eps_end: float = 0.05
-    sinkhorn_iters: int = 3
-    scale_init: float = 14.28
-    distill_weight: float = 1.05
-    match_weight: float = 1.0
-    match_threshold: float = 0.2
-    label_smoothing: float = 0.15
-    recon_weight: float = 1.0
-    aux_weight: float = 0.01
-    distill: bool = True
-    matching: bool = True
-    moe: bool = True
-    checkpoint_every: int = 25
-    teacher: str = "self"         # self (the paper's: OT on AGRA's own similarities, every step) |
-                                  # isms: OT plan satellites x drone flights (geoalign_store.teacher)
-    teacher_epsilon: float = 0.05
-    teacher_iters: int = 50
-    teacher_refresh: int = 0      # teacher=isms: rebuild the plan in the fused space every N epochs (0: never)
-    teacher_per_flight: int = 8   # drones per flight the plan averages
+    """Stream-1 training (fields documented in configs/stage/fit-heads.yaml `agra:`; no defaults
+    here: `AgraRecipe.defaults(**changes)` reads them from that file)."""
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    clip_value: float
+    eps_start: float
+    eps_end: float
+    sinkhorn_iters: int
+    scale_init: float
+    distill_weight: float
+    match_weight: float
+    match_threshold: float
+    label_smoothing: float
+    recon_weight: float
+    aux_weight: float
+    distill: bool
+    matching: bool
+    moe: bool
+    checkpoint_every: int
+    teacher: str
+    teacher_epsilon: float
+    teacher_iters: int
+    teacher_refresh: int
+    teacher_per_flight: int
+
+    @classmethod
+    def defaults(cls, **changes) -> "AgraRecipe":
+        return cls(**{**_stage_defaults("agra"), **changes})
 
 
 @dataclass
 class IsmsRecipe:
-    latent_dim: int | None = None   # None = C (the paper's 2C -> C)
-    init: str = "orthogonal"        # orthogonal (the paper's) | pca: start from the principal axes
-    epochs: int = 60
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    mse_weight: float = 1.0
-    decorrelation_weight: float = 1.0
-    orthogonality_weight: float = 1.0
+    """Stream-2 training (configs/stage/fit-heads.yaml `isms:`)."""
+    latent_dim: int | None
+    init: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    mse_weight: float
+    decorrelation_weight: float
+    orthogonality_weight: float
+
+    @classmethod
+    def defaults(cls, **changes) -> "IsmsRecipe":
+        return cls(**{**_stage_defaults("isms"), **changes})
 
 
 def group_index(groups: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

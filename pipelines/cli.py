@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.callback()
 def _root() -> None:
-    """Stages: extract, fit-heads, index, score, demo (each takes key=value overrides)."""
+    """Stages: extract, fit-heads, index, score, check, demo (each takes key=value overrides)."""
 
 
 USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)
@@ -146,6 +146,39 @@ def simulate(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -
     from . import simulate as stage
     run_stage("simulate", overrides, as_json, stage.run,
               lambda r: console.print("D2S R@1 " + ", ".join(f"{k} {100 * v:.1f}" for k, v in r["d2s_r1"].items())))
+
+
+def _render_check(result: dict) -> None:
+    from rich.table import Table
+    table = Table(title=f"check {result['store']}")
+    for col in ("view", "images", "blocks done", "damaged blocks", "other arrays damaged"):
+        table.add_column(col)
+    for path, info in result["views"].items():
+        table.add_row(path.removeprefix("features/"), str(info["n"]),
+                      f"{info['blocks_done']}/{info['blocks']}", str(len(info["damaged"])),
+                      ", ".join(info["metadata_damaged"]) or "0")
+    console.print(table)
+    for path, info in result["views"].items():
+        for item in info["damaged"]:
+            console.print(f"  damaged: {path} block {item['block']} rows {item['rows']}: {item['reason']}",
+                          highlight=False)
+        if info.get("repair"):
+            console.print(f"  repair {path}: {info['repair']}", highlight=False)
+    for item in result["stale"]:
+        console.print(f"  stale: {item['artefact']}: {item['why']}; recompute: {item['recompute']}",
+                      highlight=False)
+    stale = f"; {len(result['stale'])} stale artefact(s) listed above" if result["stale"] else ""
+    console.print(f"store OK: every block read back and its checksums verified{stale}" if result["ok"] else
+                  f"[bold red]{result['n_damaged']} damaged block(s) or array(s)[/]")
+
+
+@app.command()
+def check(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
+    """Read every block of every array in the store; name damaged or missing chunks (exit 1)."""
+    from . import check as stage
+    result = run_stage("check", overrides, as_json, stage.run, _render_check)
+    if not result["ok"]:
+        raise typer.Exit(1)
 
 
 def _render_demo(result: dict) -> None:

@@ -82,6 +82,7 @@ def run(cfg) -> dict:
         layout = _layout(cfg, listing, data_root, layers, arch)
         group = st.prepare_view(root, dcfg.name, listing, layout, to_plain(cfg))
         group.attrs["data_root"] = str(data_root)  # for pictures of retrievals at score time
+        _reopen_damaged(group, listing, bool(cfg.verify))
         offset = sum(len(j.paths) for j in jobs)
         new = plan_jobs(group, data_root, st.pending_blocks(group), offset)
         n_bytes += _bytes_per_row(layout) * sum(len(j.paths) for j in new)
@@ -97,6 +98,15 @@ def run(cfg) -> dict:
     if jobs:
         _run_jobs(cfg, root, jobs, backbone_args, opts)
     return _summary(cfg, groups, n_images, n_bytes, time.perf_counter() - t0)
+
+
+def _reopen_damaged(group, listing, full: bool) -> None:
+    """Blocks marked done whose chunks were lost or altered since are extracted again."""
+    damaged = st.reopen_damaged_blocks(group, full)
+    if damaged:
+        first = next(iter(damaged.items()))
+        console.print(f"re-extracting {len(damaged)} damaged block(s) of {listing.split}/{listing.view} "
+                      f"(block {first[0]}: {first[1]})", highlight=False)
 
 
 def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: EncodeOptions) -> None:

@@ -35,7 +35,7 @@ from geoalign_store.training import AgraRecipe, IsmsRecipe, fit_agra, fit_isms, 
 from .progress import console, progress_bar
 from .retrieval import claim_heads_folder, resolve_layers
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: train content digest in the spec
 
 
 def read_train(root, dataset: str, layers: list[int], center: bool = False) -> dict:
@@ -57,17 +57,14 @@ def read_train(root, dataset: str, layers: list[int], center: bool = False) -> d
 
 
 def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
+    """What decides the heads: the features' fingerprint (how they were made, when the store
+    says), the digest of the train content read (any rewrite, reordering or regrouping shows),
+    the recipe and the seed."""
     features = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
-    return {"features": features or _content_hash(root, dataset, layers), "dataset": dataset,
-            "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra), "isms": to_plain(cfg.isms),
-            "select": to_plain(cfg.select), "seed": int(cfg.seed), "stage_version": STAGE_VERSION}
-
-
-def _content_hash(root, dataset, layers) -> str:
-    """Stores written with plain zarr carry no fingerprint: hash what training reads."""
-    data = read_train(root, dataset, layers)
-    return fingerprint([float(np.float64(v[k]).sum()) for v in (data["satellite"], data["drone"])
-                        for k in layers] + [int(data["drone_groups"].sum())])
+    return {"features": features, "train_content": st.content_digest(root, dataset, "train", layers),
+            "dataset": dataset, "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra),
+            "isms": to_plain(cfg.isms), "select": to_plain(cfg.select), "seed": int(cfg.seed),
+            "stage_version": STAGE_VERSION}
 
 
 def run(cfg) -> dict:

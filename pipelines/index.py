@@ -1,7 +1,8 @@
 """Stage `index`: FAISS indices over a direction's gallery embeddings, in `indices/<name>/`.
 
-An index is rebuilt only when the fingerprint of the embeddings it holds changes (features,
-heads, layers, gallery rows) or when its type/parameters change; otherwise it is reused.
+An index is reused while the fingerprint of the embeddings it holds (features' fingerprint and
+content digest, heads, layers, gallery rows) and its type/parameters are unchanged. When they
+changed, it is refused with the flag that rebuilds it (overwrite=true), never silently redone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from geoalign_store import store as st
 from geoalign_store.config import fingerprint, to_plain
 from geoalign_store.devices import resolve_device
 
-from .retrieval import gallery_fingerprint, open_direction, side_embeddings
+from .retrieval import embedder_inputs, gallery_fingerprint, open_direction, side_embeddings
 
 
 def index_name(dataset: str, embedder, ds, index_type: str) -> str:
@@ -38,6 +39,8 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
         if meta.get("fingerprint") == fingerprint(want):
             index = fx.load_index(folder / "index.faiss", use_gpu=gpu is not None, gpu_id=gpu or 0)
             return index, {"name": name, "built": False, **meta}
+        if not cfg.overwrite:
+            raise st.StoreError(_stale_message(folder, meta.get("spec", {}), want))
     t0 = time.perf_counter()
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     index = fx.build_index(gallery, cfg.index, params, seed=int(cfg.seed),
@@ -46,10 +49,17 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
     np.save(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
     st.write_json(folder / "gallery_ids.json", [str(i) for i in ds.gallery.ids])
     meta = {"fingerprint": fingerprint(want), "spec": want, "n": len(gallery), "dim": gallery.dim,
-            "gallery_view": ds.gallery.view, "config": to_plain(cfg),
+            "gallery_view": ds.gallery.view, "config": to_plain(cfg), "dataset": dataset,
+            "inputs": embedder_inputs(embedder),
             "build_s": round(time.perf_counter() - t0, 3)}
     st.write_json(meta_path, meta)
     return index, {"name": name, "built": True, **meta}
+
+
+def _stale_message(folder, old: dict, want: dict) -> str:
+    what = ("its type or parameters changed" if old.get("embeddings") == want["embeddings"] else
+            "the embeddings it holds changed (features, their content, heads, layers or gallery rows)")
+    return f"{folder} is stale: {what}; add overwrite=true to rebuild it"
 
 
 def run(cfg) -> dict:

@@ -88,17 +88,64 @@ def resolve_embedder(root, cfg, dataset: str) -> Embedder:
     if meta is None:
         layers = resolve_layers(root, dataset, list(cfg.layers))
         return Embedder("none", layers, raw_embedding,
-                        {"features": features, "heads": "none", "layers": layers})
+                        {"features": features, "heads": "none", "layers": layers,
+                         "test_content": st.content_digest(root, dataset, "test", layers)})
     layers = list(meta["spec"]["layers"])  # heads read the layers they were trained on
     resolve_layers(root, dataset, layers)
+    check_heads_current(root, cfg.store, dataset, name, meta)
     folder = st.artefact_dir(cfg.store, "heads", name)
     recipe = heads_recipe(folder, meta, bool(cfg.fusion), cfg.fusion_weight)
     heads = Heads.load(folder, recipe)
     spec = {"features": features, "heads": name, "heads_fingerprint": meta["fingerprint"],
-            "layers": layers, "recipe": recipe, "fusion": len(recipe["streams"]) > 1}
+            "layers": layers, "recipe": recipe, "fusion": len(recipe["streams"]) > 1,
+            "test_content": st.content_digest(root, dataset, "test", layers)}
     if spec["fusion"]:
         spec["fusion_weight"] = recipe["weights"][0]
     return Embedder(name, layers, heads.embed, spec, heads.describe())
+
+
+def heads_staleness(root, dataset: str, meta: dict) -> str | None:
+    """Why heads no longer fit the store's features (None when they do): fitted heads record the
+    features' fingerprint and the digest of the train content they read."""
+    spec = meta.get("spec", {})
+    if "imported" in spec:
+        return None  # the paper's weights: fitted elsewhere, only their width is checked
+    now = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    if spec.get("features") is not None and spec.get("features") != now:
+        return ("they were fitted on features made differently (the features' fingerprint changed: "
+                "backbone, weights, layers or simulator settings)")
+    if "train_content" in spec and spec["train_content"] != st.content_digest(root, dataset, "train", spec["layers"]):
+        return "the store's train descriptors changed since they were fitted"
+    return None
+
+
+def embedder_inputs(embedder: Embedder) -> dict:
+    """What an index or a score was computed from, recorded beside it for `geoalign check`."""
+    return {k: embedder.spec.get(k) for k in ("features", "test_content", "heads", "heads_fingerprint", "layers")}
+
+
+def inputs_staleness(root, store, dataset: str, inputs: dict) -> str | None:
+    """Why an index or score no longer matches the store (None when it does)."""
+    fp = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    if inputs.get("features") != fp:
+        return "the features' fingerprint changed"
+    if inputs.get("test_content") != st.content_digest(root, dataset, "test", inputs["layers"]):
+        return "the test descriptors changed"
+    heads = inputs.get("heads")
+    if heads and heads != "none":
+        meta = available_heads(store).get(heads)
+        if meta is None or meta.get("fingerprint") != inputs.get("heads_fingerprint"):
+            return f"heads {heads!r} were refitted or removed"
+        if heads_staleness(root, dataset, meta):
+            return f"heads {heads!r} are stale"
+    return None
+
+
+def check_heads_current(root, store, dataset: str, name: str, meta: dict) -> None:
+    why = heads_staleness(root, dataset, meta)
+    if why:
+        raise st.StoreError(f"heads {name!r} are stale: {why}. Refit them: `geoalign fit-heads "
+                            f"store={store} name={name} overwrite=true` (or score with heads=none)")
 
 
 def heads_recipe(folder: Path, meta: dict, fusion: bool, weight) -> dict:

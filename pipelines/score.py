@@ -26,7 +26,7 @@ from geoalign_store.query_streaming import score_streamed_queries
 from .index import ensure_index
 from .progress import console
 from .report import draw_retrievals, pooled_metrics, write_report
-from .retrieval import open_direction, side_embeddings
+from .retrieval import embedder_inputs, open_direction, side_embeddings
 
 SCHEMA_VERSION = 1
 IN_MEMORY_BYTES = 1 << 30  # galleries above this are streamed from the store
@@ -103,6 +103,7 @@ def run(cfg) -> dict:
         result["heads_recipe"] = embedder.description
     if len(subsets) > 1:
         result["subsets"] = subsets
+    result["inputs"] = embedder_inputs(embedder)  # extra: what `geoalign check` compares to the store
     st.write_json(folder / "metrics.json", result)
     write_report(folder / "report.md", result, subsets, to_plain(cfg), [p for p in pictures if p])
     outputs = {"metrics": str(folder / "metrics.json"), "report": str(folder / "report.md"),

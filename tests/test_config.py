@@ -34,3 +34,37 @@ def test_fingerprint_is_canonical_and_rejects_objects():
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
     with pytest.raises(TypeError):
         fingerprint({"a": object()})
+
+
+@pytest.mark.parametrize("stage, override, says", [
+    ("fit-heads", "agra.epochs=abc", "agra.epochs='abc' is not valid: agra.epochs takes an integer"),
+    ("fit-heads", "agra.teacher=ismss", "agra.teacher takes 'self' or 'isms'"),
+    ("fit-heads", "isms.init=random", "isms.init takes 'orthogonal' or 'pca'"),
+    ("fit-heads", "select.enabled=yes please", "select.enabled takes true or false"),
+    ("extract", "batch_size=1.5", "batch_size takes an integer"),
+    ("extract", "layers=26", "layers takes a list"),
+    ("score", "mode=D3S", "mode takes 'D2S' or 'S2D'"),
+    ("score", "fusion_weight=half", "fusion_weight takes 'auto' or a number"),
+])
+def test_values_are_typed_when_composed(stage, override, says):
+    with pytest.raises(ConfigError) as info:
+        compose(stage, [override])
+    assert says in str(info.value)
+
+
+def test_typed_values_are_coerced_where_unambiguous():
+    cfg = compose("fit-heads", ["agra.lr=2e-4", "agra.weight_decay=0", "select.latents=[8, 16]"])
+    assert cfg.agra.lr == 2e-4 and isinstance(cfg.agra.lr, float)   # YAML 1.1 reads "2e-4" as text
+    assert isinstance(cfg.agra.weight_decay, float) and list(cfg.select.latents) == [8, 16]
+
+
+def test_the_recipes_defaults_are_the_yaml_files():
+    from geoalign_store.selection import SelectionConfig
+    from geoalign_store.training import AgraRecipe, IsmsRecipe
+    from geoalign_store.config import to_plain
+    paper = compose("fit-heads", ["preset=paper"])
+    assert AgraRecipe.defaults() == AgraRecipe(**to_plain(paper.agra))
+    assert IsmsRecipe.defaults(epochs=3).epochs == 3
+    assert SelectionConfig.defaults() == SelectionConfig.from_config(to_plain(paper.select))
+    with pytest.raises(TypeError):
+        AgraRecipe(epochs=3)        # no second set of defaults in the code

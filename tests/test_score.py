@@ -10,7 +10,7 @@ import zarr
 from typer.testing import CliRunner
 
 from conftest import extract_overrides, write_plain_store
-from geoalign_store.config import compose
+from geoalign_store.config import ConfigError, compose
 from geoalign_store.embeddings import l2n
 from geoalign_store.metrics import retrieval_metrics
 from geoalign_store.store import StoreError
@@ -83,13 +83,13 @@ def test_ann_index_reused_and_close_to_flat(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("layers=[5]", "layers \\[5\\] are not in the store"),
-    ("mode=X2Y", "unknown mode 'X2Y'"),
+    ("mode=X2Y", "mode='X2Y' is not valid: mode takes 'D2S' or 'S2D'"),     # refused when composed
     ("dataset=nope", "dataset=nope is not in the store"),
-    ("gallery_protocol=loose", "unknown gallery_protocol"),
+    ("gallery_protocol=loose", "gallery_protocol takes 'official' or 'query_locations'"),
 ])
 def test_bad_requests_are_clear_errors(tmp_path, override, message):
     store = write_plain_store(tmp_path / "bad.zarr")
-    with pytest.raises(StoreError, match=message):
+    with pytest.raises((StoreError, ConfigError), match=message):
         score.run(score_cfg(store, override))
 
 

@@ -11,8 +11,8 @@ from geoalign_store.candidates import TrainViews
 from geoalign_store.selection import SelectionConfig, criterion, holdout_mask, select
 from geoalign_store.simulator import LAYERS, generate
 
-FAST = SelectionConfig(latents=(8, 16, 32), n_maps=(1, 2), map_kinds=("ridge", "orth"),
-                       fusion_weights=(0.5,), agra=False)
+FAST = SelectionConfig.defaults(latents=(8, 16, 32), n_maps=(1, 2), map_kinds=("ridge", "orth"),
+                                fusion_weights=(0.5,), agra=False)
 
 
 def views_of(data) -> TrainViews:
@@ -136,7 +136,7 @@ def test_agra_candidate_owns_its_random_stream():
     data = generate(seed=1, dim=40, train_locs=16, test_locs=4, views=3, distractors=0)[0]
     views = views_of(data)
     centre = cand.centring(views)
-    recipe = AgraRecipe(epochs=3, teacher="isms")
+    recipe = AgraRecipe.defaults(epochs=3, teacher="isms")
     first, _ = agra_candidate(centre, centre, views, recipe, seed=7)
     torch.manual_seed(123)
     torch.rand(1000)

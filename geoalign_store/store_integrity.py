@@ -1,0 +1,205 @@
+"""Chunk-level integrity of the store (part of the store module: it knows the chunk layout).
+
+Every array geoalign writes ends its chunks with a crc32c checksum (zarr v3's `crc32c` codec,
+which plain zarr reads), so a truncated or altered chunk fails when read instead of decoding to
+garbage. A *missing* chunk would read as the fill value (zeros) without any error, so a view's
+done blocks are also checked for the presence of their chunks.
+
+All feature reads go through `CheckedArray`: a storage or decoding failure becomes a StoreError
+naming the array, the block and the command that repairs it. `damaged_blocks` finds the done
+blocks a rerun of extract (or simulate) must write again; `check_view` is `geoalign check`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync  # zarr's own loop: store listing is async-only in zarr 3
+
+from .store import StoreError
+
+FEATURE_KINDS = ("desc", "cls", "tokens")
+
+
+def present_chunks(array: zarr.Array) -> set[tuple[int, ...]]:
+    """Grid coordinates of the chunks that exist in storage (one listing, no data read)."""
+    path = array.store_path.path
+    prefix = f"{path}/" if path else ""
+
+    async def keys():
+        return {k async for k in array.store_path.store.list_prefix(prefix)}
+
+    listed = sync(keys())
+    grid = [range(-(-s // c)) for s, c in zip(array.shape, array.chunks)]
+    return {coords for coords in np.ndindex(*[len(g) for g in grid])
+            if prefix + array.metadata.encode_chunk_key(coords) in listed}
+
+
+def repair_hint(view: zarr.Group, store_url: str) -> str:
+    """The command that rewrites a view's damaged blocks, from what the view says wrote it."""
+    config = dict(view.attrs.get("config") or {})
+    if "simulator" in config:
+        sim = config["simulator"]
+        return (f"geoalign simulate store={store_url} family={sim.get('family')} "
+                f"seed={sim.get('seed')} (it rewrites only the damaged blocks)")
+    if "dataset" in config:
+        name = (config.get("dataset") or {}).get("name")
+        extra = f" weights={config['weights']}" if config.get("weights") else ""
+        return (f"geoalign extract store={store_url} dataset={name} "
+                f"data_root={view.attrs.get('data_root')}{extra} (it re-extracts only the damaged blocks)")
+    return "rewrite the damaged chunk with the tool that wrote this store"
+
+
+class CheckedArray:
+    """A 2-D feature array read through one place that names damage instead of raising zarr's
+    or numpy's bare errors (a truncated chunk: "cannot reshape array of size 25 ...")."""
+
+    def __init__(self, array: zarr.Array, hint: str, block_done: np.ndarray | None = None):
+        self.array, self.hint = array, hint
+        self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
+        self.path, self.shards = array.path, getattr(array, "shards", None)
+        if block_done is not None:
+            missing = missing_blocks(array, block_done)
+            if missing:
+                raise StoreError(self._message(missing[0], "chunk file missing", len(missing)))
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except Exception as e:  # any decoding/storage failure: find and name the block
+            raise self._damage(e) from None
+
+    def _damage(self, error: Exception) -> StoreError:
+        bad = first_bad_block(self.array)
+        block, reason = bad if bad else (None, f"{type(error).__name__}: {error}")
+        return StoreError(self._message(block, reason))
+
+    def _message(self, block, reason: str, count: int = 1) -> str:
+        rows = self.array.chunks[0]
+        where = (f"block {block} (rows {block * rows}-{min((block + 1) * rows, self.shape[0]) - 1})"
+                 if block is not None else "a block")
+        more = f" and {count - 1} more block(s)" if count > 1 else ""
+        return (f"{self.path}: {where}{more} is damaged ({reason}). Repair: {self.hint}; "
+                f"`geoalign check` lists every damaged block")
+
+
+def missing_blocks(array: zarr.Array, block_done: np.ndarray) -> list[int]:
+    """Done blocks (chunk rows) whose chunk file is absent: they would silently read as zeros."""
+    present = {c[0] for c in present_chunks(array)}
+    return [int(b) for b in np.flatnonzero(block_done) if b not in present]
+
+
+def block_error(array: zarr.Array, block: int) -> str | None:
+    """Why one chunk-row of `array` cannot be read, or None when it reads and checks out."""
+    rows = array.chunks[0]
+    try:
+        array[block * rows:min((block + 1) * rows, array.shape[0])]
+    except Exception as e:
+        return _reason(e)
+    return None
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    if "checksum" in text.lower():
+        return "checksum mismatch"
+    return f"cannot decode: {type(error).__name__}: {text[:120]}"
+
+
+def first_bad_block(array: zarr.Array) -> tuple[int, str] | None:
+    for block in range(-(-array.shape[0] // array.chunks[0])):
+        reason = block_error(array, block)
+        if reason:
+            return block, reason
+    return None
+
+
+def feature_arrays(view: zarr.Group) -> dict[str, zarr.Array]:
+    """The view's per-block feature arrays, keyed like "layer_28/desc"."""
+    out = {}
+    for layer in sorted(k for k in view.group_keys() if k.startswith("layer_")):
+        for kind in FEATURE_KINDS:
+            if kind in view[layer]:
+                out[f"{layer}/{kind}"] = view[f"{layer}/{kind}"]
+    return out
+
+
+def damaged_blocks(view: zarr.Group, full: bool = True) -> dict[int, str]:
+    """Done blocks that cannot be read back: chunk missing, or (full) failing its checksum or
+    decoding. Tokens are only checked for presence (they can be ~100x the descriptors)."""
+    if "block_done" not in view:
+        return {}
+    try:
+        done = view["block_done"][:]
+    except Exception:
+        return {}  # metadata_errors names it; without it no block can be trusted or repaired alone
+    bad: dict[int, str] = {}
+    for name, array in feature_arrays(view).items():
+        for block in missing_blocks(array, done):
+            bad.setdefault(block, f"{name}: chunk file missing")
+        if full and not name.endswith("tokens"):
+            for block in np.flatnonzero(done):
+                if int(block) not in bad and (reason := block_error(array, int(block))):
+                    bad[int(block)] = f"{name}: {reason}"
+    return dict(sorted(bad.items()))
+
+
+def metadata_errors(view: zarr.Group) -> dict[str, str]:
+    """The view's other arrays (ids, labels, flags, errors, block_done, extra): name -> why unreadable."""
+    features = set(feature_arrays(view))
+    bad = {}
+    for name, node in view.members(max_depth=None):
+        if isinstance(node, zarr.Array) and name not in features:
+            try:
+                node[...]
+            except Exception as e:
+                bad[name] = _reason(e)
+    return bad
+
+
+# ----- content digests: what an artefact was computed from, checked before it is used -----
+
+def _has_checksum(array: zarr.Array) -> bool:
+    return any(type(c).__name__ == "Crc32cCodec" for c in array.metadata.codecs
+               ) or any(type(c).__name__ == "Crc32cCodec" for c in (array.compressors or ()))
+
+
+def array_digest(array: zarr.Array) -> str:
+    """sha256 of an array's content. With crc32c chunks, the stored checksums stand for the data
+    (4 bytes read per chunk, so the digest of a store of millions of rows costs milliseconds);
+    otherwise (plain-zarr stores of a user's own) the decoded data is hashed."""
+    digest = hashlib.sha256(json.dumps([list(array.shape), str(array.dtype)]).encode())
+    if _has_checksum(array):
+        for key, tail in _chunk_tails(array):
+            digest.update(key.encode() + (tail if tail is not None else b"<absent>"))
+    else:
+        step = max(1, (64 << 20) // max(1, array.nbytes // max(1, array.shape[0])))
+        for start in range(0, array.shape[0], step):
+            block = np.asarray(array[start:start + step])
+            digest.update(block.astype(str).tobytes() if block.dtype == object else block.tobytes())
+    return digest.hexdigest()
+
+
+def _chunk_tails(array: zarr.Array) -> list[tuple[str, bytes | None]]:
+    from zarr.abc.store import SuffixByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+    store, path = array.store_path.store, array.store_path.path
+    grid = [-(-s // c) for s, c in zip(array.shape, array.chunks)]
+    keys = [(f"{path}/" if path else "") + array.metadata.encode_chunk_key(c) for c in np.ndindex(*grid)]
+
+    async def tails():
+        got = await asyncio.gather(*(store.get(k, default_buffer_prototype(), SuffixByteRequest(4))
+                                     for k in keys))
+        return [None if b is None else b.to_bytes() for b in got]
+
+    return list(zip(keys, sync(tails())))
+
+
+def view_digest(view: zarr.Group, arrays: list[str]) -> str:
+    """Digest of the named arrays of a view (those absent count as absent)."""
+    parts = {name: array_digest(view[name]) if name in view else None for name in arrays}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
