@@ -14,7 +14,7 @@ under --work (random features, kept for reruns):
   u1652: `extract`'s layout (store.prepare_view/write_block: 256-row uncompressed chunks), test/drone
          51,355 rows (37,855 queries: 701 locations x 54, one with 55) and 951 satellites, layers
          26/28 of C=1920 (d = 3,840 after concatenation);
-  big:   written by plain zarr, 10,000 drone queries and 1e6 satellites, layers 26/28 of C=384
+  big:   written by plain zarr, 1,000 drone queries and 1e6 satellites, layers 26/28 of C=384
          (d = 768) in 50,000-row zstd chunks.
 Timings are wall clock, best of --repeat, on whatever else runs here (the load average is printed).
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def write_big_store(path: Path, n_gallery: int, n_queries: int, chunk_rows: int 
 
 
 def ensure_stores(work: Path, big_n: int, big_q: int) -> tuple[Path, Path]:
-    u1652, big = work / "u1652.zarr", work / f"big{big_n}.zarr"
+    u1652, big = work / "u1652.zarr", work / f"big{big_n}x{big_q}.zarr"
     for path, write in ((u1652, lambda p: write_u1652_store(p)),
                         (big, lambda p: write_big_store(p, big_n, big_q))):
         if not (path / ".complete").exists():
@@ -111,17 +112,27 @@ def ensure_stores(work: Path, big_n: int, big_q: int) -> tuple[Path, Path]:
     return u1652, big
 
 
-def run_score(store: Path, extra=()) -> tuple[float, float, dict]:
-    """(wall seconds, peak RSS MB, metrics) of one `geoalign score` process."""
+def timed(cmd, **kw):
+    """(completed process, wall seconds, CPU seconds user + system) of one child process. CPU
+    time is what the child itself consumed: less distorted than wall time by other processes
+    (but not immune: on shared cores cache misses cost CPU time too)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return out, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_score(store: Path, extra=()) -> tuple[float, float, dict, float]:
+    """(wall seconds, peak RSS MB, metrics, CPU seconds) of one `geoalign score` process."""
     cmd = [sys.executable, "-c", CLI, "score", f"store={store}", "--mode", "D2S", "heads=none",
            "pictures=0", "--json", *extra]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - t0
+    out, wall, cpu = timed(cmd, cwd=ROOT)
     if out.returncode:
         raise SystemExit(f"geoalign score failed:\n{out.stderr[-3000:]}")
     rss = int(out.stderr.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
-    return wall, rss, json.loads(out.stdout.strip().splitlines()[-1])
+    return wall, rss, json.loads(out.stdout.strip().splitlines()[-1]), cpu
 
 
 def write_official_inputs(store: Path, folder: Path) -> None:
@@ -163,13 +174,14 @@ def prepare_official(script: Path, store: Path, folder: Path) -> tuple[Path, str
     return folder / "evaluate_gpu.py", change
 
 
-def run_official(script: Path) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, script.name], capture_output=True, text=True, cwd=script.parent)
-    wall = time.perf_counter() - t0
+def run_official(script: Path, threads: int | None = None) -> tuple[float, str, float]:
+    """(wall seconds, its printed metrics line, CPU seconds); threads: OMP_NUM_THREADS (None =
+    torch's default)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    out, wall, cpu = timed([sys.executable, script.name], cwd=script.parent, env=env)
     if out.returncode:
         raise SystemExit(f"evaluate_gpu.py failed:\n{out.stderr[-3000:]}")
-    return wall, out.stdout.strip().splitlines()[-1]
+    return wall, out.stdout.strip().splitlines()[-1], cpu
 
 
 def bare_product(store: Path, repeat: int) -> float:
@@ -195,32 +207,44 @@ def main():
                     help="University-1652's evaluate_gpu.py, from its repository")
     ap.add_argument("--work", type=Path, default=Path("/work/out/bench-scoring"), help="stores and .mat live here")
     ap.add_argument("--repeat", type=int, default=3, help="best of N (runs interleaved)")
+    ap.add_argument("--official-threads", type=int, default=1, help="OMP_NUM_THREADS of evaluate_gpu.py (0 = torch's default)")
     ap.add_argument("--big", type=float, default=1e6, help="gallery rows of the RSS store")
-    ap.add_argument("--big-queries", type=int, default=10_000)
+    ap.add_argument("--big-queries", type=int, default=1_000)
     args = ap.parse_args()
     u1652, big = ensure_stores(args.work, int(args.big), args.big_queries)
     official, change = prepare_official(args.official, u1652, args.work / "official")
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; official script: {args.official}, "
+    print(f"torch {__import__('torch').__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; official script: {args.official}, "
           f"changed at run time: {change}")
+    # The official loop makes ~10 tiny torch/numpy calls per query, which stall on thread
+    # barriers when other processes share the cores (one run with torch's default 2 threads took
+    # over 9 minutes at load average 12): by default it runs with OMP_NUM_THREADS=1, its best case
+    # under load; --official-threads 0 keeps torch's default.
+    threads = args.official_threads or None
+    print(f"  evaluate_gpu.py runs with {f'OMP_NUM_THREADS={threads}' if threads else 'torch default threads'}")
     ours, theirs = [], []
     for r in range(args.repeat):  # interleaved: both see the same background load
         ours.append(run_score(u1652))
-        theirs.append(run_official(official))
-        print(f"  run {r + 1}: geoalign score {ours[-1][0]:6.2f} s (peak RSS {ours[-1][1]:5.0f} MB)   "
-              f"evaluate_gpu.py {theirs[-1][0]:6.2f} s   load average {os.getloadavg()[0]:.1f}", flush=True)
-    t_ours, rss, m = min(ours)
-    t_theirs, line = min(theirs)
+        theirs.append(run_official(official, threads))
+        print(f"  run {r + 1}: geoalign score {ours[-1][0]:6.2f} s wall, {ours[-1][3]:6.2f} s CPU (peak RSS "
+              f"{ours[-1][1]:5.0f} MB)   evaluate_gpu.py {theirs[-1][0]:6.2f} s wall, {theirs[-1][2]:6.2f} s CPU   "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    t_ours, rss, m, _ = min(ours)
+    t_theirs, line, _ = min(theirs)
+    c_ours, c_theirs = min(o[3] for o in ours), min(t[2] for t in theirs)
     t_bare = bare_product(args.work / "official" / "pytorch_result.mat", args.repeat)
     print(f"\nUniversity-1652 D2S, 37,855 queries x 951 gallery, d = {2 * U1652_C} (best of {args.repeat}):")
     print(f"  geoalign score --mode D2S heads=none (whole process)  {t_ours:6.2f} s   peak RSS {rss:6.0f} MB")
     print(f"  evaluate_gpu.py (whole process)                       {t_theirs:6.2f} s")
     print(f"  bare product q @ g.T, features in memory              {t_bare:6.2f} s")
-    print(f"  ratio evaluate_gpu.py / geoalign score = {t_theirs / t_ours:.2f} x   (target >= 3.5)")
+    print(f"  ratio evaluate_gpu.py / geoalign score = {t_theirs / t_ours:.2f} x wall   (target >= 3.5)")
+    print(f"  CPU seconds (user + system): geoalign score {c_ours:.2f}, evaluate_gpu.py {c_theirs:.2f}: ratio "
+          f"{c_theirs / c_ours:.2f} x (less distorted by other processes than wall time, though cache contention "
+          "inflates both, the official's memory-bound per-query products most)")
     print(f"  ours:     R@1 {100 * m['recall']['1']:.2f} R@5 {100 * m['recall']['5']:.2f} R@10 "
           f"{100 * m['recall']['10']:.2f} R@1% {100 * m['recall']['1%']:.2f} AP {100 * m['ap']:.2f}")
     print(f"  official: {line}")
     runs = [run_score(big) for _ in range(max(1, args.repeat - 1))]
-    t_big, rss_big, m_big = min(runs)
+    t_big, rss_big, m_big, _ = min(runs)
     print(f"\n1e6 gallery: {args.big_queries:,} queries x {int(args.big):,} gallery, d = {2 * BIG_C}, plain zarr "
           f"50,000-row zstd chunks ({int(args.big) * 2 * BIG_C * 4 / 1e9:.2f} GB of gallery):")
     print(f"  geoalign score whole process {t_big:6.1f} s   peak RSS {rss_big:6.0f} MB   (target <= 1500 MB)   "

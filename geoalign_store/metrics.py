@@ -14,7 +14,10 @@ How (why it is fast): nothing is argsorted per query. On tie-free data the rank 
 r_i = i + #{non-junk, non-good j : s_j > g_i}, g_0 > g_1 > ... the good scores. For a chunk of
 queries x gallery we take the good scores, set junk and good columns to -inf, sort the rows in
 place (numpy's SIMD sort, ~8x faster than torch.sort here) and count with one batched
-`torch.searchsorted`. The counts are additive over gallery chunks, which gives the streaming.
+`torch.searchsorted`; with at most COMPARE_SLOTS goods per query (D2S: one) a comparison count
+per good, (s > g_i).sum(), gives the same numbers without sorting. The counts are additive over
+gallery chunks, which gives the streaming. `device=` runs the blocks, top-k and counting on a
+GPU (torch.sort there); the results on the CPU do not depend on it.
 Ties: a non-good item with exactly a good item's score ranks below it (the script's order of
 tied items is that of an unstable argsort, i.e. unspecified).
 
@@ -178,7 +181,7 @@ def _check_inputs(query_emb, gallery_emb, ks, topk):
     """Queries as one torch tensor in the compute dtype (float64 if either side is, else
     float32); clear ValueErrors for what the official script would silently get wrong."""
     g_shape = tuple(getattr(gallery_emb, "shape", ()))
-    q = torch.as_tensor(query_emb).detach().cpu()  # numpy's row sort runs on the CPU
+    q = torch.as_tensor(query_emb).detach().cpu()  # checked here, moved to the device later
     if q.ndim != 2 or len(g_shape) != 2:
         raise ValueError(f"embeddings must be 2-D (n, dim); got queries {tuple(q.shape)}, gallery {g_shape}")
     if q.shape[1] != g_shape[1]:

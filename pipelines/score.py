@@ -1,8 +1,10 @@
 """Stage `score`: Recall@K and AP of one direction, exactly as University-1652's official
 evaluation (SPEC §5), written to `scores/<name>/<mode>/` with the top-k ranks and pictures.
 
-`index=flat` (default) is exact: queries are streamed in chunks against the gallery embeddings
-read chunk by chunk from the store, so memory is bounded by the chunk, not queries x gallery.
+`index=flat` (default) is exact and streamed, so memory is bounded by a chunk, not queries x
+gallery: a gallery smaller than the queries (University-1652 D2S) is held and the queries read in
+prefetched slabs (query_streaming); otherwise the queries are held and the gallery read chunk by
+chunk. `device=` puts the similarity blocks and rank counting on a GPU.
 `index=ivfpq|hnsw` ranks with the approximate FAISS index (built if missing): goods it does not
 return count as ranked past the gallery's end, and the metrics are marked approximate.
 """
