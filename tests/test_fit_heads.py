@@ -243,7 +243,7 @@ def test_heads_json_keeps_the_selection_and_score_says_when_heads_are_centring(t
         emb[view] = (l2n(np.concatenate(parts, 1)), read_view(root, "mine", "test", view)["labels"])
     want = retrieval_metrics(emb["drone"][0], emb["satellite"][0], emb["drone"][1], emb["satellite"][1])
     assert auto["recall"] == want["recall"] and abs(auto["ap"] - want["ap"]) < 1e-9
-    with pytest.raises(ConfigError, match="fusion_weight must be auto or a number"):
+    with pytest.raises(ConfigError, match="fusion_weight takes .auto. or a number"):
         score.run(compose("score", [f"store={store}", "pictures=0", "fusion_weight=heavy"]))
 
 
