@@ -378,7 +378,7 @@ def test_non_state_dict_files_refused(tmp_path):
     with pytest.raises(ValueError, match="not a state dict"):
         read_release_checkpoint(tmp_path / "strs.t")
     (tmp_path / "junk.t").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a loadable state-dict checkpoint"):
+    with pytest.raises(ValueError, match="not a torch checkpoint of tensors"):
         read_release_checkpoint(tmp_path / "junk.t")
     with open(tmp_path / "raw.pkl", "wb") as f:
         pickle.dump({"a": 1}, f)
