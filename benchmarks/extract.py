@@ -1,6 +1,6 @@
 """Extraction overhead and store read throughput, as ratios measured in one run.
 
-    python benchmarks/extract.py [--images 96] [--size 224] [--width 384] [--workers 1]
+    python benchmarks/extract.py [--images 96] [--size 224] [--width 384] [--workers 1] [--rounds 2]
 
 (1) `geoalign extract` wall time (listing, store creation, decoding in DataLoader workers,
     forward, pooling, writes) / the bare backbone forward on the same batches of already
@@ -70,11 +70,16 @@ def bench_extract(args) -> None:
         make_images(tmp / "data", args.images, args.size)
         cfg = compose("extract", overrides(args, tmp / "warm.zarr", tmp / "data"))
         extract.run(cfg)  # warm-up: materialises the random backbone, fills OS caches
-        cfg = compose("extract", overrides(args, tmp / "s.zarr", tmp / "data"))
-        t0 = time.perf_counter()
-        timings = extract.run(cfg)["timings"]
-        wall = time.perf_counter() - t0
-        pure = time_pure_forward(cfg, tmp / "s.zarr", tmp / "data")
+        walls, pures = [], []
+        for r in range(args.rounds):  # interleaved, min of each: a shared machine's load drifts
+            cfg = compose("extract", overrides(args, tmp / f"s{r}.zarr", tmp / "data"))
+            t0 = time.perf_counter()
+            timings = extract.run(cfg)["timings"]
+            walls.append(time.perf_counter() - t0)
+            pures.append(time_pure_forward(cfg, tmp / f"s{r}.zarr", tmp / "data"))
+        wall, pure = min(walls), min(pures)
+    if args.rounds > 1:
+        print("rounds (extract / forward, s): " + ", ".join(f"{w:.1f} / {f:.1f}" for w, f in zip(walls, pures)))
     print(f"extract: {args.images} images {args.size}px, width {args.width}, depth 32, "
           f"{args.workers} decode worker(s), torch threads {torch.get_num_threads()}")
     print(f"  geoalign extract wall  {wall:8.2f} s  ({args.images / wall:.1f} img/s)")
@@ -142,6 +147,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", default="auto", help="decode workers (auto: 0 on CPU)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="extract and forward timed alternately N times; the minimum of each")
     parser.add_argument("--skip-read", action="store_true")
     parser.add_argument("--skip-extract", action="store_true")
     args = parser.parse_args()
