@@ -207,7 +207,7 @@ def main():
                     help="University-1652's evaluate_gpu.py, from its repository")
     ap.add_argument("--work", type=Path, default=Path("/work/out/bench-scoring"), help="stores and .mat live here")
     ap.add_argument("--repeat", type=int, default=3, help="best of N (runs interleaved)")
-    ap.add_argument("--official-threads", type=int, default=1, help="OMP_NUM_THREADS of evaluate_gpu.py (0 = torch's default)")
+    ap.add_argument("--official-threads", type=int, default=0, help="OMP_NUM_THREADS of evaluate_gpu.py (0 = torch's default)")
     ap.add_argument("--big", type=float, default=1e6, help="gallery rows of the RSS store")
     ap.add_argument("--big-queries", type=int, default=1_000)
     args = ap.parse_args()
@@ -215,10 +215,11 @@ def main():
     official, change = prepare_official(args.official, u1652, args.work / "official")
     print(f"torch {__import__('torch').__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; official script: {args.official}, "
           f"changed at run time: {change}")
-    # The official loop makes ~10 tiny torch/numpy calls per query, which stall on thread
-    # barriers when other processes share the cores (one run with torch's default 2 threads took
-    # over 9 minutes at load average 12): by default it runs with OMP_NUM_THREADS=1, its best case
-    # under load; --official-threads 0 keeps torch's default.
+    # By default the official script runs as shipped, with torch's default threads (its per-query
+    # products are memory-bound: 1 thread took 40 s at load average 3.8, the issue saw 11.4-12.1 s
+    # with the default on idle cores). Under
+    # heavy load its ~10 tiny calls per query stall on thread barriers (one 2-thread run took over
+    # 9 minutes at load average 12): --official-threads 1 is then its better case.
     threads = args.official_threads or None
     print(f"  evaluate_gpu.py runs with {f'OMP_NUM_THREADS={threads}' if threads else 'torch default threads'}")
     ours, theirs = [], []
