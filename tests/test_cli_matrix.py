@@ -115,3 +115,16 @@ def test_extract_records_unusable_images_and_exits_1(folder_dataset, tmp_path, k
     text = " ".join(out.output.split())
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "unreadable: test/drone/0101/zz-bad.png" in text and "skip_bad=true" in text
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_locate_names_a_damaged_gallery_chunk(clean, folder_dataset, tmp_path, how):
+    store = tmp_path / "store.zarr"
+    shutil.copytree(clean, store)
+    chunk = store / "features/folder/test/satellite/layer_28/desc/c/1/0"
+    truncate(chunk) if how == "truncated" else chunk.unlink()
+    photo = folder_dataset / "test/drone/0100/view-00.png"
+    out = cli("locate", photo, f"store={store}", "pictures=false")
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    assert "test/satellite/layer_28/desc: block 1 (rows 4-4) is damaged" in text and "geoalign extract" in text
