@@ -41,8 +41,7 @@ def load_tensors(path: Path, remedy: str = "recompute it (its stage with overwri
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; {remedy}") from None
     except Exception as e:  # SafetensorError, JSON of foreign metadata, OSError mid-read
-        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}): "
-                              f"truncated, damaged or another format; {remedy}") from None
+        raise _unreadable(path, e, remedy) from None
 
 
 def check_safetensors(path: Path, expected: str) -> None:
@@ -51,19 +50,19 @@ def check_safetensors(path: Path, expected: str) -> None:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}): "
-                              f"truncated, damaged or another format; expected {expected}") from None
+        raise _unreadable(path, e, f"expected {expected}") from None
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+def _unreadable(path: Path, error: Exception, then: str) -> CheckpointError:
+    lines = str(error).strip().splitlines()
+    what = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return CheckpointError(f"{path} is not a readable safetensors file ({what}): truncated, "
+                           f"damaged or another format; {then}")
 
 
 def safe_torch_load(path: Path, expected: str):
     """`torch.load(weights_only=True)` whose failures name the file and what was expected; torch's
     own advice to set weights_only=False (which would run arbitrary code) is never passed on."""
-    import pickle
     import re
     import warnings
     try:

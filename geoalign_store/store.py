@@ -260,6 +260,11 @@ def layer_array(root: zarr.Group, dataset: str, split: str, view: str, layer: in
     return CheckedArray(root[path], repair_hint(group, store_location(root)), done)
 
 
+def features_fingerprint(root: zarr.Group, dataset: str) -> str | None:
+    """The hash of how a dataset's features were made (None for plain-zarr stores of a user's own)."""
+    return root[f"{FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+
+
 def content_digest(root: zarr.Group, dataset: str, split: str, layers: list[int]) -> str:
     """sha256 standing for everything a stage reads of a split (both views: ids, labels, flags,
     errors and the layers' descriptors): an artefact records it and is refused when it changes.
@@ -378,7 +383,7 @@ def write_coordinates(group: zarr.Group, latlon: np.ndarray, source: str) -> Non
         del group["latlon"]
     n = latlon.shape[0]
     array = group.create_array("latlon", shape=(n, 2), dtype="float64", fill_value=np.nan,
-                               chunks=(max(1, min(n, 1 << 16)), 2))
+                               chunks=(max(1, min(n, 1 << 16)), 2), compressors=META_CODECS)
     array[:] = latlon
     array.attrs.update({"columns": ["lat", "lon"], "units": "degrees (WGS84)", "source": source})
 

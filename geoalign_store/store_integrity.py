@@ -22,6 +22,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync  # zarr's own loop: store listing is async-only in zarr 3
 
 from .store import StoreError
@@ -29,18 +30,25 @@ from .store import StoreError
 FEATURE_KINDS = ("desc", "cls", "tokens")
 
 
+def _prefix(array: zarr.Array) -> str:
+    """The array's key prefix in its store ("" when the array is the store's root)."""
+    return f"{array.store_path.path}/" if array.store_path.path else ""
+
+
+def chunk_keys(array: zarr.Array) -> list[tuple[tuple[int, ...], str]]:
+    """(grid coordinates, store key) of every chunk of the array, written or not."""
+    grid = [-(-s // c) for s, c in zip(array.shape, array.chunks)]
+    prefix = _prefix(array)
+    return [(coords, prefix + array.metadata.encode_chunk_key(coords)) for coords in np.ndindex(*grid)]
+
+
 def present_chunks(array: zarr.Array) -> set[tuple[int, ...]]:
     """Grid coordinates of the chunks that exist in storage (one listing, no data read)."""
-    path = array.store_path.path
-    prefix = f"{path}/" if path else ""
-
     async def keys():
-        return {k async for k in array.store_path.store.list_prefix(prefix)}
+        return {k async for k in array.store_path.store.list_prefix(_prefix(array))}
 
     listed = sync(keys())
-    grid = [range(-(-s // c)) for s, c in zip(array.shape, array.chunks)]
-    return {coords for coords in np.ndindex(*[len(g) for g in grid])
-            if prefix + array.metadata.encode_chunk_key(coords) in listed}
+    return {coords for coords, key in chunk_keys(array) if key in listed}
 
 
 def repair_hint(view: zarr.Group, store_url: str) -> str:
@@ -66,16 +74,16 @@ class CheckedArray:
         self.array, self.hint = array, hint
         self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
         self.path, self.shards = array.path, getattr(array, "shards", None)
+        self._read_rows = _raw_reader(array)   # None: a layout zarr itself must decode
         if block_done is not None:
             missing = missing_blocks(array, block_done)
             if missing:
                 raise StoreError(self._message(missing[0], "chunk file missing", len(missing)))
 
     def __getitem__(self, key):
-        reader = _raw_reader(self.array)
-        if reader is not None and isinstance(key, slice) and key.step in (None, 1):
+        if self._read_rows is not None and isinstance(key, slice) and key.step in (None, 1):
             lo, hi, _ = key.indices(self.shape[0])
-            return reader(lo, max(lo, hi), self._message)
+            return self._read_rows(lo, max(lo, hi), self._message)
         try:
             return self.array[key]
         except Exception as e:  # any decoding/storage failure: find and name the block
@@ -220,8 +228,8 @@ def metadata_errors(view: zarr.Group) -> dict[str, str]:
 # ----- content digests: what an artefact was computed from, checked before it is used -----
 
 def _has_checksum(array: zarr.Array) -> bool:
-    return any(type(c).__name__ == "Crc32cCodec" for c in array.metadata.codecs
-               ) or any(type(c).__name__ == "Crc32cCodec" for c in (array.compressors or ()))
+    """A v3 array's codec chain (its compressors included) ends chunks with a crc32c."""
+    return any(isinstance(c, Crc32cCodec) for c in getattr(array.metadata, "codecs", ()))
 
 
 def array_digest(array: zarr.Array) -> str:
@@ -243,9 +251,8 @@ def array_digest(array: zarr.Array) -> str:
 def _chunk_tails(array: zarr.Array) -> list[tuple[str, bytes | None]]:
     from zarr.abc.store import SuffixByteRequest
     from zarr.core.buffer import default_buffer_prototype
-    store, path = array.store_path.store, array.store_path.path
-    grid = [-(-s // c) for s, c in zip(array.shape, array.chunks)]
-    keys = [(f"{path}/" if path else "") + array.metadata.encode_chunk_key(c) for c in np.ndindex(*grid)]
+    store = array.store_path.store
+    keys = [key for _, key in chunk_keys(array)]
 
     async def tails():
         got = await asyncio.gather(*(store.get(k, default_buffer_prototype(), SuffixByteRequest(4))

@@ -42,7 +42,7 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
     except USER_ERRORS as e:  # escaped: "[5]" in a message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    except ValueError as e:  # e.g. zarr's JSONDecodeError on a damaged zarr.json: name the file
+    except ValueError:  # e.g. zarr's JSONDecodeError on a damaged zarr.json: name the file
         damage = _store_damage(cfg)
         if damage is None:
             raise

@@ -61,7 +61,7 @@ def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     """What decides the heads: the features' fingerprint (how they were made, when the store
     says), the digest of the train content read (any rewrite, reordering or regrouping shows),
     the recipe and the seed."""
-    features = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    features = st.features_fingerprint(root, dataset)
     return {"features": features, "train_content": st.content_digest(root, dataset, "train", layers),
             "dataset": dataset, "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra),
             "isms": to_plain(cfg.isms), "select": to_plain(cfg.select), "seed": int(cfg.seed),

@@ -86,7 +86,7 @@ def _pick_heads(cfg, dataset: str) -> tuple[str, dict | None]:
 
 
 def resolve_embedder(root, cfg, dataset: str) -> Embedder:
-    features = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    features = st.features_fingerprint(root, dataset)
     name, meta = _pick_heads(cfg, dataset)
     if meta is None:
         layers = resolve_layers(root, dataset, list(cfg.layers))
@@ -113,7 +113,7 @@ def heads_staleness(root, dataset: str, meta: dict) -> str | None:
     spec = meta.get("spec", {})
     if "imported" in spec:
         return None  # the paper's weights: fitted elsewhere, only their width is checked
-    now = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    now = st.features_fingerprint(root, dataset)
     if spec.get("features") is not None and spec.get("features") != now:
         return ("they were fitted on features made differently (the features' fingerprint changed: "
                 "backbone, weights, layers or simulator settings)")
@@ -129,7 +129,7 @@ def embedder_inputs(embedder: Embedder) -> dict:
 
 def inputs_staleness(root, store, dataset: str, inputs: dict) -> str | None:
     """Why an index or score no longer matches the store (None when it does)."""
-    fp = root[f"{st.FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("hash")
+    fp = st.features_fingerprint(root, dataset)
     if inputs.get("features") != fp:
         return "the features' fingerprint changed"
     if inputs.get("test_content") != st.content_digest(root, dataset, "test", inputs["layers"]):

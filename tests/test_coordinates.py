@@ -81,6 +81,7 @@ def test_extract_records_coordinates_per_row(located):
     assert latlon.shape == (5, 2) and np.isnan(latlon[4]).all()
     np.testing.assert_allclose(latlon[1], [47.0003, 8.0004])
     assert sat["latlon"].attrs["source"] == str(data / "locations.csv")
+    assert "crc32c" in json.dumps(sat["latlon"].metadata.to_dict()["codecs"])  # like every array we write
 
 
 def test_score_adds_distance_figures_when_coordinates_exist(located, tmp_path):
