@@ -30,11 +30,12 @@ def gpu_available() -> bool:
 
 
 def gpu_for(device) -> int | None:
-    """The CUDA device number faiss should use for `device` (a torch.device from
-    devices.resolve_device), or None for the CPU: a CPU device, or faiss without GPU support."""
-    if device is None or getattr(device, "type", str(device)) != "cuda" or not gpu_available():
+    """The CUDA device number faiss should use for `device` (a name from devices.device_name, or
+    a torch.device), or None for the CPU: a CPU device, or faiss without GPU support."""
+    text = "cpu" if device is None else str(device)
+    if not text.startswith("cuda") or not gpu_available():
         return None
-    return int(device.index or 0)
+    return int(text.split(":", 1)[1]) if ":" in text else 0
 
 
 def resolve_params(index_type: str, params: dict | None = None) -> dict:

@@ -13,11 +13,12 @@ A query labelled -1 has no good item by definition (the official script would cr
 How (why it is fast): nothing is argsorted per query. On tie-free data the rank of good item i is
 r_i = i + #{non-junk, non-good j : s_j > g_i}, g_0 > g_1 > ... the good scores. For a chunk of
 queries x gallery we take the good scores, set junk and good columns to -inf, sort the rows in
-place (numpy's SIMD sort, ~8x faster than torch.sort here) and count with one batched
-`torch.searchsorted`; with at most COMPARE_SLOTS goods per query (D2S: one) a comparison count
+place (numpy's SIMD sort, ~8x faster than torch.sort here) and count with one searchsorted over
+order-preserving integer keys offset by row; with at most COMPARE_SLOTS goods per query (D2S: one) a comparison count
 per good, (s > g_i).sum(), gives the same numbers without sorting. The counts are additive over
-gallery chunks, which gives the streaming. `device=` runs the blocks, top-k and counting on a
-GPU (torch.sort there); the results on the CPU do not depend on it.
+gallery chunks, which gives the streaming. On the CPU the blocks are numpy arrays (no torch import);
+`device=` runs the blocks, top-k and counting on a GPU in torch (block_ops: one algorithm, two
+array backends); the results on the CPU do not depend on it.
 Ties: a non-good item with exactly a good item's score ranks below it (the script's order of
 tied items is that of an unstable argsort, i.e. unspecified).
 
@@ -37,7 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from .block_ops import ops_for, to_numpy
 
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of one similarity block (and of one gallery chunk)
 # Up to this many goods per query, counting the items above each good score by comparison
@@ -85,12 +87,14 @@ def topk_gallery(query_emb, gallery_emb, k, *, gallery_labels=None, chunk_size=N
 
 def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=None, *,
                     ks=(1, 5, 10), topk=0, chunk_size=None, gallery_chunk_size=None,
-                    memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu") -> RetrievalResult:
+                    memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu", backend=None) -> RetrievalResult:
     """One streamed pass over the gallery giving the metrics (if query_labels) and the top-k.
     device: where the similarity blocks, the top-k and the rank counting run (a torch.device or
-    its name); the gallery is read on the CPU and each chunk moved there."""
+    its name); the gallery is read on the CPU and each chunk moved there. backend="torch" runs
+    the GPU code path on the CPU (tests)."""
+    ops = ops_for(device, backend)
     q, n_gal, dtype = _check_inputs(query_emb, gallery_emb, ks, topk)
-    dev = torch.device(device)
+    gallery_emb = to_numpy(gallery_emb) if hasattr(gallery_emb, "detach") else gallery_emb
     n_q = q.shape[0]
     gl = np.zeros(n_gal, np.int64) if gallery_labels is None else _labels(gallery_labels, n_gal, "gallery")
     with_metrics = query_labels is not None
@@ -102,48 +106,51 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
     junk = np.flatnonzero(gl == -1)
     g_step, q_step = _plan_chunks(gallery_emb, q, chunk_size, gallery_chunk_size, memory_budget)
     # several gallery chunks: good scores must be known before any chunk is counted
-    good_scores = _pair_scores(q, gallery_emb, gidx, n_good, memory_budget).to(dev) if (
+    good_scores = ops.asarray(_pair_scores(q, gallery_emb, gidx, n_good, memory_budget), dtype) if (
         n_slots and g_step < n_gal) else None
-    counts = torch.zeros((n_q, n_slots), dtype=torch.int64, device=dev)
-    best = (torch.full((n_q, topk), -torch.inf, dtype=dtype, device=dev),
-            torch.full((n_q, topk), -1, device=dev)) if topk else None
-    buf = torch.empty(q_step * g_step, dtype=dtype, device=dev)
-    q = q.to(dev)
+    counts = ops.full((n_q, n_slots), 0, np.int64)
+    best = _empty_topk(ops, n_q, topk, dtype)
+    buf = ops.empty(q_step * g_step, dtype)
+    qd = ops.asarray(q, dtype)
     for g0 in range(0, n_gal, g_step):
         g1 = min(g0 + g_step, n_gal)
         gc = None  # drop the previous chunk before reading the next: one chunk alive at a time
-        gc = _read_rows(gallery_emb, slice(g0, g1), dtype).to(dev)
-        jc = torch.from_numpy(junk[(junk >= g0) & (junk < g1)] - g0).to(dev)
+        gc = ops.asarray(_read_rows(gallery_emb, slice(g0, g1), dtype), dtype)
+        jc = ops.index(junk[(junk >= g0) & (junk < g1)] - g0)
         for q0 in range(0, n_q, q_step):
             q1 = min(q0 + q_step, n_q)
-            s = torch.matmul(q[q0:q1], gc.T, out=buf[: (q1 - q0) * (g1 - g0)].view(q1 - q0, g1 - g0))
+            s = ops.matmul(qd[q0:q1], gc, out=buf[: (q1 - q0) * (g1 - g0)].reshape(q1 - q0, g1 - g0))
             if len(jc):
-                s[:, jc] = -torch.inf
+                s[:, jc] = -np.inf
             if topk:
-                _merge_topk(best, q0, q1, s, g0, topk)
+                _merge_topk(ops, best, q0, q1, s, g0, topk)
             if n_slots:
-                gs = good_scores[q0:q1] if good_scores is not None else _gather_goods(s, gidx[q0:q1], n_good[q0:q1])
-                _count_above(s, gs, gidx[q0:q1], n_good[q0:q1], g0, g1, counts[q0:q1])
+                gs = good_scores[q0:q1] if good_scores is not None else _gather_goods(ops, s, gidx[q0:q1], n_good[q0:q1])
+                _count_above(ops, s, gs, gidx[q0:q1], n_good[q0:q1], g0, g1, counts[q0:q1])
     # rank of good i = non-goods above it (counted) + i (the goods above it, masked when counting)
-    return _result(counts, best, n_good, n_gal, ks, with_metrics)
+    return _result(ops, counts, best, n_good, n_gal, ks, with_metrics)
 
 
-def _result(counts, best, n_good, n_gal, ks, with_metrics=True) -> RetrievalResult:
+def _empty_topk(ops, n_q, topk, dtype):
+    return (ops.full((n_q, topk), -np.inf, dtype), ops.full((n_q, topk), -1, np.int64)) if topk else None
+
+
+def _result(ops, counts, best, n_good, n_gal, ks, with_metrics=True) -> RetrievalResult:
     """Metrics from the counted ranks and the top-k (junk-padded slots as -1), on the CPU."""
     n_slots = counts.shape[1]
-    metrics = metrics_from_ranks(counts.cpu().numpy() + np.arange(n_slots), n_good, n_gal, ks) if with_metrics else None
+    metrics = metrics_from_ranks(ops.numpy(counts) + np.arange(n_slots), n_good, n_gal, ks) if with_metrics else None
     if best is None:
         return RetrievalResult(metrics)
-    best[1][torch.isneginf(best[0])] = -1
-    return RetrievalResult(metrics, best[1].cpu().numpy(), best[0].cpu().numpy())
+    scores, indices = ops.numpy(best[0]), ops.numpy(best[1])
+    return RetrievalResult(metrics, np.where(np.isneginf(scores), -1, indices), scores)
 
 
 def _plan_chunks(gallery, q, chunk_size, gallery_chunk_size, budget):
     """(gallery rows per read, queries per block): an in-memory gallery is one chunk; a lazy one
     is read in ~budget bytes, rounded to whole storage chunks/shards; a similarity block is
     ~budget bytes."""
-    n_gal, item = gallery.shape[0], q.element_size()
-    in_memory = isinstance(gallery, (np.ndarray, torch.Tensor))
+    n_gal, item = gallery.shape[0], q.itemsize
+    in_memory = isinstance(gallery, np.ndarray)
     g_step = int(gallery_chunk_size or (n_gal if in_memory else max(1, budget // (q.shape[1] * item))))
     row_chunk = (getattr(gallery, "shards", None) or getattr(gallery, "chunks", None) or (0,))[0]
     if not in_memory and not gallery_chunk_size and row_chunk:
@@ -178,10 +185,10 @@ def metrics_from_ranks(ranks, n_good, n_gallery, ks=(1, 5, 10)) -> dict:
 # ----------------------------------------------------------------------------- internals
 
 def _check_inputs(query_emb, gallery_emb, ks, topk):
-    """Queries as one torch tensor in the compute dtype (float64 if either side is, else
+    """Queries as one numpy array in the compute dtype (float64 if either side is, else
     float32); clear ValueErrors for what the official script would silently get wrong."""
     g_shape = tuple(getattr(gallery_emb, "shape", ()))
-    q = torch.as_tensor(query_emb).detach().cpu()  # checked here, moved to the device later
+    q = to_numpy(query_emb)  # checked here, moved to the device later
     if q.ndim != 2 or len(g_shape) != 2:
         raise ValueError(f"embeddings must be 2-D (n, dim); got queries {tuple(q.shape)}, gallery {g_shape}")
     if q.shape[1] != g_shape[1]:
@@ -193,13 +200,13 @@ def _check_inputs(query_emb, gallery_emb, ks, topk):
     if any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks) or topk < 0:
         raise ValueError(f"ks must be positive integers and topk >= 0; got ks={ks}, topk={topk}")
     g_dtype = getattr(gallery_emb, "dtype", None)
-    wide = q.dtype == torch.float64 or str(g_dtype) in ("float64", "torch.float64")
-    dtype = torch.float64 if wide else torch.float32
-    return q.to(dtype).contiguous(), g_shape[0], dtype
+    wide = q.dtype == np.float64 or str(g_dtype) in ("float64", "torch.float64")
+    dtype = np.float64 if wide else np.float32
+    return np.ascontiguousarray(q, dtype=dtype), g_shape[0], dtype
 
 
 def _labels(labels, n, name):
-    arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    arr = to_numpy(labels)
     if arr.ndim != 1 or len(arr) != n:
         raise ValueError(f"{name} labels: expected {n} labels (one per {name} embedding), got shape {arr.shape}")
     return arr.astype(np.int64, copy=False)
@@ -223,68 +230,60 @@ def _good_table(ql, gl):
     return order[np.where(valid, start[pos][:, None] + slots, 0)], n_good
 
 
-def _read_rows(gallery, key, dtype):
-    """Rows `key` (a slice or sorted int array) of any array-like, as a contiguous tensor."""
-    if isinstance(gallery, torch.Tensor):
-        key = torch.from_numpy(key) if isinstance(key, np.ndarray) else key
-        return gallery[key].to(dtype).contiguous()
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(gallery[key]), dtype=np_dtype))
+def _read_rows(gallery, key, dtype) -> np.ndarray:
+    """Rows `key` (a slice or sorted int array) of any array-like, as a contiguous array."""
+    return np.ascontiguousarray(np.asarray(gallery[key]), dtype=dtype)
 
 
-def _sort_desc(gs, valid):
+def _sort_desc(ops, gs, valid):
     """Good scores in descending order, -inf padding last (its counts are ignored)."""
-    gs = torch.where(torch.from_numpy(valid).to(gs.device), gs, -torch.inf)
-    return torch.sort(gs, dim=1, descending=True).values.contiguous()
+    gs[ops.index(~valid)] = -np.inf
+    return ops.sort_desc(gs)
 
 
-def _gather_goods(s, gidx, n_good):
+def _gather_goods(ops, s, gidx, n_good):
     """Good scores read off a similarity block that holds the whole gallery."""
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
-    return _sort_desc(s.gather(1, torch.from_numpy(gidx).to(s.device)), valid)
+    return _sort_desc(ops, ops.gather(s, ops.index(gidx)), valid)
 
 
-def _pair_scores(q, gallery, gidx, n_good, budget):
+def _pair_scores(q, gallery, gidx, n_good, budget) -> np.ndarray:
     """Good scores from the good rows alone, read in ascending row order (chunk-friendly), in
-    blocks of ~budget/4 bytes; numpy's einsum is ~7x faster than torch for these row dots."""
+    blocks of ~budget/4 bytes (numpy's einsum: ~7x faster than torch for these row dots)."""
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
     qi, si = np.nonzero(valid)
     gi = gidx[qi, si]
     order = np.argsort(gi, kind="stable")
-    out = np.zeros(gidx.shape, dtype=q.numpy().dtype)
-    block = max(1, budget // 4 // (q.shape[1] * q.element_size()))
-    qn = q.numpy()
+    out = np.zeros(gidx.shape, dtype=q.dtype)
+    block = max(1, budget // 4 // (q.shape[1] * q.itemsize))
     for a in range(0, len(order), block):
         sel = order[a:a + block]
         uniq, inv = np.unique(gi[sel], return_inverse=True)
-        rows = _read_rows(gallery, uniq, q.dtype).numpy()
-        out[qi[sel], si[sel]] = np.einsum("ij,ij->i", qn[qi[sel]], rows[inv])
-    return _sort_desc(torch.from_numpy(out), valid)
+        rows = _read_rows(gallery, uniq, q.dtype)
+        out[qi[sel], si[sel]] = np.einsum("ij,ij->i", q[qi[sel]], rows[inv])
+    out[~valid] = -np.inf
+    return -np.sort(-out, axis=1)
 
 
-def _count_above(s, gs, gidx, n_good, g0, g1, counts):
+def _count_above(ops, s, gs, gidx, n_good, g0, g1, counts):
     """counts[q, i] += #{non-junk, non-good j in this block : s[q, j] > gs[q, i]}; s is consumed
-    (goods set to -inf, rows sorted in place)."""
+    (goods set to -inf, rows may be sorted in place)."""
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
     rows, cols = np.nonzero(valid & (gidx >= g0) & (gidx < g1))
     if len(rows):
-        s[torch.from_numpy(rows).to(s.device), torch.from_numpy(gidx[rows, cols] - g0).to(s.device)] = -torch.inf
+        s[ops.index(rows), ops.index(gidx[rows, cols] - g0)] = -np.inf
     if gs.shape[1] <= COMPARE_SLOTS:  # the same counts as below, without sorting the rows
         for i in range(gs.shape[1]):
-            counts[:, i] += (s > gs[:, i:i + 1]).sum(1)
+            counts[:, i] += ops.count_greater(s, gs[:, i:i + 1])
         return
-    if s.device.type == "cpu":
-        s.numpy().sort(axis=1)
-    else:
-        s = torch.sort(s, dim=1).values
-    counts += s.shape[1] - torch.searchsorted(s, gs, right=True)
+    counts += ops.count_above_sorted_rows(s, gs)
 
 
-def _merge_topk(best, q0, q1, s, g0, k):
+def _merge_topk(ops, best, q0, q1, s, g0, k):
     """Fold a block's top-k into the running top-k of queries q0:q1."""
-    vals, idx = torch.topk(s, min(k, s.shape[1]), dim=1)
-    cat_v = torch.cat([best[0][q0:q1], vals], dim=1)
-    cat_i = torch.cat([best[1][q0:q1], idx + g0], dim=1)
-    vals, pick = torch.topk(cat_v, k, dim=1)
+    vals, idx = ops.topk(s, k)
+    cat_v = ops.cat([best[0][q0:q1], vals])
+    cat_i = ops.cat([best[1][q0:q1], idx + g0])
+    vals, pick = ops.topk(cat_v, k)
     best[0][q0:q1] = vals
-    best[1][q0:q1] = cat_i.gather(1, pick)
+    best[1][q0:q1] = ops.gather(cat_i, pick)

@@ -53,9 +53,12 @@ def read_rows(array, rows: np.ndarray, out: np.ndarray | None = None,
         window_end = rows[i] // unit * unit + span
         j = int(np.searchsorted(rows, window_end, side="left"))
         lo, hi = int(rows[i]), int(rows[j - 1]) + 1
-        block = np.asarray(array[lo:hi])
         dense = hi - lo == j - i and bool(np.all(np.diff(rows[i:j]) == 1))
-        out[i:j] = block if dense else block[rows[i:j] - lo]
+        if dense and hasattr(array, "read_into"):  # straight into place (store.CheckedArray)
+            array.read_into(lo, hi, out[i:j])
+        else:
+            block = np.asarray(array[lo:hi])
+            out[i:j] = block if dense else block[rows[i:j] - lo]
         i = j
     return out
 

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,6 +90,14 @@ class CheckedArray:
         except Exception as e:  # any decoding/storage failure: find and name the block
             raise self._damage(e) from None
 
+    def read_into(self, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
+        """Rows lo:hi written into `out` (any writable view, e.g. columns of a wider buffer):
+        extract's layout is copied there chunk by chunk, with no intermediate array."""
+        if self._read_rows is not None:
+            return self._read_rows(lo, hi, self._message, out)
+        out[:] = self[lo:hi]
+        return out
+
     def _damage(self, error: Exception) -> StoreError:
         bad = first_bad_block(self.array)
         block, reason = bad if bad else (None, f"{type(error).__name__}: {error}")
@@ -124,22 +133,30 @@ def _raw_reader(array: zarr.Array):
     rows, width = array.chunks
     fill = np.float32(meta.fill_value or 0)
 
-    def read(lo: int, hi: int, message) -> np.ndarray:
-        out = np.empty((hi - lo, width), np.float32)
+    chunk_bytes = rows * width * 4 + 4
+    local = threading.local()  # one reused chunk buffer per reading thread: no page faults
+
+    def read(lo: int, hi: int, message, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty((hi - lo, width), np.float32) if out is None else out
         first, last = lo // rows, -(-hi // rows)
+
         def one(block: int) -> None:
             a, b = max(lo, block * rows), min(hi, (block + 1) * rows)
             path = base / meta.encode_chunk_key((block, 0))
+            if not hasattr(local, "buf"):
+                local.buf = bytearray(chunk_bytes + 1)  # one spare byte: a longer file shows
             try:
-                raw = path.read_bytes()
+                with open(path, "rb", buffering=0) as f:
+                    size = f.readinto(local.buf)
             except FileNotFoundError:
                 out[a - lo:b - lo] = fill      # never written: zarr's fill value (done blocks were checked)
                 return
-            if len(raw) != rows * width * 4 + 4:
-                raise StoreError(message(block, f"truncated: {len(raw)} of {rows * width * 4 + 4} bytes"))
-            if google_crc32c.value(np.frombuffer(raw, np.uint8)[:-4]).to_bytes(4, "little") != raw[-4:]:
+            if size != chunk_bytes:
+                raise StoreError(message(block, f"truncated: {size} of {chunk_bytes} bytes"))
+            raw = np.frombuffer(local.buf, np.uint8, count=chunk_bytes)
+            if google_crc32c.value(raw[:-4]).to_bytes(4, "little") != bytes(raw[-4:]):
                 raise StoreError(message(block, "checksum mismatch"))
-            chunk = np.frombuffer(raw, np.float32, count=rows * width).reshape(rows, width)
+            chunk = raw[:-4].view(np.float32).reshape(rows, width)
             out[a - lo:b - lo] = chunk[a - block * rows:b - block * rows]
         list(_POOL.map(one, range(first, last)))
         return out
@@ -249,17 +266,34 @@ def array_digest(array: zarr.Array) -> str:
 
 
 def _chunk_tails(array: zarr.Array) -> list[tuple[str, bytes | None]]:
+    """(store key, last 4 bytes or None when absent) of every chunk of the array."""
+    keys = [key for _, key in chunk_keys(array)]
+    root = getattr(array.store_path.store, "root", None)
+    if root is not None:  # a local store: plain file reads, ~20x faster than zarr's async gets
+        return [(key, _file_tail(os.path.join(str(root), key))) for key in keys]
+    return list(zip(keys, _store_tails(array.store_path.store, keys)))
+
+
+def _store_tails(store, keys: list[str]) -> list[bytes | None]:
     from zarr.abc.store import SuffixByteRequest
     from zarr.core.buffer import default_buffer_prototype
-    store = array.store_path.store
-    keys = [key for _, key in chunk_keys(array)]
 
     async def tails():
         got = await asyncio.gather(*(store.get(k, default_buffer_prototype(), SuffixByteRequest(4))
                                      for k in keys))
         return [None if b is None else b.to_bytes() for b in got]
 
-    return list(zip(keys, sync(tails())))
+    return sync(tails())
+
+
+def _file_tail(path: str) -> bytes | None:
+    """The last 4 bytes of a file (what SuffixByteRequest(4) returns), None when absent."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4))
+            return f.read(4)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def view_digest(view: zarr.Group, arrays: list[str]) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from geoalign_store import index as fx
 from geoalign_store import store as st
 from geoalign_store.config import fingerprint, to_plain
-from geoalign_store.devices import resolve_device
+from geoalign_store.devices import device_name
 
 from .retrieval import embedder_inputs, gallery_fingerprint, open_direction, side_embeddings
 
@@ -63,7 +63,7 @@ def _stale_message(folder, old: dict, want: dict) -> str:
 
 
 def run(cfg) -> dict:
-    device = resolve_device(cfg.get("device", "auto"))
+    device = device_name(cfg.get("device", "auto"))
     root, dataset, embedder, sets = open_direction(cfg)
     built = []
     for ds in sets:

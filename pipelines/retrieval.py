@@ -12,7 +12,6 @@ import numpy as np
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint
 from geoalign_store.embeddings import DirectionSet, StoredEmbeddings, direction_sets, raw_embedding
-from geoalign_store.headset import Heads, legacy_recipe
 
 
 @dataclass
@@ -96,6 +95,7 @@ def resolve_embedder(root, cfg, dataset: str) -> Embedder:
     layers = list(meta["spec"]["layers"])  # heads read the layers they were trained on
     resolve_layers(root, dataset, layers)
     check_heads_current(root, cfg.store, dataset, name, meta)
+    from geoalign_store.headset import Heads  # torch: only when heads are used
     folder = st.artefact_dir(cfg.store, "heads", name)
     recipe = heads_recipe(folder, meta, bool(cfg.fusion), cfg.fusion_weight)
     heads = Heads.load(folder, recipe)
@@ -155,6 +155,7 @@ def heads_recipe(folder: Path, meta: dict, fusion: bool, weight) -> dict:
     """The streams and weights to score with: the recipe fit-heads chose (or, for heads from
     before recipes and imported weights, AGRA + ISMS at `fusion_weight`, 0.5 for auto);
     `fusion=false` keeps stream 1 alone, a numeric `fusion_weight` re-weights two streams."""
+    from geoalign_store.headset import legacy_recipe
     w = fusion_weight(weight, meta)   # checked whatever the recipe
     recipe = dict(meta.get("recipe") or legacy_recipe(
         meta["spec"]["layers"], (folder / "centering.safetensors").exists(), w))

@@ -15,16 +15,14 @@ import time
 
 import numpy as np
 
-from geoalign_store import index as fx
 from geoalign_store import store as st
 from geoalign_store.config import to_plain
-from geoalign_store.devices import resolve_device
+from geoalign_store.devices import device_name
 from geoalign_store.geo import pool_distance_metrics, top1_distance_metrics
 from geoalign_store.metrics import (good_counts, metrics_from_ranks, recall_1pct_index,
                                     score_retrieval)
 from geoalign_store.query_streaming import score_streamed_queries
 
-from .index import ensure_index
 from .progress import console
 from .report import draw_retrievals, pooled_metrics, write_report
 from .retrieval import embedder_inputs, open_direction, side_embeddings
@@ -35,6 +33,7 @@ IN_MEMORY_BYTES = 1 << 30  # galleries above this are streamed from the store
 
 def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics from an approximate index's top-k lists (junk dropped, unfound goods ranked last)."""
+    from geoalign_store import index as fx  # faiss: loaded only for approximate indices
     n_gal = len(g_labels)
     scores, ids = fx.search(index, queries, min(n_gal, max(k, recall_1pct_index(n_gal) + 1, 10)))
     found = ids >= 0
@@ -58,6 +57,7 @@ def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     k = int(cfg.topk)
     if cfg.index != "flat":
+        from .index import ensure_index
         index, _ = ensure_index(cfg, root, dataset, embedder, ds, device)
         metrics, top_i, top_s = ann_metrics(index, queries.materialise(), ds.query.labels, ds.gallery.labels, k)
         return {**metrics, "approximate": True}, top_i, top_s
@@ -77,7 +77,7 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     mode = str(cfg.mode).upper()
     cfg.mode = mode
-    device = resolve_device(cfg.get("device", "auto"))
+    device = device_name(cfg.get("device", "auto"))
     root, dataset, embedder, sets = open_direction(cfg, mode)
     if embedder.spec.get("recipe", {}).get("streams") == ["centre"]:
         console.print(f"heads {embedder.name}: centring only (fit-heads estimated no candidate "
@@ -92,7 +92,7 @@ def run(cfg) -> dict:
         subsets[ds.subset] = {**metrics, **(top1_distance_metrics(root, dataset, ds, top_i) or {})}
         top_ids = np.where(top_i >= 0, ds.gallery.ids[np.maximum(top_i, 0)], "")
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
-                      ds.query.ids.astype(str), top_ids.astype(str), top_s)
+                      ds.query.ids, top_ids, top_s)
         if cfg.pictures:
             pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,3 +25,19 @@ def test_bad_device_names_are_config_errors_naming_the_key(name):
 def test_cuda_without_a_gpu_is_refused_with_the_way_out():
     with pytest.raises(ConfigError, match=r"no CUDA device is visible\); use device=cpu"):
         resolve_device("cuda:1")
+
+
+def test_device_auto_without_a_gpu_driver_is_the_cpu_without_loading_torch():
+    """A CPU scoring process never pays torch's import: `auto` looks for a GPU driver first."""
+    code = ("import sys\nfrom geoalign_store import devices\n"
+            "devices.GPU_DEVICE_FILES = ('/nonexistent/nvidiactl',)\n"
+            "print(devices.device_name('auto'), devices.device_name('cpu'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["cpu", "cpu", "False"], out.stderr[-2000:]
+
+
+def test_device_names_and_torch_devices_agree():
+    from geoalign_store.devices import device_name
+    assert device_name("cpu") == "cpu" and resolve_device("cpu") == torch.device("cpu")
+    assert device_name("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
