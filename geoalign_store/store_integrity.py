@@ -250,19 +250,37 @@ def _has_checksum(array: zarr.Array) -> bool:
 
 
 def array_digest(array: zarr.Array) -> str:
-    """sha256 of an array's content. With crc32c chunks, the stored checksums stand for the data
-    (4 bytes read per chunk, so the digest of a store of millions of rows costs milliseconds);
-    otherwise (plain-zarr stores of a user's own) the decoded data is hashed."""
+    """sha256 standing for an array's content. With crc32c chunks, the stored checksums stand for
+    the data (4 bytes read per chunk, so the digest of a store of millions of rows costs
+    milliseconds). Plain-zarr arrays of a user's own on a local disk: their chunk files' names,
+    sizes and modification times (the change test of git's index and rsync; hashing the decoded
+    data took 16 s of a 56 s score at 1e6 x 768); elsewhere the decoded data is hashed."""
     digest = hashlib.sha256(json.dumps([list(array.shape), str(array.dtype)]).encode())
+    root = getattr(array.store_path.store, "root", None)
     if _has_checksum(array):
         for key, tail in _chunk_tails(array):
             digest.update(key.encode() + (tail if tail is not None else b"<absent>"))
+    elif root is not None:
+        digest.update(json.dumps(_chunk_file_stats(os.path.join(str(root), array.store_path.path))).encode())
     else:
         step = max(1, (64 << 20) // max(1, array.nbytes // max(1, array.shape[0])))
         for start in range(0, array.shape[0], step):
             block = np.asarray(array[start:start + step])
             digest.update(block.astype(str).tobytes() if block.dtype == object else block.tobytes())
     return digest.hexdigest()
+
+
+def _chunk_file_stats(folder: str) -> list[list]:
+    """[relative path, size, mtime in ns] of every file of an array's folder but its metadata."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if here == folder and name == "zarr.json":
+                continue
+            stat = os.stat(os.path.join(here, name))
+            found.append([os.path.relpath(os.path.join(here, name), folder), stat.st_size, stat.st_mtime_ns])
+    return found
 
 
 def _chunk_tails(array: zarr.Array) -> list[tuple[str, bytes | None]]:

@@ -98,3 +98,18 @@ def test_import_heads_refuses_foreign_files_without_traceback(fitted, tmp_path, 
     text = one_line(out)
     assert str(bad) in text and "cannot be read safely as a state dict" in text
     assert "weights_only=False" not in text
+
+
+def test_a_plain_zarr_digest_follows_its_chunk_files_without_decoding_them(tmp_path, monkeypatch):
+    """A user's plain-zarr store (no checksums) on a local disk: the digest stands on the chunk
+    files' names, sizes and modification times, so a rewritten chunk is noticed and an untouched
+    store keeps its digest, without decoding the data (16 s at 1e6 x 768)."""
+    from geoalign_store import store as st
+    store = write_plain_store(tmp_path / "p.zarr")
+    before = st.content_digest(st.open_store(str(store), mode="r"), "mine", "test", [26, 28])
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("decoded the data"))
+    assert st.content_digest(st.open_store(str(store), mode="r"), "mine", "test", [26, 28]) == before
+    monkeypatch.undo()
+    array = zarr.open_group(str(store), mode="a")["features/mine/test/drone/layer_26/desc"]
+    array[3] = array[3] + 1.0
+    assert st.content_digest(st.open_store(str(store), mode="r"), "mine", "test", [26, 28]) != before
