@@ -53,13 +53,18 @@ class NumpyOps:
         return idx
 
     def topk(self, s, k):
-        """(values, columns) of the k largest entries of each row, best first."""
+        """(values, columns) of the k largest entries of each row, best first; in row pieces, so
+        that argpartition's int64 positions stay ~TEMP_BYTES whatever the block's size."""
         k = min(k, s.shape[1])
-        cols = np.argpartition(s, s.shape[1] - k, axis=1)[:, -k:] if k < s.shape[1] else \
-            np.broadcast_to(np.arange(k), s.shape).copy()
-        vals = np.take_along_axis(s, cols, 1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        return np.take_along_axis(vals, order, 1), np.take_along_axis(cols, order, 1)
+        vals = np.empty((s.shape[0], k), s.dtype)
+        cols = np.empty((s.shape[0], k), np.int64)
+        for a, b in _row_pieces(s.shape, 8):
+            part = np.argpartition(s[a:b], s.shape[1] - k, axis=1)[:, -k:] if k < s.shape[1] else \
+                np.broadcast_to(np.arange(k), (b - a, k))
+            v = np.take_along_axis(s[a:b], part, 1)
+            order = np.argsort(-v, axis=1, kind="stable")
+            vals[a:b], cols[a:b] = np.take_along_axis(v, order, 1), np.take_along_axis(part, order, 1)
+        return vals, cols
 
     def gather(self, s, idx):
         return np.take_along_axis(s, idx, 1)
@@ -71,8 +76,11 @@ class NumpyOps:
         return -np.sort(-x, axis=1)
 
     def count_greater(self, s, col):
-        """#{j : s[q, j] > col[q]} per row."""
-        return np.count_nonzero(s > col, axis=1)
+        """#{j : s[q, j] > col[q]} per row (the comparison's booleans in row pieces)."""
+        out = np.empty(s.shape[0], np.int64)
+        for a, b in _row_pieces(s.shape, 1):
+            out[a:b] = np.count_nonzero(s[a:b] > col[a:b], axis=1)
+        return out
 
     def count_above_sorted_rows(self, s, goods):
         """#{j : s[q, j] > goods[q, i]}: s is consumed (rows sorted in place)."""
@@ -80,12 +88,29 @@ class NumpyOps:
             return np.stack([self.count_greater(s, goods[:, i:i + 1]) for i in range(goods.shape[1])], 1)
         s += 0.0  # -0.0 -> +0.0, so the integer keys order exactly as the floats compare
         s.sort(axis=1)  # numpy's SIMD sort
-        n_rows, n = s.shape
-        # one searchsorted over all rows: order-preserving int keys, offset by row
-        keys = _ordered_keys(s) + (np.arange(n_rows, dtype=np.int64) << 32)[:, None]
-        probes = _ordered_keys(goods + np.float32(0.0)) + (np.arange(n_rows, dtype=np.int64) << 32)[:, None]
-        at = np.searchsorted(keys.ravel(), probes.ravel(), side="right").reshape(goods.shape)
-        return n - (at - (np.arange(n_rows, dtype=np.int64) * n)[:, None])
+        out = np.empty(goods.shape, np.int64)
+        for a, b in _row_pieces(s.shape, 8):
+            out[a:b] = _count_above_sorted(s[a:b], goods[a:b])
+        return out
+
+
+TEMP_BYTES = 32 << 20  # temporaries of one row piece (a block's int64 positions would be 2x it)
+
+
+def _row_pieces(shape, bytes_per_element: int):
+    """Row ranges of a block whose temporaries (bytes_per_element each) stay ~TEMP_BYTES."""
+    rows = max(1, TEMP_BYTES // max(1, shape[1] * bytes_per_element))
+    return [(a, min(a + rows, shape[0])) for a in range(0, shape[0], rows)]
+
+
+def _count_above_sorted(s: np.ndarray, goods: np.ndarray) -> np.ndarray:
+    """n - searchsorted(row, good, right) for every row at once: order-preserving int keys
+    offset by row make the rows one sorted array."""
+    n_rows, n = s.shape
+    offset = (np.arange(n_rows, dtype=np.int64) << 32)[:, None]
+    keys = _ordered_keys(s) + offset
+    at = np.searchsorted(keys.ravel(), (_ordered_keys(goods + np.float32(0.0)) + offset).ravel(), side="right")
+    return n - (at.reshape(goods.shape) - (np.arange(n_rows, dtype=np.int64) * n)[:, None])
 
 
 def _ordered_keys(x: np.ndarray) -> np.ndarray:

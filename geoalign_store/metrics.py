@@ -156,7 +156,10 @@ def _plan_chunks(gallery, q, chunk_size, gallery_chunk_size, budget):
     if not in_memory and not gallery_chunk_size and row_chunk:
         g_step = max(row_chunk, g_step // row_chunk * row_chunk)
     g_step = min(g_step, n_gal)
-    return g_step, min(q.shape[0], int(chunk_size or max(1, budget // (g_step * item))))
+    # storage chunks above the budget (e.g. 200,000-row zstd chunks) make the gallery block
+    # bigger: the similarity block shrinks so that the two together stay within 2 x budget
+    block_budget = min(budget, max(budget // 8, 2 * budget - g_step * q.shape[1] * item))
+    return g_step, min(q.shape[0], int(chunk_size or max(1, block_budget // (g_step * item))))
 
 
 def metrics_from_ranks(ranks, n_good, n_gallery, ks=(1, 5, 10)) -> dict:

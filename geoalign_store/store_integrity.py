@@ -95,7 +95,11 @@ class CheckedArray:
         extract's layout is copied there chunk by chunk, with no intermediate array."""
         if self._read_rows is not None:
             return self._read_rows(lo, hi, self._message, out)
-        out[:] = self[lo:hi]
+        from zarr.core.buffer.cpu import NDBuffer
+        try:  # decoded straight into `out`: no second copy of a (possibly huge) chunk
+            self.array.get_basic_selection(slice(lo, hi), out=NDBuffer.from_numpy_array(out))
+        except Exception as e:  # any decoding/storage failure: find and name the block
+            raise self._damage(e) from None
         return out
 
     def _damage(self, error: Exception) -> StoreError:

@@ -94,3 +94,17 @@ def test_scoring_on_the_cpu_never_imports_torch(tmp_path):
     got = json.loads(_python(code))
     assert got["torch"] is False and 0 < got["r1"] <= 1
 
+
+
+def test_row_pieces_bound_the_temporaries_without_changing_results(monkeypatch):
+    """A 256 MB block's argpartition positions would be 512 MB: numpy works in row pieces."""
+    from geoalign_store import block_ops
+    qf, ql, gf, gl, _ = make_case(4, "s2d")
+    qf, gf = qf.astype(np.float32), gf.astype(np.float32)
+    whole = score_retrieval(qf, gf, ql, gl, topk=6)
+    monkeypatch.setattr(block_ops, "TEMP_BYTES", 40)  # a row or two per piece
+    assert len(block_ops._row_pieces((len(qf), len(gf)), 8)) == len(qf)
+    pieces = score_retrieval(qf, gf, ql, gl, topk=6)
+    assert pieces.metrics == whole.metrics
+    np.testing.assert_array_equal(pieces.topk_indices, whole.topk_indices)
+    np.testing.assert_array_equal(pieces.topk_scores, whole.topk_scores)
