@@ -274,13 +274,16 @@ def array_digest(array: zarr.Array) -> str:
     return digest.hexdigest()
 
 
+METADATA_FILES = ("zarr.json", ".zarray", ".zattrs")  # zarr v3 and v2: not chunks
+
+
 def _chunk_file_stats(folder: str) -> list[list]:
     """[relative path, size, mtime in ns] of every file of an array's folder but its metadata."""
     found = []
     for here, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            if here == folder and name == "zarr.json":
+            if here == folder and name in METADATA_FILES:
                 continue
             stat = os.stat(os.path.join(here, name))
             found.append([os.path.relpath(os.path.join(here, name), folder), stat.st_size, stat.st_mtime_ns])
