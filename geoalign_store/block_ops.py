@@ -82,15 +82,17 @@ class NumpyOps:
             out[a:b] = np.count_nonzero(s[a:b] > col[a:b], axis=1)
         return out
 
-    def count_above_sorted_rows(self, s, goods):
-        """#{j : s[q, j] > goods[q, i]}: s is consumed (rows sorted in place)."""
+    def count_above_many(self, s, goods):
+        """#{j : s[q, j] > goods[q, i]} for many goods per row (goods: descending, -inf padding,
+        whose counts are ignored). Only the entries above a row's lowest good can count: those
+        few are sorted (as integer keys, all rows at once), not the whole row."""
         if s.dtype != np.float32:  # float64 (references, tests): by comparison, O(slots x n)
             return np.stack([self.count_greater(s, goods[:, i:i + 1]) for i in range(goods.shape[1])], 1)
-        s += 0.0  # -0.0 -> +0.0, so the integer keys order exactly as the floats compare
-        s.sort(axis=1)  # numpy's SIMD sort
+        finite = np.where(np.isneginf(goods), np.inf, goods)
+        lowest = finite.min(axis=1, initial=np.inf).astype(np.float32)
         out = np.empty(goods.shape, np.int64)
-        for a, b in _row_pieces(s.shape, 8):
-            out[a:b] = _count_above_sorted(s[a:b], goods[a:b])
+        for a, b in _row_pieces(s.shape, 32):  # per candidate: mask, rows, cols, value, key
+            out[a:b] = _count_above_lowest(s[a:b], goods[a:b], lowest[a:b])
         return out
 
 
@@ -103,14 +105,16 @@ def _row_pieces(shape, bytes_per_element: int):
     return [(a, min(a + rows, shape[0])) for a in range(0, shape[0], rows)]
 
 
-def _count_above_sorted(s: np.ndarray, goods: np.ndarray) -> np.ndarray:
-    """n - searchsorted(row, good, right) for every row at once: order-preserving int keys
-    offset by row make the rows one sorted array."""
-    n_rows, n = s.shape
-    offset = (np.arange(n_rows, dtype=np.int64) << 32)[:, None]
-    keys = _ordered_keys(s) + offset
-    at = np.searchsorted(keys.ravel(), (_ordered_keys(goods + np.float32(0.0)) + offset).ravel(), side="right")
-    return n - (at.reshape(goods.shape) - (np.arange(n_rows, dtype=np.int64) * n)[:, None])
+def _count_above_lowest(s: np.ndarray, goods: np.ndarray, lowest: np.ndarray) -> np.ndarray:
+    """count_above_many for a row piece: the entries above each row's lowest good, as
+    order-preserving int keys offset by row, sorted once; one searchsorted finds every good."""
+    rows, cols = np.nonzero(s > lowest[:, None])
+    keys = _ordered_keys(s[rows, cols] + np.float32(0.0)) + (rows << 32)  # + 0.0: -0.0 -> +0.0
+    keys.sort()
+    offset = (np.arange(len(s), dtype=np.int64) << 32)[:, None]
+    at = np.searchsorted(keys, (_ordered_keys(goods + np.float32(0.0)) + offset).ravel(), side="right")
+    row_end = np.cumsum(np.bincount(rows, minlength=len(s)))[:, None]
+    return row_end - at.reshape(goods.shape)
 
 
 def _ordered_keys(x: np.ndarray) -> np.ndarray:
@@ -165,6 +169,6 @@ class TorchOps:
     def count_greater(self, s, col):
         return (s > col).sum(1)
 
-    def count_above_sorted_rows(self, s, goods):
+    def count_above_many(self, s, goods):
         s = self.torch.sort(s, dim=1).values
         return s.shape[1] - self.torch.searchsorted(s, goods.contiguous(), right=True)

@@ -12,10 +12,11 @@ A query labelled -1 has no good item by definition (the official script would cr
 
 How (why it is fast): nothing is argsorted per query. On tie-free data the rank of good item i is
 r_i = i + #{non-junk, non-good j : s_j > g_i}, g_0 > g_1 > ... the good scores. For a chunk of
-queries x gallery we take the good scores, set junk and good columns to -inf, sort the rows in
-place (numpy's SIMD sort, ~8x faster than torch.sort here) and count with one searchsorted over
-order-preserving integer keys offset by row; with at most COMPARE_SLOTS goods per query (D2S: one) a comparison count
-per good, (s > g_i).sum(), gives the same numbers without sorting. The counts are additive over
+queries x gallery we take the good scores and set junk and good columns to -inf. With at most
+COMPARE_SLOTS goods per query (D2S: one) a comparison count per good, (s > g_i).sum(), gives
+the ranks. With more (S2D), only the entries above a query's lowest good can count: those are
+sorted as order-preserving integer keys offset by row (all rows at once) and one searchsorted
+finds every good (on a GPU: torch.sort and a batched searchsorted). The counts are additive over
 gallery chunks, which gives the streaming. On the CPU the blocks are numpy arrays (no torch import);
 `device=` runs the blocks, top-k and counting on a GPU in torch (block_ops: one algorithm, two
 array backends); the results on the CPU do not depend on it.
@@ -43,7 +44,7 @@ from .block_ops import ops_for, to_numpy
 
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of one similarity block (and of one gallery chunk)
 # Up to this many goods per query, counting the items above each good score by comparison
-# (slots x n per row) is cheaper than sorting the row (n log n); U1652 D2S has one good per query.
+# (slots x n per row) is cheaper than sorting; U1652 D2S has one good per query.
 COMPARE_SLOTS = 4
 
 
@@ -156,9 +157,9 @@ def _plan_chunks(gallery, q, chunk_size, gallery_chunk_size, budget):
     if not in_memory and not gallery_chunk_size and row_chunk:
         g_step = max(row_chunk, g_step // row_chunk * row_chunk)
     g_step = min(g_step, n_gal)
-    # storage chunks above the budget (e.g. 200,000-row zstd chunks) make the gallery block
+    # storage chunks above the budget (e.g. 200,000-row zstd chunks) make the gallery block read
     # bigger: the similarity block shrinks so that the two together stay within 2 x budget
-    block_budget = min(budget, max(budget // 8, 2 * budget - g_step * q.shape[1] * item))
+    block_budget = budget if in_memory else min(budget, max(budget // 8, 2 * budget - g_step * q.shape[1] * item))
     return g_step, min(q.shape[0], int(chunk_size or max(1, block_budget // (g_step * item))))
 
 
@@ -270,7 +271,7 @@ def _pair_scores(q, gallery, gidx, n_good, budget) -> np.ndarray:
 
 def _count_above(ops, s, gs, gidx, n_good, g0, g1, counts):
     """counts[q, i] += #{non-junk, non-good j in this block : s[q, j] > gs[q, i]}; s is consumed
-    (goods set to -inf, rows may be sorted in place)."""
+    (goods set to -inf)."""
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
     rows, cols = np.nonzero(valid & (gidx >= g0) & (gidx < g1))
     if len(rows):
@@ -279,7 +280,7 @@ def _count_above(ops, s, gs, gidx, n_good, g0, g1, counts):
         for i in range(gs.shape[1]):
             counts[:, i] += ops.count_greater(s, gs[:, i:i + 1])
         return
-    counts += ops.count_above_sorted_rows(s, gs)
+    counts += ops.count_above_many(s, gs)
 
 
 def _merge_topk(ops, best, q0, q1, s, g0, k):
