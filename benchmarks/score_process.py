@@ -12,8 +12,9 @@ numpy 2.4 removed; the benchmark runs a copy with `.cuda()` -> `.cpu()` when no 
 changes, and what changed is printed. Stores are written once
 under --work (random features, kept for reruns):
   u1652: `extract`'s layout (store.prepare_view/write_block: 256-row uncompressed chunks), test/drone
-         51,355 rows (37,855 queries: 701 locations x 54, one with 55) and 951 satellites, layers
-         26/28 of C=1920 (d = 3,840 after concatenation);
+         51,355 rows (37,855 queries: 701 locations x 54, one with 55) and 951 satellites (the 701
+         of the query locations are S2D's queries), layers 26/28 of C=1920 (d = 3,840 after
+         concatenation); scored D2S against the official script, then S2D;
   big:   written by plain zarr, 1,000 drone queries and 1e6 satellites, layers 26/28 of C=384
          (d = 768) in 50,000-row zstd chunks (--big-chunks 10000,50000,200000: one store each).
 Timings are wall clock, best of --repeat, on whatever else runs here (the load average is printed).
@@ -27,7 +28,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def write_u1652_store(path: Path, seed: int = 0) -> None:
     for view, labels in (("satellite", np.arange(951)), ("drone", drone_lab)):
         n = len(labels)
         listing = ViewListing("test", view, [f"{view}/{i}.jpg" for i in range(n)], labels,
-                              labels < 701 if view == "drone" else np.zeros(n, bool),
+                              labels < 701,  # University-1652's queries: 701 locations in both directions
                               np.ones(n, bool) if view == "satellite" else labels >= 0)
         group = st.prepare_view(root, "u1652", listing, st.ViewLayout(list(LAYERS), U1652_C, 256), {})
         noise = 0.5 if view == "satellite" else 25.0  # R@1 well below 1
@@ -101,7 +101,7 @@ def write_big_store(path: Path, n_gallery: int, n_queries: int, chunk_rows: int 
 
 
 def ensure_stores(work: Path, big_n: int, big_q: int, big_chunks: list[int]) -> tuple[Path, list[Path]]:
-    u1652 = work / "u1652.zarr"
+    u1652 = work / "u1652-both.zarr"  # satellites of the 701 query locations are S2D queries
     # the 50,000-row store keeps its old name (stores are written once and kept for reruns)
     bigs = [work / (f"big{big_n}x{big_q}.zarr" if c == 50_000 else f"big{big_n}x{big_q}c{c}.zarr") for c in big_chunks]
     writers = [(u1652, lambda p: write_u1652_store(p))] + [
@@ -127,9 +127,9 @@ def timed(cmd, **kw):
     return out, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_score(store: Path, extra=()) -> tuple[float, float, dict, float]:
+def run_score(store: Path, extra=(), mode: str = "D2S") -> tuple[float, float, dict, float]:
     """(wall seconds, peak RSS MB, metrics, CPU seconds) of one `geoalign score` process."""
-    cmd = [sys.executable, "-c", CLI, "score", f"store={store}", "--mode", "D2S", "heads=none",
+    cmd = [sys.executable, "-c", CLI, "score", f"store={store}", "--mode", mode, "heads=none",
            "pictures=0", "--json", *extra]
     out, wall, cpu = timed(cmd, cwd=ROOT)
     if out.returncode:
@@ -217,7 +217,7 @@ def main():
     args = ap.parse_args()
     big_chunks = [int(c) for c in args.big_chunks.split(",")]
     u1652, bigs = ensure_stores(args.work, int(args.big), args.big_queries, big_chunks)
-    official, change = prepare_official(args.official, u1652, args.work / "official")
+    official, change = prepare_official(args.official, u1652, args.work / f"official-{u1652.stem}")
     print(f"torch {__import__('torch').__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; official script: {args.official}, "
           f"changed at run time: {change}")
     # By default the official script runs as shipped, with torch's default threads (its per-query
@@ -237,7 +237,7 @@ def main():
     t_ours, rss, m, _ = min(ours)
     t_theirs, line, _ = min(theirs)
     c_ours, c_theirs = min(o[3] for o in ours), min(t[2] for t in theirs)
-    t_bare = bare_product(args.work / "official" / "pytorch_result.mat", args.repeat)
+    t_bare = bare_product(official.parent / "pytorch_result.mat", args.repeat)
     print(f"\nUniversity-1652 D2S, 37,855 queries x 951 gallery, d = {2 * U1652_C} (best of {args.repeat}):")
     print(f"  geoalign score --mode D2S heads=none (whole process)  {t_ours:6.2f} s   peak RSS {rss:6.0f} MB")
     print(f"  evaluate_gpu.py (whole process)                       {t_theirs:6.2f} s")
@@ -249,6 +249,10 @@ def main():
     print(f"  ours:     R@1 {100 * m['recall']['1']:.2f} R@5 {100 * m['recall']['5']:.2f} R@10 "
           f"{100 * m['recall']['10']:.2f} R@1% {100 * m['recall']['1%']:.2f} AP {100 * m['ap']:.2f}")
     print(f"  official: {line}")
+    s2d = [run_score(u1652, mode="S2D") for _ in range(max(1, args.repeat - 1))]
+    t_s2d, rss_s2d, m_s2d, _ = min(s2d)
+    print(f"\nUniversity-1652 S2D, 701 queries x 51,355 gallery (held: 789 MB): geoalign score whole process "
+          f"{t_s2d:6.2f} s   peak RSS {rss_s2d:6.0f} MB   R@1 {100 * m_s2d['recall']['1']:.2f} AP {100 * m_s2d['ap']:.2f}")
     for big, chunk_rows in zip(bigs, big_chunks):
         runs = [run_score(big) for _ in range(max(1, args.repeat - 1))]
         t_big, rss_big, m_big, _ = min(runs)
