@@ -31,8 +31,6 @@ def ops_for(device=None, backend: str | None = None):
 class NumpyOps:
     """Blocks as numpy arrays; rank counting by comparison or by sorted keys (no torch)."""
 
-    device = "cpu"
-
     def asarray(self, x, dtype) -> np.ndarray:
         return np.ascontiguousarray(to_numpy(x), dtype=dtype)
 

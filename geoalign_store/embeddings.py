@@ -79,13 +79,8 @@ def l2n(x: np.ndarray) -> np.ndarray:
 
 def raw_embedding(layer_desc: dict[int, np.ndarray], view: str) -> np.ndarray:
     """`heads=none`: each layer's descriptor L2-normalised, concatenated, L2-normalised."""
-    layers = sorted(layer_desc)
-    out = np.empty((len(layer_desc[layers[0]]), sum(layer_desc[k].shape[1] for k in layers)), np.float32)
-    col = 0
-    for k in layers:
-        out[:, col:col + layer_desc[k].shape[1]] = layer_desc[k]
-        col += layer_desc[k].shape[1]
-    return _normalise_layers_(out, [layer_desc[k].shape[1] for k in layers])
+    parts = [layer_desc[k] for k in sorted(layer_desc)]
+    return _normalise_layers_(np.concatenate(parts, axis=1, dtype=np.float32), [p.shape[1] for p in parts])
 
 
 class StoredEmbeddings:

@@ -201,12 +201,16 @@ def _check_inputs(query_emb, gallery_emb, ks, topk):
         raise ValueError("empty gallery: nothing to rank against")
     if q.shape[0] == 0:
         raise ValueError("no queries to score")
-    if any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks) or topk < 0:
-        raise ValueError(f"ks must be positive integers and topk >= 0; got ks={ks}, topk={topk}")
+    _check_ks(ks, topk)
     g_dtype = getattr(gallery_emb, "dtype", None)
     wide = q.dtype == np.float64 or str(g_dtype) in ("float64", "torch.float64")
     dtype = np.float64 if wide else np.float32
     return np.ascontiguousarray(q, dtype=dtype), g_shape[0], dtype
+
+
+def _check_ks(ks, topk) -> None:
+    if any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks) or topk < 0:
+        raise ValueError(f"ks must be positive integers and topk >= 0; got ks={ks}, topk={topk}")
 
 
 def _labels(labels, n, name):
@@ -265,8 +269,7 @@ def _pair_scores(q, gallery, gidx, n_good, budget) -> np.ndarray:
         uniq, inv = np.unique(gi[sel], return_inverse=True)
         rows = _read_rows(gallery, uniq, q.dtype)
         out[qi[sel], si[sel]] = np.einsum("ij,ij->i", q[qi[sel]], rows[inv])
-    out[~valid] = -np.inf
-    return -np.sort(-out, axis=1)
+    return _sort_desc(ops_for("cpu"), out, valid)
 
 
 def _count_above(ops, s, gs, gidx, n_good, g0, g1, counts):

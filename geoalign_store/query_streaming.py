@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .block_ops import ops_for, to_numpy
-from .metrics import (DEFAULT_MEMORY_BUDGET, RetrievalResult, _count_above, _empty_topk,
-                      _gather_goods, _good_table, _labels, _result)
+from .metrics import (DEFAULT_MEMORY_BUDGET, RetrievalResult, _check_ks, _count_above,
+                      _empty_topk, _gather_goods, _good_table, _labels, _result)
 from .rowreader import DEFAULT_SLAB_BYTES, prefetched_slabs, slab_rows
 
 
@@ -58,5 +58,4 @@ def _check(dim, g, n_q, ks, topk) -> None:
         raise ValueError(f"dimension mismatch: queries have dim {dim}, gallery shape {tuple(g.shape)}")
     if g.shape[0] == 0 or n_q == 0:
         raise ValueError(f"{n_q} queries against {g.shape[0]} gallery items: both must be non-empty")
-    if any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks) or topk < 0:
-        raise ValueError(f"ks must be positive integers and topk >= 0; got ks={ks}, topk={topk}")
+    _check_ks(ks, topk)

@@ -21,16 +21,17 @@ No cross-view label is read: drone group ids only group a flight's images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 
 from . import candidates as cand
 from .headset import Heads
+from .training import FitHeadsSection
 
 
 @dataclass
-class SelectionConfig:
+class SelectionConfig(FitHeadsSection):
     """fit-heads' `select:` section (documented and defaulted in configs/stage/fit-heads.yaml)."""
     holdout: float
     latents: tuple
@@ -42,16 +43,12 @@ class SelectionConfig:
     min_gain: float
     map_rank: int
     rounds: int
+    SECTION: ClassVar[str] = "select"
 
     @classmethod
     def from_config(cls, section: dict) -> "SelectionConfig":
         """From fit-heads' `select` section (YAML lists become tuples; `enabled` is the stage's)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k != "enabled"})
-
-    @classmethod
-    def defaults(cls, **changes) -> "SelectionConfig":
-        from .training import _stage_defaults
-        return cls.from_config({**_stage_defaults("select"), **changes})
 
 
 @dataclass

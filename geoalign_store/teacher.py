@@ -97,13 +97,13 @@ def agra_candidate(centre, teacher_space, views, recipe, seed: int, resume=None,
     noise, draws) lives in a forked RNG seeded by `seed`, so candidates fitted in one process
     are independent; `resume(state)` may restore a checkpoint (which holds that RNG state).
     `device`: where AGRA trains and embeds (the plans are built on the CPU, in float64)."""
-    from .training import fit_agra, new_agra_state
+    from .training import fit_agra, forked_rng, new_agra_state
     sat = torch.from_numpy(np.ascontiguousarray(centre.stream_input(views.sat, "satellite", "agra")))
     drone = torch.from_numpy(np.ascontiguousarray(centre.stream_input(views.drone, "drone", "agra")))
     t_sat = teacher_space.embed(views.sat, "satellite")
     t_drone = teacher_space.embed(views.drone, "drone")
     device = torch.device(device or "cpu")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         teacher = FlightTeacher(sat.to(device), drone.to(device), t_sat, t_drone, views.groups,
                                 recipe.teacher_epsilon, recipe.teacher_iters, recipe.teacher_per_flight)
         state = new_agra_state(sat.shape[1], recipe, seed, device)

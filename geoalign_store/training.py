@@ -15,7 +15,7 @@ exact same sequence of steps as an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -32,8 +32,22 @@ def _stage_defaults(section: str) -> dict:
     return to_plain(compose("fit-heads", ["preset=paper"])[section])
 
 
+class FitHeadsSection:
+    """A dataclass of one section of configs/stage/fit-heads.yaml (named by SECTION), whose
+    defaults are that file's: `defaults(**changes)`; `from_config` builds it from the section."""
+    SECTION: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, section: dict):
+        return cls(**section)
+
+    @classmethod
+    def defaults(cls, **changes):
+        return cls.from_config({**_stage_defaults(cls.SECTION), **changes})
+
+
 @dataclass
-class AgraRecipe:
+class AgraRecipe(FitHeadsSection):
     """Stream-1 training (fields documented in configs/stage/fit-heads.yaml `agra:`; no defaults
     here: `AgraRecipe.defaults(**changes)` reads them from that file)."""
     epochs: int
@@ -60,14 +74,11 @@ class AgraRecipe:
     teacher_iters: int
     teacher_refresh: int
     teacher_per_flight: int
-
-    @classmethod
-    def defaults(cls, **changes) -> "AgraRecipe":
-        return cls(**{**_stage_defaults("agra"), **changes})
+    SECTION: ClassVar[str] = "agra"
 
 
 @dataclass
-class IsmsRecipe:
+class IsmsRecipe(FitHeadsSection):
     """Stream-2 training (configs/stage/fit-heads.yaml `isms:`)."""
     latent_dim: int | None
     init: str
@@ -78,10 +89,7 @@ class IsmsRecipe:
     mse_weight: float
     decorrelation_weight: float
     orthogonality_weight: float
-
-    @classmethod
-    def defaults(cls, **changes) -> "IsmsRecipe":
-        return cls(**{**_stage_defaults("isms"), **changes})
+    SECTION: ClassVar[str] = "isms"
 
 
 def group_index(groups: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,6 +114,12 @@ class AgraState:
     epoch: int = 0
     history: list = field(default_factory=list)
     teacher: tuple | None = None   # (plan, cosine) of agra.teacher=isms, saved in checkpoints
+
+
+def forked_rng(device: torch.device):
+    """torch.random.fork_rng over the CPU's generator and, on a GPU, that device's: the code
+    inside draws from its own seeds and leaves the caller's random state as it was."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def new_agra_state(dim: int, recipe: AgraRecipe, seed: int, device=None) -> AgraState:

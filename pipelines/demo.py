@@ -4,17 +4,15 @@ then `locate` of a freshly generated drone photo of a test location that the sto
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
-
-import numpy as np
 
 from geoalign_store import store as st
 from geoalign_store.config import compose
 from geoalign_store.demo_data import render_drone_view
-from geoalign_store.geo import haversine_m, read_locations_csv
+from geoalign_store.geo import read_locations_csv
 
 from . import extract, fit_heads, locate, score
+from .locator import add_truth
 
 NEW_PHOTO_STREAM = 1000  # RNG streams 1..drone_views are the dataset's views; this one is new
 
@@ -48,10 +46,7 @@ def locate_new_photo(cfg, heads_name: str) -> dict:
                         images=[photo])["answers"][0]
     data_root = Path(st.open_store(cfg.store, mode="r")[st.view_path("demo", "test", "satellite")].attrs["data_root"])
     lat, lon = read_locations_csv(data_root / "locations.csv")[f"{loc:04d}"]  # as the store has them
-    answer["truth"] = {"location": f"{loc:04d}", "lat": lat, "lon": lon}
-    if answer["position"]:
-        top1 = np.array([answer["position"]["lat"], answer["position"]["lon"]])
-        answer["truth"]["error_m"] = float(haversine_m(np.array([lat, lon]), top1))
+    add_truth(answer, {"location": f"{loc:04d}", "lat": lat, "lon": lon})
     if answer.get("picture"):  # again, now that the true location can be marked
         locate.draw_answer(answer, data_root, Path(answer["picture"]).parent)
     return answer

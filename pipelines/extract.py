@@ -13,7 +13,7 @@ from geoalign_store import store as st
 from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, load_backbone, resolve_backbone,
                                      resolve_layers, weights_fingerprint)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.devices import resolve_device
+from geoalign_store.devices import device_name
 from geoalign_store.datasets import list_dataset, resolve_data_root
 from geoalign_store.geo import CoordinatesError, coordinates_for, read_locations_csv
 from geoalign_store.extraction import (BlockJob, DevicePerWorker, EncodeOptions, Clock,
@@ -38,16 +38,12 @@ def feature_spec(cfg, arch: dict, weights_path: Path, layers: list[int], name: s
             "stage_version": STAGE_VERSION}
 
 
-def _device(name) -> str:
-    return str(resolve_device(name))
-
-
-def local_worker_devices(n_workers: int, device_name) -> list[str] | None:
+def local_worker_devices(n_workers: int, device) -> list[str] | None:
     """What each of `cluster=local:N`'s workers computes on: with device=auto (a GPU visible)
     or device=cuda, worker i gets cuda:i (one GPU each); N above the visible GPUs is an error.
     None: every worker uses the device as given (cpu, or an explicit cuda:K)."""
-    text = str(device_name).strip().lower()
-    if resolve_device(device_name).type != "cuda" or text not in ("auto", "cuda"):
+    text = str(device).strip().lower()
+    if not device_name(device).startswith("cuda") or text not in ("auto", "cuda"):
         return None
     count = torch.cuda.device_count()
     if n_workers > count:
@@ -128,7 +124,7 @@ def run(cfg) -> dict:
     opts = EncodeOptions(arch["hidden_size"], bool(cfg.store_tokens), int(cfg.token_pool),
                          to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
     backbone_args = {"bcfg": bcfg, "weights": cfg.weights, "layers": layers,
-                     "device": _device(cfg.device), "precision": cfg.precision}
+                     "device": device_name(cfg.device), "precision": cfg.precision}
     clock.lap("store_prepare_s")
     if jobs:
         clock.times.update(_run_jobs(cfg, root, jobs, backbone_args, opts))

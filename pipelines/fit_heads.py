@@ -31,7 +31,8 @@ from geoalign_store.headset import legacy_recipe
 from geoalign_store.heads import agra_dim_error
 from geoalign_store.selection import SelectionConfig, select
 from geoalign_store.teacher import agra_candidate
-from geoalign_store.training import AgraRecipe, IsmsRecipe, fit_agra, fit_isms, new_agra_state
+from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, forked_rng,
+                                     new_agra_state)
 
 from .progress import console, progress_bar
 from .retrieval import claim_heads_folder, resolve_layers
@@ -205,7 +206,7 @@ def _train_agra(cfg, folder: Path, data: dict, layers: list[int], device):
         raise ConfigError(f"preset=paper trains AGRA with agra.teacher=self, got {recipe.teacher!r} "
                           "(the flight teacher is a candidate of preset=improved)")
     ckpt, log_path = folder / "checkpoint.safetensors", folder / "train_log.jsonl"
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         state = new_agra_state(sat.shape[1], recipe, int(cfg.seed), device)
         if ckpt.exists():
             load_training_state(ckpt, state)

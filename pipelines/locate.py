@@ -65,7 +65,8 @@ def _caption(item: dict) -> list[str]:
 
 def draw_answer(answer: dict, data_root: Path | None, folder: Path, size: int = 160) -> Path:
     """PNG: the photo, then its top-k tiles, each with rank, location, score and coordinates;
-    a tile of the true location (when known) is framed green, others grey."""
+    when the true location is known its tiles are framed green and the others red (all grey
+    when it is not)."""
     from PIL import Image, ImageDraw, ImageOps
     truth = (answer.get("truth") or {}).get("location")
     query = [Path(answer["image"]).name[:24], "query" + (f", truly {truth}" if truth else "")]

@@ -165,13 +165,7 @@ class Locator:
         answer = {"image": str(path), "heads": self.embedder.name, "top": top,
                   "position": ({"lat": top[0]["lat"], "lon": top[0]["lon"]} if top and "lat" in top[0] else None)}
         truth = self._truth(path)
-        if truth is not None:
-            answer["truth"] = truth
-            if answer["position"] and "lat" in truth:
-                a = np.array([truth["lat"], truth["lon"]])
-                b = np.array([answer["position"]["lat"], answer["position"]["lon"]])
-                truth["error_m"] = float(haversine_m(a, b))
-        return answer
+        return answer if truth is None else add_truth(answer, truth)
 
     def _truth(self, path: Path) -> dict | None:
         """A stored test drone image's known location (and coordinates), found by its path."""
@@ -199,6 +193,17 @@ class Locator:
     def data_root(self) -> Path | None:
         root = self.sat_group.attrs.get("data_root")
         return Path(root) if root else None
+
+
+def add_truth(answer: dict, truth: dict) -> dict:
+    """answer["truth"] = truth ({location[, lat, lon]}), with the top-1's error in metres
+    (`error_m`) when both have coordinates."""
+    answer["truth"] = truth
+    if answer["position"] and "lat" in truth:
+        a = np.array([truth["lat"], truth["lon"]])
+        b = np.array([answer["position"]["lat"], answer["position"]["lon"]])
+        truth["error_m"] = float(haversine_m(a, b))
+    return answer
 
 
 def check_images(paths: list[Path]) -> None:

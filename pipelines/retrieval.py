@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint
 from geoalign_store.embeddings import DirectionSet, StoredEmbeddings, direction_sets, raw_embedding
