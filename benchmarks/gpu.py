@@ -13,6 +13,8 @@
 4. `geoalign score` at University-1652 size with device= (whole process, heads=none), if the
    stage has that key on this branch; else it says so.
 5. faiss IVF-PQ build/search at 1e6 x 256 on the GPU, when faiss has GPU support (else why not).
+6. extract's compile=true: the bare forward compiled vs eager (rate, compile seconds, difference)
+   and one `extract compile=true` process (steady state, breakdown).
 A part that fails prints its error and the others still run; a part that would start after the
 time budget is spent is skipped (and says so).
 """
@@ -77,11 +79,11 @@ def make_images(root: Path, n: int, unique: int, size: int) -> None:
             os.link(made[i % unique], path)
 
 
-def extract_process(store: Path, data: Path, cfg: dict, device: str) -> tuple[float, dict]:
+def extract_process(store: Path, data: Path, cfg: dict, device: str, extra=()) -> tuple[float, dict]:
     """One `geoalign extract` process, timed from outside: -> (wall seconds, its summary)."""
     cmd = [sys.executable, "-m", "pipelines.cli", "extract", f"store={store}", "dataset=folder",
            f"data_root={data}", "split=test", f"backbone={cfg['backbone']}", "backbone.seed=0",
-           f"batch_size={cfg['batch']}", f"device={device}", "--json"]
+           f"batch_size={cfg['batch']}", f"device={device}", *extra, "--json"]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -118,6 +120,29 @@ def part_extract(args, cfg, tmp: Path) -> None:
     part_forward(args, cfg, bcfg, flops)
 
 
+def part_compile(args, cfg, tmp: Path) -> None:
+    """extract's compile=true lever: the bare forward compiled vs eager (same weights, same
+    batch), and one whole `extract compile=true` process of N2 images (its steady state and
+    breakdown: the compilation is in first_batch_compute)."""
+    from geoalign_store.backbone import read_arch, weights_source
+    from geoalign_store.config import compose, to_plain
+    bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
+    flops = flops_per_image(read_arch(weights_source(bcfg, None)), cfg["size"], 29)
+    eager = part_forward(args, cfg, bcfg, flops)
+    compiled = part_forward(args, cfg, bcfg, flops, compile=True)
+    diff = max(float((eager[k] - compiled[k]).abs().max()) for k in eager)
+    print(f"  max |compiled - eager| over the layers' tokens: {diff:.2e}")
+    data = tmp / f"img{cfg['n2']}"
+    if not data.exists():
+        make_images(data, cfg["n2"], cfg["unique"], cfg["size"])
+    wall, summary = extract_process(tmp / "compiled.zarr", data, cfg, args.device, ["compile=true"])
+    t = summary["timings"]
+    steady = t["steady_images"] / t["steady_s"] if t.get("steady_s") else float("nan")
+    print(f"  extract compile=true, {cfg['n2']} images: {wall:.1f} s wall; steady state {steady:.0f} img/s = "
+          f"{steady * flops / 1e12:.3g} TFLOP/s" + _peak(args, steady * flops))
+    print("  breakdown (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in t.items() if k.endswith("_s")))
+
+
 def _peak(args, flop_s: float) -> str:
     if not args.device.startswith("cuda"):
         return " (no GPU: fraction of peak n/a)"
@@ -129,23 +154,30 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def part_forward(args, cfg, bcfg, flops: float) -> None:
-    """The bare forward (bf16 weights on a GPU) on one pre-decoded batch already on the device."""
+def part_forward(args, cfg, bcfg, flops: float, compile: bool = False) -> dict:
+    """The bare forward (bf16 weights on a GPU) on one pre-decoded batch already on the device;
+    with `compile`, the first call's seconds are the compilation. -> the last outputs."""
     from geoalign_store.backbone import layer_tokens, load_backbone
-    bb = load_backbone(bcfg, None, [26, 28], args.device, "auto")
-    pixels = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"]).to(args.device)
+    bb = load_backbone(bcfg, None, [26, 28], args.device, "auto", compile=compile)
+    pixels = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"],
+                         generator=torch.Generator().manual_seed(0)).to(args.device)
+    t0 = time.perf_counter()
     layer_tokens(bb, pixels)
     _sync(args.device)
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(cfg["forward_iters"]):
-        layer_tokens(bb, pixels)
+        out = layer_tokens(bb, pixels)
     _sync(args.device)
     rate = cfg["forward_iters"] * cfg["batch"] / (time.perf_counter() - t0)
-    print(f"  bare forward ({bb.dtype or torch.float32} weights, batch {cfg['batch']}): {rate:.0f} img/s = "
-          f"{rate * flops / 1e12:.3g} TFLOP/s" + _peak(args, rate * flops))
+    print(f"  bare forward ({bb.dtype or torch.float32} weights{', compiled' if compile else ''}, batch "
+          f"{cfg['batch']}): {rate:.0f} img/s = {rate * flops / 1e12:.3g} TFLOP/s" + _peak(args, rate * flops)
+          + f"; first call {first:.1f} s")
+    out = {k: v.float().cpu() for k, v in out.items()}
     del bb
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
+    return out
 
 
 def part_bf16_diff(args, cfg, tmp: Path) -> None:
@@ -153,11 +185,11 @@ def part_bf16_diff(args, cfg, tmp: Path) -> None:
     from geoalign_store.backbone import load_backbone
     from geoalign_store.config import compose, to_plain
     from geoalign_store.extraction import EncodeOptions, encode_stack
-    from geoalign_store.images import load_image
+    from geoalign_store.images import read_rgb
     bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
     data = tmp / "img_diff"
     make_images(data, cfg["diff_images"], cfg["diff_images"], cfg["size"])
-    pixels = torch.stack([load_image(p) for p in sorted(data.rglob("*.jpg"))])
+    pixels = torch.stack([read_rgb(p) for p in sorted(data.rglob("*.jpg"))])
     opts = EncodeOptions(bcfg["hidden_size"])
     out = {}
     for precision in ("fp32", "bf16"):
@@ -258,7 +290,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds; later parts are skipped")
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak of the GPU")
-    ap.add_argument("--parts", default="extract,diff,fit,score,faiss")
+    ap.add_argument("--parts", default="extract,diff,fit,score,faiss,compile")
     args = ap.parse_args()
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     cfg = SMOKE if args.smoke else FULL
@@ -270,7 +302,8 @@ def main() -> None:
              "diff": ("2. bf16 vs fp32 descriptors", part_bf16_diff),
              "fit": ("3. fit-heads default recipe, University-1652 size", part_fit),
              "score": ("4. score, University-1652 size", part_score),
-             "faiss": ("5. faiss IVF-PQ", lambda a, c, _tmp: part_faiss(a, c))}
+             "faiss": ("5. faiss IVF-PQ", lambda a, c, _tmp: part_faiss(a, c)),
+             "compile": ("6. extract compile=true (torch.compile of the blocks)", part_compile)}
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.parts.split(","):
             title, fn = parts[key]

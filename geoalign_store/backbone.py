@@ -167,6 +167,7 @@ class Backbone:
     channels: int
     device: torch.device
     dtype: torch.dtype | None  # weights' dtype when not float32 (bf16), None = fp32
+    compiled: bool = False     # blocks run through torch.compile (fused elementwise kernels)
 
 
 def _quiet_transformers() -> None:
@@ -183,7 +184,7 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if use_bf16 else None
 
 
-def load_backbone(bcfg, weights, layers, device="cpu", precision="auto") -> Backbone:
+def load_backbone(bcfg, weights, layers, device="cpu", precision="auto", compile=False) -> Backbone:
     from transformers import DINOv3ViTModel
     _quiet_transformers()
     path = weights_source(bcfg, weights)
@@ -208,8 +209,15 @@ def load_backbone(bcfg, weights, layers, device="cpu", precision="auto") -> Back
         # stays fp32: it feeds the descriptors.
         model = model.to(dtype)
         model.norm.float()
+    if compile:
+        # Every block has the same code, and torch.compile treats a module's weights as inputs,
+        # so one compiled graph serves all blocks (another for a second batch shape, after which
+        # the batch dimension is dynamic). Inductor caches the kernels on disk: later runs on the
+        # machine pay seconds, not the first run's tens of seconds.
+        for block in model.model.layer:
+            block.compile()
     return Backbone(model, resolved, cfg.num_register_tokens, cfg.patch_size,
-                    cfg.hidden_size, device, dtype)
+                    cfg.hidden_size, device, dtype, bool(compile))
 
 
 def layer_tokens(bb: Backbone, pixels: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -19,8 +19,9 @@ import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import store as st
+from .config import ConfigError
 from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
-from .images import ImageFiles, collate_by_shape
+from .images import ImageFiles, collate_by_shape, normalise
 
 
 @dataclass
@@ -60,7 +61,8 @@ def job_batches(jobs: list[BlockJob], batch_size: int) -> list[list[int]]:
 
 
 def encode_stack(bb: Backbone, pixels: torch.Tensor, opts: EncodeOptions) -> dict[str, np.ndarray]:
-    """Descriptors of one stack of same-sized images, keyed like the store's arrays."""
+    """Descriptors of one stack of same-sized uint8 images (read_rgb), keyed like the store's
+    arrays."""
     return start_encode(bb, pixels, opts).result()
 
 
@@ -87,7 +89,9 @@ def start_encode(bb: Backbone, pixels: torch.Tensor, opts: EncodeOptions) -> _En
     grid = (pixels.shape[-2] // bb.patch_size, pixels.shape[-1] // bb.patch_size)
     out = {}
     with torch.inference_mode():
-        for k, tokens in layer_tokens(bb, pixels).items():
+        # uint8 crosses to the device; it is normalised there (bitwise as on the host).
+        x = normalise(pixels.to(bb.device, non_blocking=True), opts.mean, opts.std)
+        for k, tokens in layer_tokens(bb, x).items():
             patches = tokens[:, 1 + bb.n_registers:]
             out[f"layer_{k}/cls"] = tokens[:, 0]
             out[f"layer_{k}/desc"] = gem_descriptor(patches)
@@ -214,7 +218,7 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
     clock = Clock()
     paths = [p for j in jobs for p in j.paths]
     loader = torch.utils.data.DataLoader(
-        ImageFiles(paths, opts.image_size, opts.mean, opts.std),
+        ImageFiles(paths, opts.image_size),
         batch_sampler=job_batches(jobs, batch_size), collate_fn=collate_by_shape,
         num_workers=num_workers, multiprocessing_context="spawn" if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.cuda.is_available())
@@ -228,8 +232,7 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
         first = next(batches, None)
         clock.lap("first_batch_wait_s")   # what the decode workers still needed for batch one
         if first is not None:
-            assembler.add(bb, first, opts)
-            assembler.close()  # timed alone: includes the device's first-call set-up
+            _first_batch(assembler, bb, first, opts)
             clock.lap("first_batch_compute_s")
         for batch in batches:
             assembler.add(bb, batch, opts)
@@ -241,6 +244,21 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
     clock.lap("write_tail_s")             # writes still queued after the last batch
     clock.times["writes_busy_s"] = round(writer.busy_s, 3)
     return clock.times
+
+
+def _first_batch(assembler: BlockAssembler, bb: Backbone, batch: dict, opts: EncodeOptions) -> None:
+    """The first batch alone (timed apart: it includes the device's first-call set-up and any
+    compilation). torch.compile failing there (no C++ compiler, an op it cannot lower) is a
+    set-up problem, so it is said as one; blocks already in the store are untouched."""
+    try:
+        assembler.add(bb, batch, opts)
+        assembler.close()
+    except Exception as e:  # noqa: BLE001  (only rephrased when compile=true)
+        if not bb.compiled:
+            raise
+        why = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"compile=true: torch.compile failed on the first batch ({type(e).__name__}: "
+                          f"{why}); nothing of this run was written. Rerun without compile=true") from None
 
 
 class Clock:
@@ -290,7 +308,7 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
         _WORKER_BACKBONES[key] = load_backbone(**backbone_args)
     bb = _WORKER_BACKBONES[key]
     job = BlockJob(job.view_path, job.block, job.paths, 0)
-    files = ImageFiles(job.paths, opts.image_size, opts.mean, opts.std)
+    files = ImageFiles(job.paths, opts.image_size)
     failed = []
     root = st.open_store(store_url, mode="r+")
     assembler = BlockAssembler([job], batch_size, lambda p: root[p],

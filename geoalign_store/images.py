@@ -22,16 +22,34 @@ def _size_hw(image_size) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
-def load_image(path: str | Path, image_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """RGB, optional bilinear resize to (h, w), ToTensor, mean/std normalisation: (3, H, W)."""
+def read_rgb(path: str | Path, image_size=None) -> torch.Tensor:
+    """Decoded RGB, optionally bilinear-resized to (h, w): (3, H, W) uint8. Decode workers hand
+    these on as they are (a quarter of float32's bytes through shared and pinned memory and the
+    host-to-device copy); `normalise` runs where the backbone runs."""
     with Image.open(path) as img:
         img = img.convert("RGB")
         hw = _size_hw(image_size)
         if hw is not None and img.size != (hw[1], hw[0]):
             img = img.resize((hw[1], hw[0]), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.float32) / 255.0
-    pixels = torch.from_numpy(array).permute(2, 0, 1)
-    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        array = np.array(img, dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def normalise(pixels: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 ToTensor (/ 255) then (x - mean) / std, on the tensor's
+    device. Each step is one correctly rounded float32 operation, so the result is bitwise the
+    same wherever it runs (tests/test_extract.py checks it against a numpy recipe)."""
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"normalise expects uint8 pixels (read_rgb), got {pixels.dtype}")
+    x = pixels.to(torch.float32) / 255.0
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x - m) / s
+
+
+def load_image(path: str | Path, image_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """What the backbone sees of one image: (3, H, W) float32, normalised."""
+    return normalise(read_rgb(path, image_size), mean, std)
 
 
 def image_hw(path: str | Path, image_size=None) -> tuple[int, int]:
@@ -44,19 +62,18 @@ def image_hw(path: str | Path, image_size=None) -> tuple[int, int]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Decodes images by flat index; a failure becomes an error string, never an exception, so
-    one corrupt file cannot stop a run."""
+    """Decodes images by flat index to uint8 (read_rgb); a failure becomes an error string, never
+    an exception, so one corrupt file cannot stop a run."""
 
-    def __init__(self, paths: list[str], image_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, paths: list[str], image_size=None):
         self.paths, self.image_size = paths, image_size
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return index, load_image(self.paths[index], self.image_size, self.mean, self.std), ""
+            return index, read_rgb(self.paths[index], self.image_size), ""
         except Exception as e:  # noqa: BLE001 - any decoding failure is recorded, not raised
             return index, None, f"{type(e).__name__}: {e}"
 

@@ -124,7 +124,8 @@ def run(cfg) -> dict:
     opts = EncodeOptions(arch["hidden_size"], bool(cfg.store_tokens), int(cfg.token_pool),
                          to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
     backbone_args = {"bcfg": bcfg, "weights": cfg.weights, "layers": layers,
-                     "device": device_name(cfg.device), "precision": cfg.precision}
+                     "device": device_name(cfg.device), "precision": cfg.precision,
+                     "compile": bool(cfg.compile)}
     clock.lap("store_prepare_s")
     if jobs:
         clock.times.update(_run_jobs(cfg, root, jobs, backbone_args, opts))

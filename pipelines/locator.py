@@ -121,7 +121,7 @@ class Locator:
     # ----- localisation
     def encode(self, paths: list) -> np.ndarray:
         """Retrieval vectors of drone images, in batches, as the store's drone rows were made."""
-        files = ImageFiles([str(p) for p in paths], self.opts.image_size, self.opts.mean, self.opts.std)
+        files = ImageFiles([str(p) for p in paths], self.opts.image_size)
         desc = {k: np.zeros((len(paths), self.backbone.channels), np.float32) for k in self.embedder.layers}
         for start in range(0, len(paths), self.batch_size):
             batch = collate_by_shape([files[i] for i in range(start, min(start + self.batch_size, len(paths)))])

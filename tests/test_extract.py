@@ -87,6 +87,25 @@ def test_descriptors_equal_float64_reference(extracted, folder_dataset):
             np.testing.assert_allclose(group[f"layer_{layer}/cls"][row], cls, rtol=1e-5, atol=1e-5)
 
 
+def test_uint8_pixels_normalised_on_the_device_equal_the_float_recipe_bitwise(folder_dataset):
+    """Decode workers hand on uint8 (read_rgb); normalise() must give exactly what ToTensor +
+    Normalize in float32 on the host gives (numpy here, independent of the code under test)."""
+    from PIL import Image
+    from geoalign_store.images import IMAGENET_MEAN, IMAGENET_STD, normalise, read_rgb
+    path = next((folder_dataset / "test/drone").rglob("*.png"))
+    pixels = read_rgb(path)
+    assert pixels.dtype == torch.uint8 and pixels.shape[0] == 3
+    with Image.open(path) as img:
+        hwc = np.asarray(img.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    mean, std = (np.asarray(v, np.float32).reshape(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    want = (hwc.transpose(2, 0, 1) - mean) / std
+    got = normalise(torch.stack([pixels, pixels]))
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got[1].numpy(), want)
+    with pytest.raises(TypeError, match="uint8"):
+        normalise(got)
+
+
 def test_layer_mapping_against_manual_pass(folder_dataset):
     """Block k's output is hidden_states[k + 1]; negative indices count from the end."""
     cfg = compose("extract", ["dataset=folder"])
@@ -254,6 +273,29 @@ def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
         assert b[k].dtype == torch.float32
         diff = (gem_descriptor(a[k][:, 5:]) - gem_descriptor(b[k][:, 5:])).abs().max()
         assert 0 < diff < 2e-2  # the tiny random model (C = 80); the real figure: benchmarks/gpu.py
+
+
+def test_compiled_blocks_match_eager_and_a_failed_compile_is_a_clear_error(tmp_path, extracted, folder_dataset):
+    """compile=true: the blocks run through torch.compile (one graph for every block; a second
+    batch shape makes the batch dimension dynamic) and the stored values stay within float32
+    rounding of the eager run. A compiler that cannot run is a ConfigError naming the flag."""
+    store = tmp_path / "compiled.zarr"
+    run_extract(store, folder_dataset, "compile=true", "split=test")
+    eager = view_arrays(extracted)
+    group = zarr.open_group(str(store), mode="r")
+    for view in ("test/drone", "test/satellite"):
+        for name in ("layer_26/desc", "layer_28/desc", "layer_26/cls", "layer_28/cls"):
+            got = group[f"features/folder/{view}/{name}"][:]
+            np.testing.assert_allclose(got, eager[f"{view}/{name}"], rtol=1e-4, atol=1e-5)
+    import torch._inductor.config as inductor_config
+    from torch._dynamo import reset
+    reset()  # forget the compiled graphs so the next run compiles again
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+        mp.setattr(inductor_config, "fx_graph_cache", False)
+        with pytest.raises(ConfigError, match="compile=true: torch.compile failed.*without compile=true"):
+            run_extract(tmp_path / "broken.zarr", folder_dataset, "compile=true", "split=test")
+    reset()
 
 
 def test_local_cluster_gives_each_worker_its_own_gpu(monkeypatch):
