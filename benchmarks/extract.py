@@ -111,13 +111,13 @@ def bench_read(rows: int = 200_000, dim: int = 1280) -> None:
         data = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
         writes = {}
         for name, codecs in (("plain", None), ("crc32c", FEATURE_CODECS)):
-            def write(name=name, codecs=codecs):
+            def write(name=name, codecs=codecs, data=data):
                 arr = zarr.create_array(f"{tmp}/{name}.zarr", shape=data.shape, dtype="float32",
                                         chunks=(256, dim), compressors=codecs, overwrite=True)
                 arr[:] = data
             writes[name] = _best(write)
         np.save(f"{tmp}/a.npy", data)
-        del data
+        del data, write  # the arrays are on disk now: free the memory
         done = np.ones(-(-rows // 256), dtype=bool)
         reads = {"numpy .npy": lambda: np.load(f"{tmp}/a.npy"),
                  "zarr, no checksum": lambda: zarr.open_array(f"{tmp}/plain.zarr", mode="r")[:],

@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import store as st
 from .config import ConfigError
@@ -275,30 +274,11 @@ class Clock:
 
 
 _WORKER_BACKBONES: dict[str, Backbone] = {}
-_WORKER_DEVICE: dict[str, str] = {}   # this dask worker's own device, set by DevicePerWorker
-
-
-class DevicePerWorker(WorkerPlugin):
-    """dask worker plugin: LocalCluster worker number i (its name) computes on devices[i], so
-    N workers use N GPUs instead of all sharing cuda:0. A restarted worker gets it again."""
-
-    name = "geoalign-device-per-worker"
-
-    def __init__(self, devices: list[str]):
-        self.devices = list(devices)
-
-    def setup(self, worker) -> None:
-        _WORKER_DEVICE["device"] = self.devices[int(worker.name) % len(self.devices)]
-
-
-def worker_device() -> str | None:
-    return _WORKER_DEVICE.get("device")
-
-
 def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeOptions,
                batch_size: int, threads: int | None = None) -> int:
     """One dask task: encode and write one block; the worker keeps its backbone between tasks.
     Returns the number of images that failed to decode."""
+    from .worker_devices import worker_device  # dask's modules: only where dask runs
     if threads:
         torch.set_num_threads(threads)
     if worker_device() is not None:

@@ -16,7 +16,7 @@ from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.devices import device_name
 from geoalign_store.datasets import list_dataset, resolve_data_root
 from geoalign_store.geo import CoordinatesError, coordinates_for, read_locations_csv
-from geoalign_store.extraction import (BlockJob, DevicePerWorker, EncodeOptions, Clock,
+from geoalign_store.extraction import (BlockJob, EncodeOptions, Clock,
                                        block_task, plan_jobs, run_in_process)
 from geoalign_store.images import image_hw
 
@@ -184,6 +184,7 @@ def _run_on_cluster(cfg, jobs, backbone_args, opts, on_block) -> None:
 def _submit_blocks(cfg, jobs, backbone_args, opts, on_block) -> None:
     """Each block is an independent task that writes its own chunks: no locks, any worker."""
     from distributed import Client, LocalCluster, as_completed
+    from geoalign_store.worker_devices import DevicePerWorker
     address = str(cfg.cluster)
     if address.startswith("local:"):
         n = int(address.split(":", 1)[1])

@@ -324,7 +324,7 @@ def test_too_many_gpu_workers_refused_before_anything_is_written(tmp_path, folde
 def test_device_plugin_tells_each_local_worker_its_device():
     """What the dask workers themselves hold after the plugin ran (labels only: no GPU used)."""
     from distributed import Client, LocalCluster
-    from geoalign_store.extraction import DevicePerWorker, worker_device
+    from geoalign_store.worker_devices import DevicePerWorker, worker_device
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.register_plugin(DevicePerWorker(["cuda:0", "cuda:1"]))
