@@ -22,6 +22,14 @@ Families (defaults in DEFAULTS, frozen before any method is measured on them):
 - `neighbours`: locations on a 2-D map whose content is a smooth random field (nearby locations
   look alike: hard negatives); an oblique drone image sees a point displaced from its location,
   through per-channel gains that depend on its altitude regime, plus a domain offset and noise.
+- `outliers`: full-rank content with a power-law spectrum (like real ViT features: no clean low
+  rank, no flat spectrum) on top of which a few fixed "massive activation" channels, shared by both
+  views and both layers, carry a large magnitude that varies per image independently of location
+  (a nuisance that dominates the cosine). Neither view is clean: the satellite passes through its
+  own fixed linear map (per-channel gains and a partial rotation), the drone through another; each
+  drone image mixes in, with its own weight, the content of another location of the split (a wide
+  oblique view sees neighbouring areas / clutter); every flight has its own per-channel gains
+  (camera response, exposure), plus domain offsets and noise in both views.
 """
 
 from __future__ import annotations
@@ -251,8 +259,86 @@ class Neighbours:
         return out
 
 
+class Outliers:
+    """Power-law content, massive-activation channels, a distorting map on each view, clutter from
+    other locations in the drone images and per-flight channel gains (see the module docstring).
+
+    Per layer k, location latent z ~ N(0, I_dim), content c_k(z) = (z * s) U_k with s_i^2 ~ i^-alpha
+    (sum 1: unit norm on average) and U_k orthogonal; layer 26 mixes layer 28's content with its
+    own. View map of view v: x -> (x * g_v) ((1 - mix_v) I + mix_v O_v), g_v log-normal gains,
+    O_v orthogonal. Massive channels: `massive_dims` fixed channels with base values b (norm
+    `massive_scale`, decreasing magnitudes, fixed signs); each image adds
+    b * exp(spread eps - spread^2 / 2) (eps ~ N(0, 1) per image and channel, shared by both layers
+    of that image, independent of the location and across views).
+    satellite: L2(map_sat(c(z)) + m_sat + massive + sat_noise n);
+    drone:     L2(map_drone(((1 - w) c(z) + w c(z')) * f_flight) + m_drone + massive
+                  + drone_noise n),
+    w ~ U(0, clutter_max) per image, z' the latent of another location of the split, f_flight
+    log-normal per-channel gains (std `flight_gain`) shared by the flight's images."""
+
+    def __init__(self, rng, dim: int, k: dict):
+        self.k, self.n_regimes, self.dim = k, 1, dim
+        spectrum = np.arange(1, dim + 1, dtype=float) ** (-k["content_alpha"])
+        self.s = np.sqrt(spectrum / spectrum.sum())
+        u28, own = orthogonal(rng, dim), orthogonal(rng, dim)
+        mix = k["layer26_mix"]
+        self.content = {28: u28, 26: mix * u28 + np.sqrt(1 - mix ** 2) * own}
+        self.massive_idx = rng.choice(dim, k["massive_dims"], replace=False)
+        base = np.linspace(1.0, 0.4, k["massive_dims"]) * rng.choice([-1.0, 1.0], k["massive_dims"])
+        self.massive_base = base / np.linalg.norm(base) * k["massive_scale"]
+        self.layer = {}
+        for layer in LAYERS:
+            self.layer[layer] = {view: self._view_map(rng, dim, k[f"{view}_mix"])
+                                 for view in ("sat", "drone")}
+            self.layer[layer]["m_sat"] = gauss_vec(rng, (dim,), k["sat_offset"])
+            self.layer[layer]["m_drone"] = gauss_vec(rng, (dim,), k["domain_offset"])
+
+    def _view_map(self, rng, dim: int, mix: float) -> np.ndarray:
+        """diag(log-normal gains) ((1 - mix) I + mix O): x @ this = (x * gains) (...)."""
+        gains = np.exp(self.k["gain_spread"] * rng.standard_normal(dim))
+        return gains[:, None] * ((1 - mix) * np.eye(dim) + mix * orthogonal(rng, dim))
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        return rng.standard_normal((n, self.dim))
+
+    def clean(self, z) -> dict:
+        return {layer: (z * self.s) @ u for layer, u in self.content.items()}
+
+    def _massive(self, rng, n: int) -> np.ndarray:
+        spread = self.k["massive_spread"]
+        factor = np.exp(spread * rng.standard_normal((n, self.k["massive_dims"])) - spread ** 2 / 2)
+        out = np.zeros((n, self.dim))
+        out[:, self.massive_idx] = factor * self.massive_base
+        return out
+
+    def satellite(self, rng, z) -> dict:
+        k, massive, out = self.k, self._massive(rng, len(z)), {}
+        for layer, x in self.clean(z).items():
+            p = self.layer[layer]
+            y = x @ p["sat"] + p["m_sat"] + massive
+            out[layer] = _finish(y + gauss_vec(rng, x.shape, k["sat_noise"]))
+        return out
+
+    def drone(self, rng, z, flight, regime) -> dict:
+        k, n = self.k, len(z)
+        n_flights = int(flight.max()) + 1 if n else 0
+        by_flight = np.zeros((n_flights, self.dim))
+        by_flight[flight] = z
+        other = (flight + rng.integers(1, max(n_flights, 2), n)) % max(n_flights, 1)
+        w = rng.uniform(0, k["clutter_max"], (n, 1))
+        gains = np.exp(k["flight_gain"] * rng.standard_normal((n_flights, self.dim)))[flight]
+        massive = self._massive(rng, n)
+        own, clutter, out = self.clean(z), self.clean(by_flight[other]), {}
+        for layer in LAYERS:
+            p = self.layer[layer]
+            seen = ((1 - w) * own[layer] + w * clutter[layer]) * gains
+            y = seen @ p["drone"] + p["m_drone"] + massive
+            out[layer] = _finish(y + gauss_vec(rng, y.shape, k["drone_noise"]))
+        return out
+
+
 FAMILIES = {"manifold": Manifold, "regimes": Regimes, "flightshift": FlightShift,
-            "neighbours": Neighbours}
+            "neighbours": Neighbours, "outliers": Outliers}
 
 DEFAULTS = {
     "manifold": {
@@ -279,5 +365,12 @@ DEFAULTS = {
         "map_locations": 2000, "field_features": 256, "length_scale": 1.5, "layer26_mix": 0.6,
         "regimes": 2, "gain_spread": 0.7, "mix": 0.9, "view_shift": 0.4, "domain_offset": 1.5,
         "sat_offset": 1.0, "sat_noise": 0.2, "drone_noise": 0.6, "cls_noise": 0.3,
+    },
+    "outliers": {
+        "dim": 640, "train_locs": 500, "test_locs": 200, "views": 5, "distractors": 50,
+        "content_alpha": 1.0, "layer26_mix": 0.6, "massive_dims": 4, "massive_scale": 2.0,
+        "massive_spread": 0.2, "gain_spread": 0.5, "sat_mix": 0.5, "drone_mix": 0.7,
+        "clutter_max": 0.4, "flight_gain": 0.2, "domain_offset": 1.5, "sat_offset": 1.0,
+        "sat_noise": 0.2, "drone_noise": 0.5, "cls_noise": 0.3,
     },
 }
