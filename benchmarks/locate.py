@@ -72,7 +72,7 @@ def bench_warm(store: Path, photos, heads: str) -> float:
     hits = sum(a["top"][0]["location"] == truth for a, (_, truth) in zip(answers, photos))
     warm, fwd = statistics.median(single), statistics.median(forward)
     print(f"warm Locator (heads={loc.embedder.name}, {len(loc.gallery_side.rows)} satellites, "
-          f"{loc.backbone.model.config.hidden_size}-wide x {len(loc.backbone.model.model.layer)} blocks, "
+          f"{loc.backbone.channels}-wide x {len(loc.backbone.model.layer)} blocks, "
           f"torch threads {torch.get_num_threads()}): constructed in {load:.2f} s")
     print(f"  one photo per call   median {1e3 * warm:7.1f} ms/image  (over {len(paths)} photos)")
     print(f"  {len(paths)} photos in one call       {1e3 * batch:7.1f} ms/image  "

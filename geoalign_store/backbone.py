@@ -185,53 +185,62 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def load_backbone(bcfg, weights, layers, device="cpu", precision="auto", compile=False) -> Backbone:
-    from transformers import DINOv3ViTModel
-    _quiet_transformers()
+    """The frozen backbone, cut after the deepest requested block (the later blocks' weights are
+    never materialised), on `device`, in fp32 or bf16."""
+    from .vit import load_vit, read_folder_weights
     path = weights_source(bcfg, weights)
     if path.is_dir():
-        model = DINOv3ViTModel.from_pretrained(path, local_files_only=True)
+        arch = read_arch(path)
+        check_arch(bcfg, arch, path)
+        resolved = resolve_layers(layers, arch["num_hidden_layers"])
+        state = read_folder_weights(path, max(resolved) + 1)
     else:
         from .dinov3_convert import load_official_checkpoint
         config, state = load_official_checkpoint(path)
-        model = DINOv3ViTModel(config)
-        model.load_state_dict(state, strict=True)
-    cfg = model.config
-    check_arch(bcfg, cfg.to_dict(), path)
-    resolved = resolve_layers(layers, cfg.num_hidden_layers)
-    # Blocks after the deepest requested layer are never needed: drop them.
-    model.model.layer = model.model.layer[: max(resolved) + 1]
+        arch = config.to_dict()
+        check_arch(bcfg, arch, path)
+        resolved = resolve_layers(layers, arch["num_hidden_layers"])
+        # the converter names blocks as transformers' module tree does ("model.layer.<i>")
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    try:
+        model = load_vit(arch, state, max(resolved) + 1)
+    except (RuntimeError, KeyError, ValueError) as e:  # names or shapes that are not DINOv3's
+        raise ConfigError(f"weights {path} do not fit a DINOv3 ViT of their config: "
+                          f"{str(e).strip().splitlines()[0][:300]}") from None
     device = torch.device(device)
     dtype = compute_dtype(precision, device)
     model = model.eval().requires_grad_(False).to(device)
     if dtype is not None:
         # bf16 weights, not fp32 weights under autocast: no per-batch weight casts (measured on
         # an H200: 178 vs 155 img/s). Cast after the move (on the GPU: fast). The final norm
-        # stays fp32: it feeds the descriptors.
+        # stays fp32: it feeds the descriptors; so do RoPE's frequencies (in bf16 they would be
+        # off by up to 0.4%, turning the high-frequency patch angles by up to ~0.03 rad).
         model = model.to(dtype)
         model.norm.float()
+        model.rope_embeddings.float()
     if compile:
         # Every block has the same code, and torch.compile treats a module's weights as inputs,
         # so one compiled graph serves all blocks (another for a second batch shape, after which
         # the batch dimension is dynamic). Inductor caches the kernels on disk: later runs on the
         # machine pay seconds, not the first run's tens of seconds.
-        for block in model.model.layer:
+        for block in model.layer:
             block.compile()
-    return Backbone(model, resolved, cfg.num_register_tokens, cfg.patch_size,
-                    cfg.hidden_size, device, dtype, bool(compile))
+    return Backbone(model, resolved, arch["num_register_tokens"], arch["patch_size"],
+                    arch["hidden_size"], device, dtype, bool(compile))
 
 
 def layer_tokens(bb: Backbone, pixels: torch.Tensor) -> dict[int, torch.Tensor]:
     """Final-norm'ed output of each requested block: (B, 1 + registers + patches, C), float32.
 
-    The blocks are run here as DINOv3ViTModel.forward runs them (patch + register embeddings,
-    RoPE from the pixel grid, then each block with those position embeddings), so only the
-    requested blocks' outputs are kept instead of every hidden state."""
+    The blocks are run one by one (patch + register embeddings, RoPE from the pixel grid, then
+    each block with those position embeddings), so only the requested blocks' outputs are kept
+    instead of every hidden state."""
     with torch.inference_mode():
         x = pixels.to(bb.device, non_blocking=True).to(bb.dtype or torch.float32)
         hidden = bb.model.embeddings(x)
         rope = bb.model.rope_embeddings(x)
         out = {}
-        for k, block in enumerate(bb.model.model.layer):
+        for k, block in enumerate(bb.model.layer):
             hidden = block(hidden, position_embeddings=rope)
             if k in bb.layers:
                 out[k] = bb.model.norm(hidden.float())

@@ -57,8 +57,9 @@ def extracted(folder_dataset, tmp_path_factory) -> Path:
 
 
 def reference_descriptor(model, pixels: torch.Tensor, layer: int, n_reg: int):
-    """Slow float64 per-image reference: a manual pass through the blocks, then the paper's
-    pooling written out position by position."""
+    """Slow float64 per-image reference: a manual pass through the blocks of transformers'
+    DINOv3ViTModel (independent of geoalign_store.vit), then the paper's pooling written out
+    position by position."""
     model = model.double()
     x = pixels[None].double()
     hidden = model.embeddings(x)
@@ -75,14 +76,17 @@ def reference_descriptor(model, pixels: torch.Tensor, layer: int, n_reg: int):
 
 
 def test_descriptors_equal_float64_reference(extracted, folder_dataset):
+    from transformers import DINOv3ViTModel
     cfg = compose("extract", ["dataset=folder"])
     bb = load_backbone(OmegaConf.to_container(cfg.backbone), None, [26, 28])
+    reference = DINOv3ViTModel.from_pretrained(weights_source(OmegaConf.to_container(cfg.backbone), None),
+                                               local_files_only=True).eval()
     group = zarr.open_group(str(extracted), mode="r")["features/folder/test/drone"]
     ids = [str(i) for i in group["ids"][:]]
     for row in (0, len(ids) - 1):
         pixels = load_image(folder_dataset / ids[row])
         for layer in (26, 28):
-            desc, cls = reference_descriptor(bb.model, pixels, layer, bb.n_registers)
+            desc, cls = reference_descriptor(reference, pixels, layer, bb.n_registers)
             np.testing.assert_allclose(group[f"layer_{layer}/desc"][row], desc, atol=2e-6)
             np.testing.assert_allclose(group[f"layer_{layer}/cls"][row], cls, rtol=1e-5, atol=1e-5)
 
@@ -110,14 +114,14 @@ def test_layer_mapping_against_manual_pass(folder_dataset):
     """Block k's output is hidden_states[k + 1]; negative indices count from the end."""
     cfg = compose("extract", ["dataset=folder"])
     bb = load_backbone(OmegaConf.to_container(cfg.backbone), None, [-6, -4])
-    assert bb.layers == [26, 28] and len(bb.model.model.layer) == 29
+    assert bb.layers == [26, 28] and len(bb.model.layer) == 29
     from geoalign_store.backbone import layer_tokens
     pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
     got = layer_tokens(bb, pixels)
     x, hidden = pixels.double(), None
     model = bb.model.double()
     hidden, rope = model.embeddings(x), model.rope_embeddings(x)
-    for k, block in enumerate(model.model.layer):
+    for k, block in enumerate(model.layer):
         hidden = block(hidden, position_embeddings=rope)
         if k in got:
             np.testing.assert_allclose(got[k].numpy(), model.norm(hidden).detach().numpy(), atol=1e-4)
@@ -246,7 +250,7 @@ def test_truncated_backbone_equals_full_model_hidden_states(folder_dataset):
     from geoalign_store.backbone import layer_tokens
     bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
     bb = load_backbone(bcfg, None, [20, 26])
-    assert len(bb.model.model.layer) == 27
+    assert len(bb.model.layer) == 27
     full = DINOv3ViTModel.from_pretrained(weights_source(bcfg, None), local_files_only=True).eval()
     pixels = torch.stack([load_image(p) for p in sorted((folder_dataset / "test/drone").rglob("*.png"))[:3]])
     got = layer_tokens(bb, pixels)
@@ -264,8 +268,8 @@ def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
     bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
     fp32 = load_backbone(bcfg, None, [26, 28], precision="fp32")
     bf16 = load_backbone(bcfg, None, [26, 28], precision="bf16")
-    assert fp32.dtype is None and fp32.model.model.layer[0].mlp.up_proj.weight.dtype == torch.float32
-    assert bf16.model.model.layer[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert fp32.dtype is None and fp32.model.layer[0].mlp.up_proj.weight.dtype == torch.float32
+    assert bf16.model.layer[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert bf16.model.norm.weight.dtype == torch.float32
     pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
     a, b = layer_tokens(fp32, pixels), layer_tokens(bf16, pixels)
