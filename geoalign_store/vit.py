@@ -125,8 +125,11 @@ class Block(nn.Module):
         self.layer_scale1, self.layer_scale2 = LayerScale(cfg, device), LayerScale(cfg, device)
 
     def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = self.layer_scale1(self.attention(self.norm1(x), position_embeddings)) + x
-        return self.layer_scale2(self.mlp(self.norm2(x))) + x
+        """x: the residual stream, kept in its own dtype (fp32) when the attention and MLP run in
+        bf16: only their inputs are cast down, and their outputs are scaled and added in fp32."""
+        dtype = self.attention.q_proj.weight.dtype
+        x = x + self.layer_scale1(self.attention(self.norm1(x).to(dtype), position_embeddings).to(x.dtype))
+        return x + self.layer_scale2(self.mlp(self.norm2(x).to(dtype)).to(x.dtype))
 
 
 class DinoV3ViT(nn.Module):

@@ -263,43 +263,25 @@ def test_truncated_backbone_equals_full_model_hidden_states(folder_dataset):
 
 
 def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
-    """precision=bf16: bf16 weights (no autocast), the final norm in fp32, float32 outputs."""
+    """precision=bf16: bf16 attention and MLP weights (no autocast); the residual stream, norms,
+    layer scales and RoPE stay fp32, so the descriptors stay within 1e-3 of fp32 (with the
+    whole model in bf16 the tiny model's were 3e-3 apart)."""
     from geoalign_store.backbone import gem_descriptor, layer_tokens
     bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
     fp32 = load_backbone(bcfg, None, [26, 28], precision="fp32")
     bf16 = load_backbone(bcfg, None, [26, 28], precision="bf16")
     assert fp32.dtype is None and fp32.model.layer[0].mlp.up_proj.weight.dtype == torch.float32
-    assert bf16.model.layer[0].mlp.up_proj.weight.dtype == torch.bfloat16
-    assert bf16.model.norm.weight.dtype == torch.float32
-    pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
+    block = bf16.model.layer[0]
+    assert block.mlp.up_proj.weight.dtype == block.attention.q_proj.weight.dtype == torch.bfloat16
+    for kept in (bf16.model.norm.weight, block.norm1.weight, block.layer_scale1.lambda1,
+                 bf16.model.embeddings.patch_embeddings.weight, bf16.model.rope_embeddings.inv_freq):
+        assert kept.dtype == torch.float32
+    pixels = torch.stack([load_image(p) for p in sorted((folder_dataset / "test/drone").rglob("*.png"))[:4]])
     a, b = layer_tokens(fp32, pixels), layer_tokens(bf16, pixels)
     for k in (26, 28):
         assert b[k].dtype == torch.float32
         diff = (gem_descriptor(a[k][:, 5:]) - gem_descriptor(b[k][:, 5:])).abs().max()
-        assert 0 < diff < 2e-2  # the tiny random model (C = 80); the real figure: benchmarks/gpu.py
-
-
-def test_compiled_blocks_match_eager_and_a_failed_compile_is_a_clear_error(tmp_path, extracted, folder_dataset):
-    """compile=true: the blocks run through torch.compile (one graph for every block; a second
-    batch shape makes the batch dimension dynamic) and the stored values stay within float32
-    rounding of the eager run. A compiler that cannot run is a ConfigError naming the flag."""
-    store = tmp_path / "compiled.zarr"
-    run_extract(store, folder_dataset, "compile=true", "split=test")
-    eager = view_arrays(extracted)
-    group = zarr.open_group(str(store), mode="r")
-    for view in ("test/drone", "test/satellite"):
-        for name in ("layer_26/desc", "layer_28/desc", "layer_26/cls", "layer_28/cls"):
-            got = group[f"features/folder/{view}/{name}"][:]
-            np.testing.assert_allclose(got, eager[f"{view}/{name}"], rtol=1e-4, atol=1e-5)
-    import torch._inductor.config as inductor_config
-    from torch._dynamo import reset
-    reset()  # forget the compiled graphs so the next run compiles again
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-        mp.setattr(inductor_config, "fx_graph_cache", False)
-        with pytest.raises(ConfigError, match="compile=true: torch.compile failed.*without compile=true"):
-            run_extract(tmp_path / "broken.zarr", folder_dataset, "compile=true", "split=test")
-    reset()
+        assert 0 < diff < 1e-3, float(diff)  # the tiny random model; ViT-H+: benchmarks/gpu.py
 
 
 def test_local_cluster_gives_each_worker_its_own_gpu(monkeypatch):
