@@ -284,6 +284,29 @@ def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
         assert 0 < diff < 1e-3, float(diff)  # the tiny random model; ViT-H+: benchmarks/gpu.py
 
 
+def test_compiled_blocks_match_eager_and_a_failed_compile_is_a_clear_error(tmp_path, extracted, folder_dataset):
+    """compile=true: the blocks run through torch.compile (one graph for every block; a second
+    batch shape makes the batch dimension dynamic) and the stored values stay within float32
+    rounding of the eager run. A compiler that cannot run is a ConfigError naming the flag."""
+    store = tmp_path / "compiled.zarr"
+    run_extract(store, folder_dataset, "compile=true", "split=test")
+    eager = view_arrays(extracted)
+    group = zarr.open_group(str(store), mode="r")
+    for view in ("test/drone", "test/satellite"):
+        for name in ("layer_26/desc", "layer_28/desc", "layer_26/cls", "layer_28/cls"):
+            got = group[f"features/folder/{view}/{name}"][:]
+            np.testing.assert_allclose(got, eager[f"{view}/{name}"], rtol=1e-4, atol=1e-5)
+    import torch._inductor.config as inductor_config
+    from torch._dynamo import reset
+    reset()  # forget the compiled graphs so the next run compiles again
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+        mp.setattr(inductor_config, "fx_graph_cache", False)
+        with pytest.raises(ConfigError, match="compile=true: torch.compile failed.*without compile=true"):
+            run_extract(tmp_path / "broken.zarr", folder_dataset, "compile=true", "split=test")
+    reset()
+
+
 def test_local_cluster_gives_each_worker_its_own_gpu(monkeypatch):
     """cluster=local:N with device=cuda|auto: worker i is told cuda:i; cpu and an explicit
     cuda:K are left as given. GPUs are faked: only the assignment is checked."""
