@@ -241,6 +241,9 @@ def layer_tokens(bb: Backbone, pixels: torch.Tensor) -> dict[int, torch.Tensor]:
         x = pixels.to(bb.device, non_blocking=True).float()
         hidden = bb.model.embeddings(x)
         rope = tuple(r.to(bb.dtype or torch.float32) for r in bb.model.rope_embeddings(x))
+        if bb.compiled and len(hidden) > 1:
+            # compile for any batch size at once: a smaller last batch must not recompile
+            torch._dynamo.mark_dynamic(hidden, 0)
         out = {}
         for k, block in enumerate(bb.model.layer):
             hidden = block(hidden, position_embeddings=rope)
