@@ -222,9 +222,9 @@ def load_backbone(bcfg, weights, layers, device="cpu", precision="auto", compile
             block.mlp.to(dtype)
     if compile:
         # Every block has the same code, and torch.compile treats a module's weights as inputs,
-        # so one compiled graph serves all blocks (another for a second batch shape, after which
-        # the batch dimension is dynamic). Inductor caches the kernels on disk: later runs on the
-        # machine pay seconds, not the first run's tens of seconds.
+        # so one compiled graph serves all blocks and, the batch dimension being marked dynamic
+        # (layer_tokens), every batch size. Inductor caches the kernels on disk: later runs on
+        # the machine pay seconds, not the first run's tens of seconds.
         for block in model.layer:
             block.compile()
     return Backbone(model, resolved, arch["num_register_tokens"], arch["patch_size"],

@@ -252,8 +252,11 @@ def _first_batch(assembler: BlockAssembler, bb: Backbone, batch: dict, opts: Enc
     try:
         assembler.add(bb, batch, opts)
         assembler.close()
-    except Exception as e:  # noqa: BLE001  (only rephrased when compile=true)
-        if not bb.compiled:
+    except RuntimeError as e:
+        # dynamo's and inductor's errors derive from TorchDynamoException; anything else (a
+        # device out of memory, ...) is not the compiler's and is raised as it is
+        from torch._dynamo.exc import TorchDynamoException
+        if not (bb.compiled and isinstance(e, TorchDynamoException)):
             raise
         why = (str(e).strip().splitlines() or [""])[0][:300]
         raise ConfigError(f"compile=true: torch.compile failed on the first batch ({type(e).__name__}: "
