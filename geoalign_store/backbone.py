@@ -134,9 +134,9 @@ def read_arch(path: Path) -> dict:
                               "config.json of a Hugging Face DINOv3 folder") from None
         _check_weight_files(path)
         return arch
-    from .dinov3_convert import load_official_checkpoint
+    from .dinov3_convert import read_official
     try:
-        return load_official_checkpoint(path)[0].to_dict()
+        return read_official(path)[0]
     except ValueError as e:  # CheckpointError (unreadable) or a state dict that is not DINOv3's
         message = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
         raise ConfigError(f"weights={message}") from None
@@ -195,13 +195,10 @@ def load_backbone(bcfg, weights, layers, device="cpu", precision="auto", compile
         resolved = resolve_layers(layers, arch["num_hidden_layers"])
         state = read_folder_weights(path, max(resolved) + 1)
     else:
-        from .dinov3_convert import load_official_checkpoint
-        config, state = load_official_checkpoint(path)
-        arch = config.to_dict()
+        from .dinov3_convert import read_official
+        arch, state = read_official(path)
         check_arch(bcfg, arch, path)
         resolved = resolve_layers(layers, arch["num_hidden_layers"])
-        # the converter names blocks as transformers' module tree does ("model.layer.<i>")
-        state = {k.removeprefix("model."): v for k, v in state.items()}
     try:
         model = load_vit(arch, state, max(resolved) + 1)
     except (RuntimeError, KeyError, ValueError) as e:  # names or shapes that are not DINOv3's

@@ -60,15 +60,17 @@ def _unreadable(path: Path, error: Exception, then: str) -> CheckpointError:
                            f"damaged or another format; {then}")
 
 
-def safe_torch_load(path: Path, expected: str):
+def safe_torch_load(path: Path, expected: str, mmap: bool = False):
     """`torch.load(weights_only=True)` whose failures name the file and what was expected; torch's
-    own advice to set weights_only=False (which would run arbitrary code) is never passed on."""
+    own advice to set weights_only=False (which would run arbitrary code) is never passed on.
+    mmap: tensors stay in the page cache until used (files in torch's zip format; others are
+    read whole)."""
     import re
     import warnings
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4"
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _torch_load(path, mmap)
     except Exception as e:  # text files raise KeyError/IndexError/UnpicklingError, zips BadZipFile
         glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         why = (f"it pickles a Python object ({glob.group(1)}), not plain tensors; such files are "
@@ -76,6 +78,15 @@ def safe_torch_load(path: Path, expected: str):
                f"it is not a torch checkpoint of tensors: corrupt, truncated or another format "
                f"(torch.load raised {type(e).__name__})")
         raise CheckpointError(f"{path}: cannot be read safely as {expected}: {why}") from None
+
+
+def _torch_load(path: Path, mmap: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as e:
+        if mmap and "mmap" in str(e):  # an old (non-zip) torch.save format: read it whole
+            return torch.load(path, map_location="cpu", weights_only=True)
+        raise
 
 
 def save_module(path: Path, module: torch.nn.Module, metadata: dict | None = None) -> None:

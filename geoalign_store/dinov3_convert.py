@@ -29,7 +29,6 @@ import functools
 from pathlib import Path
 
 import torch
-import transformers
 
 # Official hub architectures (dinov3/hub/backbones.py); intermediate = the MLP/SwiGLU hidden width.
 OFFICIAL_ARCHS: dict[str, dict] = {
@@ -75,6 +74,7 @@ def _unwrap(obj, where: str = "checkpoint") -> dict[str, torch.Tensor]:
 @functools.lru_cache(maxsize=1)
 def _layer_prefix() -> str:
     """Where DINOv3ViTModel keeps its blocks ('model.layer' in transformers 5.x, 'layer' before)."""
+    import transformers
     cfg = transformers.DINOv3ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=8)
     with torch.device("meta"):
@@ -82,8 +82,10 @@ def _layer_prefix() -> str:
     return next(k for k in keys if k.endswith(".0.norm1.weight"))[: -len(".0.norm1.weight")]
 
 
-def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official DINOv3 ViT state dict (flat or nested) -> ``DINOv3ViTModel`` state dict."""
+def convert_official_state_dict(sd: dict[str, torch.Tensor], layer_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Official DINOv3 ViT state dict (flat or nested) -> ``DINOv3ViTModel`` state dict, its blocks
+    under `layer_prefix` (default: where the installed transformers keeps them; geoalign's own
+    forward, geoalign_store/vit.py, names them "layer")."""
     sd = _unwrap(sd)
     used: set[str] = set()
     missing: list[str] = []
@@ -109,7 +111,7 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.
         out[f"norm.{p}"] = take(f"norm.{p}")
 
     depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("blocks.")), default=-1)
-    lp = _layer_prefix()
+    lp = layer_prefix or _layer_prefix()
     for i in range(depth):
         b, h = f"blocks.{i}.", f"{lp}.{i}."
         for n in ("norm1", "norm2"):
@@ -168,8 +170,15 @@ def _rope_theta_and_heads(sd, dim: int) -> tuple[float | None, int | None]:
                      "supported by DINOv3ViTModel)")
 
 
-def config_from_official_state_dict(sd: dict[str, torch.Tensor], **overrides) -> transformers.DINOv3ViTConfig:
-    """Infer a ``DINOv3ViTConfig`` from official weights; ``overrides`` win over anything inferred."""
+def config_from_official_state_dict(sd: dict[str, torch.Tensor], **overrides):
+    """Infer a ``transformers.DINOv3ViTConfig`` from official weights; ``overrides`` win."""
+    import transformers
+    return transformers.DINOv3ViTConfig(**official_arch(sd, **overrides))
+
+
+def official_arch(sd: dict[str, torch.Tensor], **overrides) -> dict:
+    """The architecture of official weights, as a DINOv3ViTConfig's keyword arguments (every
+    key of backbone.ARCH_KEYS among them); ``overrides`` win over anything inferred."""
     sd = _unwrap(sd)
     pw = sd["patch_embed.proj.weight"]
     dim = pw.shape[0]
@@ -195,17 +204,28 @@ def config_from_official_state_dict(sd: dict[str, torch.Tensor], **overrides) ->
         layerscale_value=1.0, pos_embed_rescale=2.0,
     )
     kw.update(overrides)
-    return transformers.DINOv3ViTConfig(**kw)
+    return kw
 
 
-def load_official_checkpoint(path, **overrides) -> tuple[transformers.DINOv3ViTConfig, dict[str, torch.Tensor]]:
-    """Load an official ``.pth`` safely (``weights_only=True``) -> (config, DINOv3ViTModel state dict)."""
-    path = Path(path)
+def _read_official(path: Path) -> dict:
     from .checkpoints import safe_torch_load
-    obj = safe_torch_load(path, "an official dinov3 checkpoint (a state dict of tensors)")
-    sd = _unwrap(obj, where=str(path))
+    obj = safe_torch_load(path, "an official dinov3 checkpoint (a state dict of tensors)", mmap=True)
+    return _unwrap(obj, where=str(path))
+
+
+def load_official_checkpoint(path, **overrides):
+    """Load an official ``.pth`` safely (``weights_only=True``) -> (transformers config,
+    DINOv3ViTModel state dict)."""
+    sd = _read_official(Path(path))
     return config_from_official_state_dict(sd, **overrides), convert_official_state_dict(sd)
 
 
+def read_official(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(architecture, state dict named as geoalign_store.vit names it) of an official ``.pth``,
+    memory-mapped where the file allows, without importing transformers (seconds per process)."""
+    sd = _read_official(Path(path))
+    return official_arch(sd), convert_official_state_dict(sd, layer_prefix="layer")
+
+
 __all__ = ["OFFICIAL_ARCHS", "convert_official_state_dict", "config_from_official_state_dict",
-           "load_official_checkpoint"]
+           "load_official_checkpoint", "official_arch", "read_official"]

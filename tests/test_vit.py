@@ -39,3 +39,26 @@ def test_weights_that_do_not_fit_their_config_are_a_clear_error(tmp_path):
     config.write_text(config.read_text().replace('"intermediate_size": 96', '"intermediate_size": 100'))
     with pytest.raises(ConfigError, match="do not fit a DINOv3 ViT of their config"):
         load_backbone({"name": "auto"}, str(tmp_path / "hf"), [0], "cpu", "fp32")
+
+
+def test_loading_either_weights_format_never_imports_transformers(tmp_path):
+    """The architecture read from an official .pth is, key by key, the transformers config the
+    converter gives (so fingerprints are unchanged), and neither format imports transformers
+    (~4 s of every extract and locate process)."""
+    import subprocess
+    import sys
+    from geoalign_store.backbone import ARCH_KEYS
+    from geoalign_store.dinov3_convert import load_official_checkpoint, read_official
+    _, model = make_model(False)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    torch.save(to_official(model, False), tmp_path / "official.pth")
+    config, _ = load_official_checkpoint(tmp_path / "official.pth")
+    arch, _ = read_official(tmp_path / "official.pth")
+    assert {k: arch.get(k) for k in ARCH_KEYS} == {k: config.to_dict().get(k) for k in ARCH_KEYS}
+    code = ("import sys; from geoalign_store.backbone import load_backbone, read_arch\n"
+            "for w in sys.argv[1:]:\n    read_arch(__import__('pathlib').Path(w)); load_backbone({'name': 'auto'}, w, [1])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf"), str(tmp_path / "official.pth")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
