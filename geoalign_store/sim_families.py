@@ -30,6 +30,14 @@ Families (defaults in DEFAULTS, frozen before any method is measured on them):
   drone image mixes in, with its own weight, the content of another location of the split (a wide
   oblique view sees neighbouring areas / clutter); every flight has its own per-channel gains
   (camera response, exposure), plus domain offsets and noise in both views.
+- `scenes`: every location belongs to one of a few scene types (urban, rural, water, forest...:
+  clusters in content space) and the drone view's distortion depends on the scene, chosen by the
+  location's own content (its nearest scene centre), not by a viewing regime or a flight: each
+  scene has its own linear map (per-channel gains and a partial rotation) and offset, followed by
+  an elementwise saturating non-linearity (softsign: activation saturation); every drone image has
+  a random fraction of its channels occluded (replaced by clutter noise); few images per flight
+  and many flights; the satellite view has its own mild map, and both views domain offsets and
+  noise.
 """
 
 from __future__ import annotations
@@ -337,8 +345,85 @@ class Outliers:
         return out
 
 
+class Scenes(_Linear):
+    """Scene-gated drone distortion, saturation and occlusion (see the module docstring).
+
+    Location latent z = c_s + w (s uniform over `scenes` types, centres c_s of norm
+    scene_sep sqrt(latent_dim), w ~ N(0, I_latent_dim)); content e_k(z) = z A_k / sqrt(latent_dim)
+    (layer 26 mixing layer 28's content with its own). The drone map is gated by the content:
+    s(z) = the nearest scene centre to z. Maps: S_k = diag(g) ((1 - sat_mix) I + sat_mix O) for the
+    satellite, M_sk = diag(g_s) ((1 - view_mix - scene_mix) I + view_mix O_k + scene_mix O_sk) for
+    scene s (a common rotation O_k shared by all scenes and the scene's own O_sk, blended with the
+    identity; g log-normal gains, std gain_spread; O orthogonal).
+    satellite: L2(e_k(z) S_k + m_sat + sat_noise n);
+    drone:     u = e_k(z) M_sk;  y = softsign(a u) / a with a = saturation sqrt(dim) (channels of
+               u are ~1/sqrt(dim)); a fraction f ~ U(0, occlusion_max) of y's channels (per image
+               and layer) replaced by clutter N(0, (clutter_scale / sqrt(dim))^2);
+               L2(y + o_sk + m_drone + drone_noise n)."""
+
+    def __init__(self, rng, dim: int, k: dict):
+        self.k, self.n_regimes, self.dim = k, 1, dim
+        d = k["latent_dim"]
+        self._content_maps(rng, d, dim, k["layer26_mix"])
+        self.centres = rng.standard_normal((k["scenes"], d)) * k["scene_sep"]
+        self.layer = {}
+        for layer in LAYERS:
+            self.layer[layer] = {
+                "S": self._map(rng, dim, k["sat_mix"]),
+                "M": self._scene_maps(rng, dim),
+                "o": gauss_vec(rng, (k["scenes"], dim), k["scene_offset"]),
+                "m_sat": gauss_vec(rng, (dim,), k["sat_offset"]),
+                "m_drone": gauss_vec(rng, (dim,), k["domain_offset"]),
+            }
+
+    def _map(self, rng, dim: int, mix: float) -> np.ndarray:
+        gains = np.exp(self.k["gain_spread"] * rng.standard_normal(dim))
+        return gains[:, None] * ((1 - mix) * np.eye(dim) + mix * orthogonal(rng, dim))
+
+    def _scene_maps(self, rng, dim: int) -> np.ndarray:
+        """diag(g_s) ((1 - view_mix - scene_mix) I + view_mix O + scene_mix O_s): a common
+        oblique-view rotation O shared by every scene and each scene's own O_s, blended with the
+        identity, through per-scene channel gains g_s."""
+        k, common = self.k, orthogonal(rng, dim)
+        keep = (1 - k["view_mix"] - k["scene_mix"]) * np.eye(dim) + k["view_mix"] * common
+        return np.stack([np.exp(k["gain_spread"] * rng.standard_normal(dim))[:, None]
+                         * (keep + k["scene_mix"] * orthogonal(rng, dim))
+                         for _ in range(k["scenes"])])
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        scene = rng.integers(0, self.k["scenes"], n)
+        return self.centres[scene] + rng.standard_normal((n, self.k["latent_dim"]))
+
+    def scene(self, z) -> np.ndarray:
+        """The scene type of each location, read from its content: the nearest centre."""
+        return np.argmin(((z[:, None, :] - self.centres[None]) ** 2).sum(-1), axis=1)
+
+    def satellite(self, rng, z) -> dict:
+        return {layer: _finish(x @ self.layer[layer]["S"] + self.layer[layer]["m_sat"]
+                               + gauss_vec(rng, x.shape, self.k["sat_noise"]))
+                for layer, x in self.clean(z).items()}
+
+    def drone(self, rng, z, flight, regime) -> dict:
+        k, n, scene, out = self.k, len(z), self.scene(z), {}
+        a = k["saturation"] * np.sqrt(self.dim)
+        for layer, x in self.clean(z).items():
+            p = self.layer[layer]
+            u = np.zeros_like(x)
+            for s in range(k["scenes"]):   # a handful of scenes, each mapping its rows at once
+                rows = scene == s
+                u[rows] = x[rows] @ p["M"][s]
+            y = (a * u) / (1 + np.abs(a * u)) / a
+            frac = rng.uniform(0, k["occlusion_max"], (n, 1))
+            occluded = rng.random((n, self.dim)) < frac
+            clutter = rng.standard_normal((n, self.dim)) * (k["clutter_scale"] / np.sqrt(self.dim))
+            y = np.where(occluded, clutter, y)
+            y = y + p["o"][scene] + p["m_drone"]
+            out[layer] = _finish(y + gauss_vec(rng, x.shape, k["drone_noise"]))
+        return out
+
+
 FAMILIES = {"manifold": Manifold, "regimes": Regimes, "flightshift": FlightShift,
-            "neighbours": Neighbours, "outliers": Outliers}
+            "neighbours": Neighbours, "outliers": Outliers, "scenes": Scenes}
 
 DEFAULTS = {
     "manifold": {
@@ -372,5 +457,12 @@ DEFAULTS = {
         "massive_spread": 0.2, "gain_spread": 0.5, "sat_mix": 0.5, "drone_mix": 0.7,
         "clutter_max": 0.4, "flight_gain": 0.2, "domain_offset": 1.5, "sat_offset": 1.0,
         "sat_noise": 0.2, "drone_noise": 0.5, "cls_noise": 0.3,
+    },
+    "scenes": {
+        "dim": 560, "train_locs": 1000, "test_locs": 200, "views": 3, "distractors": 50,
+        "latent_dim": 64, "scenes": 4, "scene_sep": 1.0, "layer26_mix": 0.6, "gain_spread": 0.4,
+        "view_mix": 0.45, "scene_mix": 0.35, "scene_offset": 0.3, "saturation": 1.5,
+        "occlusion_max": 0.3, "clutter_scale": 1.0, "sat_mix": 0.3, "domain_offset": 1.5,
+        "sat_offset": 1.0, "sat_noise": 0.2, "drone_noise": 0.5, "cls_noise": 0.3,
     },
 }

@@ -1,8 +1,9 @@
 """A family of feature-level cross-view simulators: stores with known ground truth (SPEC §6).
 
 `family=` picks the generative model (geoalign_store/sim_families.py: manifold, regimes,
-flightshift, neighbours, outliers), each with its own default sizes and knobs; the rest of this
-module is shared. The `manifold` family (the default, and the original simulator) is described here:
+flightshift, neighbours, outliers, scenes), each with its own default sizes and knobs; the rest
+of this module is shared. The `manifold` family (the default, and the original simulator) is
+described here:
 
 It writes `features/<dataset>/{train,test}/{drone,satellite}` in the SPEC §3 layout (through
 `store.py`, the only code that knows the layout) with layers 26 and 28, so fit-heads, index and
