@@ -92,14 +92,31 @@ def extract_process(store: Path, data: Path, cfg: dict, device: str, extra=()) -
     return wall, json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _backbone(cfg) -> tuple[dict, float]:
+    """(backbone config, FLOPs per image through the 29 blocks layers 26/28 need)."""
+    from geoalign_store.backbone import read_arch, weights_source
+    from geoalign_store.config import compose, to_plain
+    bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
+    return bcfg, flops_per_image(read_arch(weights_source(bcfg, None)), cfg["size"], 29)
+
+
+def _steady(timings: dict) -> float:
+    """img/s of an extract run after its first batch (nan when there was no second batch)."""
+    return timings["steady_images"] / timings["steady_s"] if timings.get("steady_s") else float("nan")
+
+
+def _breakdown(timings: dict) -> str:
+    return ", ".join(f"{k[:-2]} {v:.2f}" for k, v in timings.items() if k.endswith("_s"))
+
+
 def part_extract(args, cfg, tmp: Path) -> None:
-    from geoalign_store.backbone import read_arch, weights_fingerprint, weights_source
+    from geoalign_store.backbone import weights_fingerprint, weights_source
     from geoalign_store.config import compose
-    bcfg = compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone
     t0 = time.perf_counter()
-    weights_fingerprint(weights_source(bcfg, None))  # built and hashed once per machine, cached
+    weights_fingerprint(weights_source(  # built and hashed once per machine, cached
+        compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone, None))
     print(f"  random {cfg['backbone']} weights built/hashed (once per cache): {time.perf_counter() - t0:.1f} s")
-    arch = read_arch(weights_source(bcfg, None))
+    bcfg, flops = _backbone(cfg)
     for n in (cfg["n1"], cfg["n2"]):
         make_images(tmp / f"img{n}", n, cfg["unique"], cfg["size"])
     runs = {n: extract_process(tmp / f"s{n}.zarr", tmp / f"img{n}", cfg, args.device)
@@ -107,14 +124,11 @@ def part_extract(args, cfg, tmp: Path) -> None:
     (w1, _), (w2, big) = runs[cfg["n1"]], runs[cfg["n2"]]
     rate = (cfg["n2"] - cfg["n1"]) / (w2 - w1) if w2 > w1 else float("nan")  # nan: timing noise
     fixed = w1 - cfg["n1"] / rate
-    t = big["timings"]
-    steady = t["steady_images"] / t["steady_s"] if t.get("steady_s") else float("nan")
-    flops = flops_per_image(arch, cfg["size"], 29)
+    steady = _steady(big["timings"])
     print(f"  {cfg['n1']} images: {w1:.1f} s wall; {cfg['n2']} images: {w2:.1f} s wall "
           f"({cfg['n2'] / w2:.0f} img/s)  [whole processes: interpreter, imports, device start]")
     print(f"  -> fixed cost per run {fixed:.1f} s (target <= 10 s), marginal rate {rate:.0f} img/s")
-    print(f"  breakdown of the {cfg['n2']}-image run (s): " + ", ".join(
-        f"{k[:-2]} {v:.2f}" for k, v in t.items() if k.endswith("_s")))
+    print(f"  breakdown of the {cfg['n2']}-image run (s): " + _breakdown(big["timings"]))
     print(f"  steady state inside the run: {steady:.0f} img/s = {steady * flops / 1e12:.3g} TFLOP/s"
           + _peak(args, steady * flops) + f"  ({flops / 1e12:.3g} TFLOP/image, 29 blocks, {cfg['size']} px)")
     part_forward(args, cfg, bcfg, flops)
@@ -124,10 +138,7 @@ def part_compile(args, cfg, tmp: Path) -> None:
     """extract's compile=true lever: the bare forward compiled vs eager (same weights, same
     batch), and one whole `extract compile=true` process of N2 images (its steady state and
     breakdown: the compilation is in first_batch_compute)."""
-    from geoalign_store.backbone import read_arch, weights_source
-    from geoalign_store.config import compose, to_plain
-    bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
-    flops = flops_per_image(read_arch(weights_source(bcfg, None)), cfg["size"], 29)
+    bcfg, flops = _backbone(cfg)
     eager = part_forward(args, cfg, bcfg, flops)
     compiled = part_forward(args, cfg, bcfg, flops, compile=True)
     diff = max(float((eager[k] - compiled[k]).abs().max()) for k in eager)
@@ -136,11 +147,10 @@ def part_compile(args, cfg, tmp: Path) -> None:
     if not data.exists():
         make_images(data, cfg["n2"], cfg["unique"], cfg["size"])
     wall, summary = extract_process(tmp / "compiled.zarr", data, cfg, args.device, ["compile=true"])
-    t = summary["timings"]
-    steady = t["steady_images"] / t["steady_s"] if t.get("steady_s") else float("nan")
+    steady = _steady(summary["timings"])
     print(f"  extract compile=true, {cfg['n2']} images: {wall:.1f} s wall; steady state {steady:.0f} img/s = "
           f"{steady * flops / 1e12:.3g} TFLOP/s" + _peak(args, steady * flops))
-    print("  breakdown (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in t.items() if k.endswith("_s")))
+    print("  breakdown (s): " + _breakdown(summary["timings"]))
 
 
 def _peak(args, flop_s: float) -> str:

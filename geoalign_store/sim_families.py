@@ -62,6 +62,12 @@ def orthogonal(rng, n: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+def gain_blend_map(rng, dim: int, gain_spread: float, mix: float) -> np.ndarray:
+    """diag(log-normal gains) ((1 - mix) I + mix O), O orthogonal: x @ this = (x * gains) (...)."""
+    gains = np.exp(gain_spread * rng.standard_normal(dim))
+    return gains[:, None] * ((1 - mix) * np.eye(dim) + mix * orthogonal(rng, dim))
+
+
 def _finish(x: np.ndarray) -> np.ndarray:
     return l2(x).astype(np.float32)
 
@@ -296,15 +302,10 @@ class Outliers:
         self.massive_base = base / np.linalg.norm(base) * k["massive_scale"]
         self.layer = {}
         for layer in LAYERS:
-            self.layer[layer] = {view: self._view_map(rng, dim, k[f"{view}_mix"])
+            self.layer[layer] = {view: gain_blend_map(rng, dim, k["gain_spread"], k[f"{view}_mix"])
                                  for view in ("sat", "drone")}
             self.layer[layer]["m_sat"] = gauss_vec(rng, (dim,), k["sat_offset"])
             self.layer[layer]["m_drone"] = gauss_vec(rng, (dim,), k["domain_offset"])
-
-    def _view_map(self, rng, dim: int, mix: float) -> np.ndarray:
-        """diag(log-normal gains) ((1 - mix) I + mix O): x @ this = (x * gains) (...)."""
-        gains = np.exp(self.k["gain_spread"] * rng.standard_normal(dim))
-        return gains[:, None] * ((1 - mix) * np.eye(dim) + mix * orthogonal(rng, dim))
 
     def latents(self, rng, n: int) -> np.ndarray:
         return rng.standard_normal((n, self.dim))
@@ -369,16 +370,12 @@ class Scenes(_Linear):
         self.layer = {}
         for layer in LAYERS:
             self.layer[layer] = {
-                "S": self._map(rng, dim, k["sat_mix"]),
+                "S": gain_blend_map(rng, dim, k["gain_spread"], k["sat_mix"]),
                 "M": self._scene_maps(rng, dim),
                 "o": gauss_vec(rng, (k["scenes"], dim), k["scene_offset"]),
                 "m_sat": gauss_vec(rng, (dim,), k["sat_offset"]),
                 "m_drone": gauss_vec(rng, (dim,), k["domain_offset"]),
             }
-
-    def _map(self, rng, dim: int, mix: float) -> np.ndarray:
-        gains = np.exp(self.k["gain_spread"] * rng.standard_normal(dim))
-        return gains[:, None] * ((1 - mix) * np.eye(dim) + mix * orthogonal(rng, dim))
 
     def _scene_maps(self, rng, dim: int) -> np.ndarray:
         """diag(g_s) ((1 - view_mix - scene_mix) I + view_mix O + scene_mix O_s): a common

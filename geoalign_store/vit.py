@@ -5,8 +5,9 @@ torch.distributed.tensor, scipy.optimize, ...), paid by every `extract` and `loc
 and we only need inference. This module follows the same equations (the dinov3 repository's and
 transformers'): patch embedding, CLS + register tokens, 2-D RoPE on the patch tokens of the
 queries and keys, pre-norm blocks with layer scale, SwiGLU or GELU MLP, final LayerNorm.
-tests/test_extract.py checks it against transformers' own forward. transformers is still what
-builds a seeded random model (once, into the cache) and what reads an official `.pth`'s config.
+tests/test_vit.py checks it against transformers' own forward. transformers is still what
+builds a seeded random model (once, into the cache); official `.pth` weights are converted to
+these names by dinov3_convert.read_official.
 """
 
 from __future__ import annotations
@@ -141,7 +142,6 @@ class DinoV3ViT(nn.Module):
         act = cfg.get("hidden_act", "gelu")
         if act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {act!r} is not supported (expected one of {sorted(ACTIVATIONS)})")
-        self.config = dict(cfg)
         self.embeddings = Embeddings(cfg, device)
         self.rope_embeddings = Rope(cfg)  # its frequencies are computed, never loaded
         self.layer = nn.ModuleList(Block(cfg, device) for _ in range(cfg["num_hidden_layers"]))
