@@ -361,14 +361,18 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def write_topk(root: zarr.Group, path: str, query_ids, topk_ids, topk_scores) -> None:
-    """Top-k gallery ids per query as plain Zarr arrays under `path` (replaced whole)."""
+def write_topk(root: zarr.Group, path: str, query_ids, gallery_ids, topk_positions, topk_scores) -> None:
+    """Top-k gallery ids per query (topk_positions: rows of gallery_ids, -1 = none, written as
+    "") as plain Zarr arrays under `path` (replaced whole)."""
     if path in root:
         del root[path]
     group = root.require_group(path)
-    n, k = topk_ids.shape
-    # numpy's variable-width strings: zarr encodes them ~1.6x faster than fixed-width or objects
-    query_ids, topk_ids = (np.asarray(a).astype(np.dtypes.StringDType()) for a in (query_ids, topk_ids))
+    n, k = topk_positions.shape
+    # numpy's variable-width strings: zarr encodes them ~1.6x faster than fixed-width or objects;
+    # the gallery's few ids are converted once and indexed (converting the n x k table cost 4x)
+    names = np.append(np.asarray(gallery_ids), "").astype(np.dtypes.StringDType())
+    topk_ids = names[np.where(topk_positions >= 0, topk_positions, len(names) - 1)]
+    query_ids = np.asarray(query_ids).astype(np.dtypes.StringDType())
     for name, values, chunks in (("query_ids", query_ids, (max(1, min(n, 65536)),)),
                                  ("topk_ids", topk_ids, (max(1, min(n, 8192)), k)),
                                  ("topk_scores", topk_scores, (max(1, min(n, 8192)), k))):

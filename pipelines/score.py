@@ -90,9 +90,8 @@ def run(cfg) -> dict:
         metrics, top_i, top_s = score_set(cfg, root, dataset, embedder, ds, device)
         # extra keys beside the schema, only when the store has coordinates: Dis@1, within 25/50/100 m
         subsets[ds.subset] = {**metrics, **(top1_distance_metrics(root, dataset, ds, top_i) or {})}
-        top_ids = np.where(top_i >= 0, ds.gallery.ids[np.maximum(top_i, 0)], "")
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
-                      ds.query.ids, top_ids, top_s)
+                      ds.query.ids, ds.gallery.ids, top_i, top_s)
         if cfg.pictures:
             pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,

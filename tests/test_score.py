@@ -115,3 +115,14 @@ def test_score_on_extracted_store_writes_report_and_picture(tmp_path, folder_dat
     from PIL import Image
     assert Image.open(picture).size[1] > 3 * 96
     assert "retrievals-all.png" in (store / "artefacts/scores/folder-none/D2S/report.md").read_text()
+
+
+def test_write_topk_names_gallery_rows_and_blanks_missing(tmp_path):
+    from geoalign_store import store as st
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    positions = np.array([[2, 0, -1], [1, -1, -1]])  # -1: an approximate index found nothing
+    st.write_topk(root, "scores/x", ["q0", "q1"], np.array(["g0", "g1", "gallery/long-name-2"]),
+                  positions, np.zeros((2, 3), np.float32))
+    got = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["scores/x"]
+    assert [[str(v) for v in row] for row in got["topk_ids"][:]] == [["gallery/long-name-2", "g0", ""], ["g1", "", ""]]
+    assert [str(v) for v in got["query_ids"][:]] == ["q0", "q1"]
