@@ -60,13 +60,17 @@ def coordinates_for(ids, table: dict[str, tuple[float, float]]) -> np.ndarray:
     """(N, 2) lat/lon of each image's location, NaN where the table does not have it. A numeric
     folder also matches its number written without leading zeros (`0839` and `839`)."""
     numeric = {str(int(k)): v for k, v in table.items() if k.isdigit()}
-    out = np.full((len(ids), 2), np.nan)
-    for row, image_id in enumerate(ids):
-        loc = location_of(image_id)
+    if len(ids) == 0:
+        return np.full((0, 2), np.nan)
+    # one lookup per folder, not per image (University-1652's drone view: 51,355 ids, 701 folders)
+    folders, inverse = np.unique(np.strings.rpartition(np.asarray(ids, dtype=str), "/")[0], return_inverse=True)
+    per_folder = np.full((len(folders), 2), np.nan)
+    for row, folder in enumerate(folders.tolist()):
+        loc = location_of(f"{folder}/_")
         hit = table.get(loc) or (numeric.get(str(int(loc))) if loc.isdigit() else None)
         if hit is not None:
-            out[row] = hit
-    return out
+            per_folder[row] = hit
+    return per_folder[inverse.reshape(-1)]
 
 
 def haversine_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:

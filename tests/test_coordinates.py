@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import extract_overrides
 from geoalign_store.config import compose
 from geoalign_store.geo import (CoordinatesError, coordinates_for, distance_metrics, haversine_m,
-                                read_locations_csv)
+                                location_of, read_locations_csv)
 from pipelines import extract, score
 from pipelines.cli import app
 
@@ -55,6 +55,15 @@ def test_locations_csv_read_and_matched_by_folder(tmp_path):
     got = coordinates_for(ids, table)
     np.testing.assert_array_equal(got[:2], [[47.5, 8.25], [47.6, 8.5]])
     assert np.isnan(got[2]).all()
+    assert coordinates_for([], table).shape == (0, 2)
+    # per folder, as the per-image rule: the image's parent folder name, leading zeros optional
+    ids = [f"{view}/{loc}/{i}.jpg" for view in ("drone", "a/b/satellite") for loc in ("0100", "100", "101",
+           "0101", "x", "0102") for i in range(3)] + ["top.jpg", "0100/./n.jpg"]
+    table = {"0100": (1.0, 2.0), "101": (3.0, 4.0), "x": (5.0, 6.0)}
+    numeric = {str(int(k)): v for k, v in table.items() if k.isdigit()}
+    want = [table.get(location_of(i)) or (numeric.get(str(int(location_of(i)))) if location_of(i).isdigit() else None)
+            or (np.nan, np.nan) for i in ids]
+    np.testing.assert_array_equal(coordinates_for(np.array(ids), table), np.array(want))
     for text, message in (("loc,lat,lon\nx,1,2\n", "header"), ("location,lat,lon\nx,north,2\n", "line 2"),
                           ("location,lat,lon\nx,95,2\n", "WGS84"), ("location,lat,lon\nx,1,2\nx,1,2\n", "repeated")):
         path.write_text(text)

@@ -82,6 +82,17 @@ def test_cli_prints_a_table_json_lines_and_writes_pictures(located_store, tmp_pa
     assert table.exit_code == 0 and "satellite id" in table.output and "position (top-1)" in table.output
 
 
+def test_truth_found_by_path_relative_to_the_data_root(located_store, tmp_path):
+    data, store, _ = located_store
+    photo = drone_images(data)[0]
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)   # the dataset seen through a link
+    shutil.copy(photo, tmp_path / "copy.png")                          # same pixels, not a stored image
+    loc = Locator(store, heads="none", k=1)
+    via_link, direct, copied = loc.locate([tmp_path / "link" / photo.relative_to(data), photo, tmp_path / "copy.png"])
+    assert via_link["truth"] == direct["truth"] and direct["truth"]["location"] == photo.parent.name
+    assert "lat" in direct["truth"] and "truth" not in copied
+
+
 def run_locate(*args):
     result = CliRunner().invoke(app, ["locate", *map(str, args)])
     return result.exit_code, " ".join(result.output.split())
