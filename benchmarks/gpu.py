@@ -7,7 +7,8 @@
    26/28) on synthetic 512 px JPEGs made here, two `geoalign extract` processes of N1 and N2
    images: fixed cost per run (wall = fixed + n / rate, from the two runs) with the larger run's
    breakdown (its `timings`), steady-state img/s and its fraction of the bf16 peak (FLOPs per
-   image computed from the architecture), and the bare forward on pre-decoded batches.
+   image computed from the architecture), the bare forward on pre-decoded batches, and the
+   decoding alone (threads vs DataLoader processes: first-batch latency, img/s).
 2. bf16 (what extract does on a GPU) vs fp32 descriptors of the same images: max abs difference.
 3. fit-heads' default recipe at University-1652 size on the device (benchmarks/fit.py's data).
 4. `geoalign score` at University-1652 size with device= (whole process, heads=none), if the
@@ -132,6 +133,31 @@ def part_extract(args, cfg, tmp: Path) -> None:
     print(f"  steady state inside the run: {steady:.0f} img/s = {steady * flops / 1e12:.3g} TFLOP/s"
           + _peak(args, steady * flops) + f"  ({flops / 1e12:.3g} TFLOP/image, 29 blocks, {cfg['size']} px)")
     part_forward(args, cfg, bcfg, flops)
+    part_decode(args, cfg, tmp / f"img{cfg['n2']}", flops)
+
+
+def part_decode(args, cfg, data: Path, flops: float) -> None:
+    """extract's decoding alone, threads vs DataLoader processes, with extract's worker count and
+    pinning: first batch latency (from a standing start) and img/s; the GPU needs ~60% of the
+    peak in img/s for the target."""
+    from geoalign_store.decoding import decoded_batches
+    from geoalign_store.extraction import BlockJob, job_batches
+    from geoalign_store.images import ImageFiles
+    from pipelines.extract import _num_workers
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    workers = _num_workers("auto", args.device) or 2  # (a CPU's auto is 0: --smoke still uses workers)
+    need = 0.6 * args.peak_tflops * 1e12 / flops
+    for mode in ("threads", "processes"):
+        t0 = time.perf_counter()
+        batches = decoded_batches(ImageFiles(paths, None), job_batches([BlockJob("", 0, paths, 0)], cfg["batch"]),
+                                  workers, mode, pin=torch.cuda.is_available())
+        next(batches)
+        first = time.perf_counter() - t0
+        n = sum(len(b["indices"]) for b in batches)
+        rate = n / (time.perf_counter() - t0 - first)
+        getattr(batches, "close", lambda: None)()
+        print(f"  decode={mode}, {workers} workers: first batch after {first:.2f} s, then {rate:.0f} img/s "
+              f"({cfg['size']} px JPEG{', pinned' if torch.cuda.is_available() else ''}; 60% of peak needs {need:.0f})")
 
 
 def part_compile(args, cfg, tmp: Path) -> None:

@@ -91,6 +91,7 @@ KEY_TYPES: dict[str, tuple] = {
     "gallery_protocol": ("official", "query_locations"),
     "precision": ("auto", "fp32", "bf16"),
     "num_workers": ("auto", int),
+    "decode": ("threads", "processes"),
     "fusion_weight": ("auto", float),
     "image_size": (None, int, list),
     "split": (None, str, list),

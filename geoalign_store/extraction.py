@@ -7,6 +7,7 @@ distributed run computes every image in exactly the batch it would have had unin
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -20,7 +21,8 @@ import torch
 from . import store as st
 from .config import ConfigError
 from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
-from .images import ImageFiles, collate_by_shape, normalise
+from .decoding import decoded_batches
+from .images import ImageFiles, normalise
 
 
 @dataclass
@@ -209,19 +211,16 @@ def _desc_names(group) -> list[str]:
 
 
 def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: EncodeOptions,
-                   batch_size: int, num_workers: int, open_group: Callable, on_block=None) -> dict:
-    """Decode in DataLoader workers (spawned: forking after zarr started can deadlock) while
-    the main process runs the backbone and a writer thread writes finished blocks. The workers
-    are started before the backbone is loaded, so their start-up overlaps the weights loading.
+                   batch_size: int, num_workers: int, open_group: Callable, on_block=None,
+                   decode: str = "threads") -> dict:
+    """Decode in worker threads (or DataLoader processes, decoding.decoded_batches) while the
+    main thread runs the backbone and a writer thread writes finished blocks. The workers start
+    before the backbone is loaded, so their first batches overlap the weights loading.
     -> where the time went (seconds; `steady_*`: every batch after the first)."""
     clock = Clock()
     paths = [p for j in jobs for p in j.paths]
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(paths, opts.image_size),
-        batch_sampler=job_batches(jobs, batch_size), collate_fn=collate_by_shape,
-        num_workers=num_workers, multiprocessing_context="spawn" if num_workers > 0 else None,
-        prefetch_factor=4 if num_workers > 0 else None, pin_memory=torch.cuda.is_available())
-    batches = iter(loader)
+    batches = decoded_batches(ImageFiles(paths, opts.image_size), job_batches(jobs, batch_size),
+                              num_workers, decode, pin=torch.cuda.is_available())
     clock.lap("workers_start_s")
     bb = load()
     clock.lap("backbone_load_s")
@@ -239,6 +238,7 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
         clock.lap("steady_s")
         clock.times["steady_images"] = len(paths) - (len(first["indices"]) if first else 0)
     finally:
+        getattr(batches, "close", lambda: None)()  # threads: queued decodes are dropped
         writer.close()
     clock.lap("write_tail_s")             # writes still queued after the last batch
     clock.times["writes_busy_s"] = round(writer.busy_s, 3)
@@ -296,8 +296,15 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
     root = st.open_store(store_url, mode="r+")
     assembler = BlockAssembler([job], batch_size, lambda p: root[p],
                                lambda _, n: failed.append(n))
-    for indices in job_batches([job], batch_size):
-        assembler.add(bb, collate_by_shape([files[i] for i in indices]), opts)
-    assembler.close()
+    # beside a GPU, threads decode the block's next batches while one runs (on a CPU the
+    # backbone already has the worker's cores)
+    workers = 0 if bb.device.type == "cpu" else min(8, threads or os.cpu_count() or 1)
+    batches = decoded_batches(files, job_batches([job], batch_size), workers, pin=bb.device.type == "cuda")
+    try:
+        for batch in batches:
+            assembler.add(bb, batch, opts)
+        assembler.close()
+    finally:
+        batches.close()
     return failed[0]
 

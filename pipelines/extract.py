@@ -13,6 +13,7 @@ from geoalign_store import store as st
 from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, load_backbone, resolve_backbone,
                                      resolve_layers, weights_fingerprint)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
+from geoalign_store.decoding import auto_workers
 from geoalign_store.devices import device_name
 from geoalign_store.datasets import list_dataset, resolve_data_root
 from geoalign_store.geo import CoordinatesError, coordinates_for, read_locations_csv
@@ -54,11 +55,7 @@ def local_worker_devices(n_workers: int, device) -> list[str] | None:
 
 
 def _num_workers(value, device: str) -> int:
-    """Decode workers only pay off beside an accelerator: on a CPU the backbone already keeps
-    every core busy (measured: 1 worker costs ~15% on 2 cores, see benchmarks/extract.py)."""
-    if value == "auto":
-        return 0 if device == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
-    return int(value)
+    return auto_workers(device) if value == "auto" else int(value)
 
 
 def _layout(cfg, listing, data_root, layers, arch) -> st.ViewLayout:
@@ -160,7 +157,7 @@ def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: Encode
             return {"cluster_s": round(time.perf_counter() - t0, 3)}
         workers = _num_workers(cfg.num_workers, backbone_args["device"])
         return run_in_process(lambda: load_backbone(**backbone_args), jobs, opts, int(cfg.batch_size),
-                              workers, lambda path: root[path], on_block)
+                              workers, lambda path: root[path], on_block, str(cfg.decode))
 
 
 @contextlib.contextmanager

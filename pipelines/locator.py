@@ -31,7 +31,8 @@ from geoalign_store.devices import resolve_device
 from geoalign_store.embeddings import DirectionSet, Side, StoredEmbeddings
 from geoalign_store.extraction import EncodeOptions, encode_stack
 from geoalign_store.geo import haversine_m, location_of
-from geoalign_store.images import ImageFiles, collate_by_shape
+from geoalign_store.decoding import auto_workers, decoded_batches
+from geoalign_store.images import ImageFiles
 from geoalign_store.metrics import topk_gallery
 
 from .retrieval import gallery_fingerprint, resolve_embedder
@@ -124,9 +125,12 @@ class Locator:
         """Retrieval vectors of drone images, in batches, as the store's drone rows were made."""
         files = ImageFiles([str(p) for p in paths], self.opts.image_size)
         desc = {k: np.zeros((len(paths), self.backbone.channels), np.float32) for k in self.embedder.layers}
-        for start in range(0, len(paths), self.batch_size):
-            batch = collate_by_shape([files[i] for i in range(start, min(start + self.batch_size, len(paths)))])
+        order = [list(range(a, min(a + self.batch_size, len(paths)))) for a in range(0, len(paths), self.batch_size)]
+        device = self.backbone.device.type
+        batches = decoded_batches(files, order, auto_workers(device), pin=device == "cuda")
+        for batch in batches:
             if batch["errors"]:
+                batches.close()
                 i, why = next(iter(batch["errors"].items()))
                 raise LocateError(f"{paths[i]} is not an image that can be read ({why})")
             for indices, pixels in batch["stacks"]:

@@ -178,10 +178,32 @@ def test_local_cluster_equals_in_process(tmp_path, extracted, folder_dataset):
     assert_same_arrays(view_arrays(extracted), view_arrays(store))
 
 
-def test_dataloader_workers_equal_in_process(tmp_path, extracted, folder_dataset):
+@pytest.mark.parametrize("decode", ["threads", "processes"])
+def test_decode_workers_equal_in_process(tmp_path, extracted, folder_dataset, decode):
     store = tmp_path / "workers.zarr"
-    run_extract(store, folder_dataset, "num_workers=2")
+    run_extract(store, folder_dataset, "num_workers=2", f"decode={decode}")
     assert_same_arrays(view_arrays(extracted), view_arrays(store))
+
+
+def test_threaded_batches_keep_order_record_errors_and_stop_early(folder_dataset, tmp_path):
+    from geoalign_store.decoding import decoded_batches
+    from geoalign_store.images import ImageFiles
+    paths = [str(p) for p in sorted(folder_dataset.rglob("*.png"))][:10]
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    files = ImageFiles([*paths, str(tmp_path / "bad.png")], image_size=32)
+    order = [[10, 3, 0], [9, 8], [1, 2, 4, 5, 6, 7]]
+    inline = list(decoded_batches(files, order, workers=0))
+    threaded = list(decoded_batches(files, order, workers=3, prefetch=1))
+    assert [b["indices"] for b in threaded] == order
+    assert list(threaded[0]["errors"]) == [10] and "UnidentifiedImageError" in threaded[0]["errors"][10]
+    for a, b in zip(inline, threaded):
+        assert [i for i, _ in a["stacks"]] == [i for i, _ in b["stacks"]]
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a["stacks"], b["stacks"]))
+    early = decoded_batches(files, [[i] for i in range(11)] * 20, workers=2)
+    next(early)
+    early.close()  # the queued decodes are dropped; nothing hangs
+    with pytest.raises(ValueError, match="decode='fork'"):
+        decoded_batches(files, order, workers=2, mode="fork")
 
 
 def test_other_fingerprint_refused_then_overwritten(tmp_path, folder_dataset):
