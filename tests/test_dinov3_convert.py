@@ -103,6 +103,18 @@ def test_roundtrip_identical_outputs_and_key_bias_dropped(gated):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_uncopied_conversion_is_equal_and_shares_the_fused_qkv():
+    """copy=False (extract's loader: no copy of a memory-mapped checkpoint) gives the same values
+    as views of the fused tensor; copy=True (save_pretrained's) owns its memory."""
+    _, model = make_model(True)
+    official = to_official(model, True)
+    copied, viewed = convert_official_state_dict(official), convert_official_state_dict(official, copy=False)
+    assert copied.keys() == viewed.keys() and all(torch.equal(copied[k], viewed[k]) for k in copied)
+    fused = official["blocks.0.attn.qkv.weight"].untyped_storage().data_ptr()
+    q = [k for k in copied if k.endswith("0.attention.q_proj.weight")][0]
+    assert viewed[q].untyped_storage().data_ptr() == fused != copied[q].untyped_storage().data_ptr()
+
+
 def test_nested_checkpoints(tmp_path):
     _, model = make_model()
     official = to_official(model)
