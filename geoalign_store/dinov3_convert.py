@@ -226,8 +226,7 @@ def load_official_checkpoint(path, **overrides):
 def read_official(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(architecture, state dict named as geoalign_store.vit names it) of an official ``.pth``,
     memory-mapped where the file allows and not copied (a ViT-H+/16 .pth: 0.3 s and a 1.5 GB peak
-    -> 0.1 s and 0.25 GB), without
-    importing transformers (seconds per process)."""
+    -> 0.1 s and 0.25 GB), without importing transformers (seconds per process)."""
     sd = _read_official(Path(path))
     return official_arch(sd), convert_official_state_dict(sd, layer_prefix="layer", copy=False)
 
