@@ -38,6 +38,13 @@ Families (defaults in DEFAULTS, frozen before any method is measured on them):
   a random fraction of its channels occluded (replaced by clutter noise); few images per flight
   and many flights; the satellite view has its own mild map, and both views domain offsets and
   noise.
+- `altitude`: a continuum of distortions, not regimes: every flight has its own altitude (a
+  number in [0, 1], jittered per image) and the drone map is a rotation flow whose angle grows as
+  the altitude drops, on top of a fixed oblique-view rotation (each layer with its own flow; layer
+  26 turns less with depth than layer 28), through
+  latent gains that fade part of the layout the satellite sees, while a low flight also sees
+  location-specific detail that the satellite never shows (drone-only content, consistent within a
+  location: it clusters a location's drone images without helping to match them).
 """
 
 from __future__ import annotations
@@ -419,8 +426,77 @@ class Scenes(_Linear):
         return out
 
 
+class Altitude(_Linear):
+    """A per-flight altitude that sets a continuous drone distortion, and drone-only detail (see
+    the module docstring).
+
+    Location latent z ~ N(0, I_latent_dim) and detail latent h ~ N(0, I_detail_dim) (the drone's
+    alone); content e_k(z) = z A_k / sqrt(latent_dim), layer 26 mixing layer 28's content with its
+    own. Flight altitude a ~ U(0, 1), each image a_i = clip(a + altitude_jitter eps, 0, 1); depth
+    t_i = 1 - a_i. Latent gains: z_j (1 - t_i (1 - f_j)), f_j ~ U(survive_min, 1) fixed (a low
+    flight loses part of the layout). Rotation flow of layer k: R_k(t) = Q_k blockdiag(rot(b_j +
+    t theta_j)) Q_k^T on the first rot_frac of Q_k's planes: a fixed oblique-view angle
+    b_j ~ U(0, base_angle) that every drone image has, plus theta_j ~ U(0, theta_max) per unit of
+    depth (layer 26: theta_max * layer26_strength); Q_k orthogonal.
+    satellite: L2(e_k(z) + m_sat + sat_noise n);
+    drone:     L2(R_k(t_i) applied to e_k(gains * z) + t_i detail_gain h D_k / sqrt(detail_dim)
+                  + (1 + t_i) m_drone / 2 + drone_noise n)   (D_k (detail_dim, dim) Gaussian)."""
+
+    def __init__(self, rng, dim: int, k: dict):
+        self.k, self.n_regimes, self.dim = k, 1, dim
+        d = k["latent_dim"]
+        self._content_maps(rng, d, dim, k["layer26_mix"])
+        self.survive = rng.uniform(k["survive_min"], 1.0, d)
+        planes = int(k["rot_frac"] * dim) // 2
+        self.layer = {}
+        for layer, strength in ((28, 1.0), (26, k["layer26_strength"])):
+            self.layer[layer] = {
+                "Q": orthogonal(rng, dim),
+                "base": rng.uniform(0, k["base_angle"], planes),
+                "theta": rng.uniform(0, k["theta_max"] * strength, planes),
+                "D": rng.standard_normal((k["detail_dim"], dim)) / np.sqrt(dim),
+                "m_sat": gauss_vec(rng, (dim,), k["sat_offset"]),
+                "m_drone": gauss_vec(rng, (dim,), k["domain_offset"]),
+            }
+
+    def latents(self, rng, n: int) -> np.ndarray:
+        """Layout and detail latents side by side: (n, latent_dim + detail_dim)."""
+        return rng.standard_normal((n, self.k["latent_dim"] + self.k["detail_dim"]))
+
+    def clean(self, z) -> dict:
+        return super().clean(z[:, : self.k["latent_dim"]])
+
+    def satellite(self, rng, z) -> dict:
+        return {layer: _finish(x + self.layer[layer]["m_sat"] + gauss_vec(rng, x.shape, self.k["sat_noise"]))
+                for layer, x in self.clean(z).items()}
+
+    def _flow(self, x: np.ndarray, t: np.ndarray, p: dict) -> np.ndarray:
+        """Each row x_i turned by R(t_i): in Q's basis, plane j rotated by b_j + t_i theta_j."""
+        y = x @ p["Q"]
+        planes = len(p["theta"])
+        a, b = y[:, 0:2 * planes:2], y[:, 1:2 * planes:2]
+        angle = p["base"][None] + t[:, None] * p["theta"][None]
+        cos, sin = np.cos(angle), np.sin(angle)
+        y[:, 0:2 * planes:2], y[:, 1:2 * planes:2] = a * cos - b * sin, a * sin + b * cos
+        return y @ p["Q"].T
+
+    def drone(self, rng, z, flight, regime) -> dict:
+        k, d = self.k, self.k["latent_dim"]
+        altitude = rng.uniform(0, 1, int(flight.max()) + 1)[flight]
+        t = 1 - np.clip(altitude + k["altitude_jitter"] * rng.standard_normal(len(z)), 0, 1)
+        layout = z[:, :d] * (1 - t[:, None] * (1 - self.survive[None]))
+        detail = z[:, d:] / np.sqrt(k["detail_dim"])
+        out = {}
+        for layer, x in super().clean(layout).items():
+            p = self.layer[layer]
+            y = self._flow(x, t, p) + k["detail_gain"] * t[:, None] * (detail @ p["D"])
+            y = y + (1 + t[:, None]) * p["m_drone"] / 2
+            out[layer] = _finish(y + gauss_vec(rng, x.shape, k["drone_noise"]))
+        return out
+
+
 FAMILIES = {"manifold": Manifold, "regimes": Regimes, "flightshift": FlightShift,
-            "neighbours": Neighbours, "outliers": Outliers, "scenes": Scenes}
+            "neighbours": Neighbours, "outliers": Outliers, "scenes": Scenes, "altitude": Altitude}
 
 DEFAULTS = {
     "manifold": {
@@ -461,5 +537,12 @@ DEFAULTS = {
         "view_mix": 0.45, "scene_mix": 0.35, "scene_offset": 0.3, "saturation": 1.5,
         "occlusion_max": 0.3, "clutter_scale": 1.0, "sat_mix": 0.3, "domain_offset": 1.5,
         "sat_offset": 1.0, "sat_noise": 0.2, "drone_noise": 0.5, "cls_noise": 0.3,
+    },
+    "altitude": {
+        "dim": 640, "train_locs": 600, "test_locs": 200, "views": 4, "distractors": 50,
+        "latent_dim": 48, "layer26_mix": 0.6, "detail_dim": 16, "detail_gain": 0.8,
+        "survive_min": 0.2, "rot_frac": 0.9, "base_angle": 3.14, "theta_max": 1.6, "layer26_strength": 0.4,
+        "altitude_jitter": 0.05, "domain_offset": 1.5, "sat_offset": 1.0, "sat_noise": 0.2,
+        "drone_noise": 0.5, "cls_noise": 0.3,
     },
 }

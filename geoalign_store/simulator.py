@@ -1,7 +1,7 @@
 """A family of feature-level cross-view simulators: stores with known ground truth (SPEC §6).
 
 `family=` picks the generative model (geoalign_store/sim_families.py: manifold, regimes,
-flightshift, neighbours, outliers, scenes), each with its own default sizes and knobs; the rest
+flightshift, neighbours, outliers, scenes, altitude), each with its own default sizes and knobs; the rest
 of this module is shared. The `manifold` family (the default, and the original simulator) is
 described here:
 

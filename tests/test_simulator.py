@@ -135,7 +135,7 @@ def test_default_recipe_meets_the_target_on_the_simulator(default_store):
     assert heads - r1["centred"] >= 0.10
 
 
-@pytest.mark.parametrize("family", ["regimes", "flightshift", "neighbours", "outliers", "scenes"])
+@pytest.mark.parametrize("family", ["regimes", "flightshift", "neighbours", "outliers", "scenes", "altitude"])
 def test_every_family_writes_the_same_layout_deterministically(tmp_path, family):
     """Each family: the SPEC layout, unit-norm float32 rows, train groups that match no
     satellite, the same store for the same seed, and its regimes recorded in the ground truth."""
@@ -166,7 +166,7 @@ def test_unknown_family_or_knob_is_refused_with_the_valid_names(tmp_path):
         simulate(str(tmp_path / "x.zarr"), family="regimes", expert_mix=0.3)
 
 
-@pytest.mark.parametrize("family", ["regimes", "flightshift", "neighbours", "outliers", "scenes"])
+@pytest.mark.parametrize("family", ["regimes", "flightshift", "neighbours", "outliers", "scenes", "altitude"])
 def test_family_defaults_are_hard_for_raw_and_easy_for_the_oracle(family):
     """The frozen defaults (smaller test split and, for the widest family, fewer views for speed):
     raw descriptors score poorly, a supervised map scores high."""
