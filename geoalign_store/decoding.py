@@ -32,7 +32,9 @@ def decoded_batches(files: ImageFiles, batches: Iterable[list[int]], workers: in
                     pin: bool = False, prefetch: int = 4) -> Iterator[dict]:
     """collate_by_shape batches of `files` for each list of indices in `batches`, in order.
     workers = 0 decodes in the calling thread when a batch is asked for; else `workers` threads
-    (or processes) decode up to `prefetch` batches per worker ahead (at least two batches)."""
+    share the images of the next `prefetch` batches (at least two; a batch's images are spread
+    over every thread, so a few batches keep them all busy while bounding the pinned memory), or
+    `workers` DataLoader processes keep `prefetch` batches each."""
     if mode not in DECODE_MODES:
         raise ValueError(f"decode={mode!r}: expected one of {', '.join(DECODE_MODES)}")
     if mode == "processes" and workers > 0:
@@ -40,7 +42,7 @@ def decoded_batches(files: ImageFiles, batches: Iterable[list[int]], workers: in
         return iter(torch.utils.data.DataLoader(
             files, batch_sampler=batches, collate_fn=collate_by_shape, num_workers=workers,
             multiprocessing_context="spawn", prefetch_factor=prefetch, pin_memory=pin))
-    return ThreadedBatches(files, batches, workers, pin, max(2, prefetch * workers))
+    return ThreadedBatches(files, batches, workers, pin, max(2, prefetch))
 
 
 class ThreadedBatches:
