@@ -35,9 +35,8 @@ from geoalign_store.decoding import auto_workers, decoded_batches
 from geoalign_store.images import ImageFiles
 from geoalign_store.metrics import topk_gallery
 
-from .retrieval import gallery_fingerprint, resolve_embedder
+from .retrieval import IN_MEMORY_BYTES, gallery_fingerprint, resolve_embedder
 
-IN_MEMORY_BYTES = 1 << 30  # galleries above this stay in the store and are streamed
 
 
 class LocateError(ConfigError):

@@ -11,6 +11,7 @@ from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint
 from geoalign_store.embeddings import DirectionSet, StoredEmbeddings, direction_sets, raw_embedding
 
+IN_MEMORY_BYTES = 1 << 30  # galleries above this stay in the store and are streamed (score, locate)
 
 @dataclass
 class Embedder:

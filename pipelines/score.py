@@ -25,10 +25,9 @@ from geoalign_store.query_streaming import score_streamed_queries
 
 from .progress import console
 from .report import draw_retrievals, pooled_metrics, write_report
-from .retrieval import embedder_inputs, open_direction, side_embeddings
+from .retrieval import IN_MEMORY_BYTES, embedder_inputs, open_direction, side_embeddings
 
 SCHEMA_VERSION = 1
-IN_MEMORY_BYTES = 1 << 30  # galleries above this are streamed from the store
 
 
 def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
