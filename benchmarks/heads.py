@@ -47,12 +47,12 @@ def run_one(family: str, seed: int, args, log) -> dict:
     data, truth = generate(family=family, seed=seed)
     td, ts = data["train", "drone"], data["train", "satellite"]
     views = TrainViews(_desc(ts), _desc(td), td["labels"], LAYERS)
-    recipe = AgraRecipe(**{**to_plain(DEFAULT.agra), **({"epochs": args.epochs} if args.epochs else {})})
+    recipe = AgraRecipe(**{**to_plain(args.recipe.agra), **({"epochs": args.epochs} if args.epochs else {})})
     train_agra = None if args.no_agra else (
-        lambda centre, teacher, seen: agra_candidate(centre, teacher, seen, recipe, DEFAULT.seed)[0])
-    select_cfg = SelectionConfig.from_config(to_plain(DEFAULT.select))
+        lambda centre, teacher, seen: agra_candidate(centre, teacher, seen, recipe, args.recipe.seed)[0])
+    select_cfg = SelectionConfig.from_config(to_plain(args.recipe.select))
     t0 = time.perf_counter()
-    sel = select(views, select_cfg, DEFAULT.seed, train_agra, log=lambda *_: None)
+    sel = select(views, select_cfg, args.recipe.seed, train_agra, log=lambda *_: None)
     fit_s = time.perf_counter() - t0
     ref = baselines(data, truth)
     rows = {"raw": test_metrics(raw_embedding, data), "centred (test means)": {"r1": ref["centred"]}}
@@ -103,15 +103,16 @@ def checks(results: dict) -> None:
     print("\n| family | selected | best candidate | centre | selected - best | min over seeds of selected - centre |")
     print("|---|---:|---:|---:|---:|---:|")
     for family, per_seed in results.items():
-        names = [n for n in per_seed[0] if "criterion" in per_seed[0][n]]
+        # fused candidates are named after each seed's teacher space: only those every seed has
+        names = [n for n in per_seed[0] if all("criterion" in s.get(n, {}) for s in per_seed)]
         mean = {n: np.mean([s[n]["r1"] for s in per_seed]) for n in names + ["SELECTED"]}
         best = max(names, key=mean.get)
         worst = min(s["SELECTED"]["r1"] - s["centre"]["r1"] for s in per_seed)
         print(f"| {family} | {100 * mean['SELECTED']:.1f} | {100 * mean[best]:.1f} ({best}) | "
               f"{100 * mean['centre']:.1f} | {100 * (mean['SELECTED'] - mean[best]):+.1f} | {100 * worst:+.1f} |")
         for s in per_seed:
-            crit += [s[n]["criterion"] for n in names]
-            true += [s[n]["r1"] for n in names]
+            crit += [s[n]["criterion"] for n in s if "criterion" in s[n]]
+            true += [s[n]["r1"] for n in s if "criterion" in s[n]]
     print(f"\ncriterion vs true test R@1: Spearman {spearman(crit, true):.3f} over {len(crit)} "
           "(family, seed, candidate)")
 
@@ -124,7 +125,10 @@ def main() -> None:
     parser.add_argument("--no-agra", action="store_true", help="skip the AGRA candidate (fast)")
     parser.add_argument("--paper", action="store_true", help="also run preset=paper through the stages")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="fit-heads overrides of the recipe measured (e.g. select.null_adjust=true)")
     args = parser.parse_args()
+    args.recipe = compose("fit-heads", args.set) if args.set else DEFAULT
     families = FAMILIES if args.family == "all" else [args.family]
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     results = {f: [run_one(f, seed, args, log) for seed in args.seeds] for f in families}

@@ -43,6 +43,7 @@ class SelectionConfig(FitHeadsSection):
     min_gain: float
     map_rank: int
     rounds: int
+    null_adjust: bool = False
     SECTION: ClassVar[str] = "select"
 
     @classmethod
@@ -75,17 +76,20 @@ def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.isin(groups, picked)
 
 
-def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8) -> np.ndarray:
+def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8,
+                turn: "Turns | None" = None) -> np.ndarray:
     """The satellites the seen flights (a sample of their images) take when they are assigned
-    one-to-one in the space of `heads`."""
+    one-to-one in the space of `heads` (with `turn`: against the turned satellites)."""
     seen = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
     means, _ = cand.flight_means(heads.embed({k: v[seen] for k, v in views.drone.items()}, "drone"),
                                  views.groups[seen])
-    claims = cand.assign(means, heads.embed(views.sat, "satellite"))
+    sat = heads.embed(views.sat, "satellite")
+    claims = cand.assign(means, sat if turn is None else turn(sat))
     return np.unique(claims[claims >= 0])
 
 
-def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None):
+def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None,
+              turn: "Turns | None" = None):
     """-> (score, per held-out image 0/1): see the module docstring, step 3.
 
     The seen flights claim satellites (`claims`: satellite indices; None: assigned in this
@@ -97,9 +101,10 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
     bias (weather, season) keeps a flight's images together but away from its satellite has them
     pick satellites the other flights claim."""
     if claims is None:
-        claims = seen_claims(heads, views, held)
+        claims = seen_claims(heads, views, held, turn=turn)
     rows = np.flatnonzero(held)
     sat = heads.embed(views.sat, "satellite")
+    sat = sat if turn is None else turn(sat)
     free = np.setdiff1d(np.arange(len(sat)), claims)
     drone, groups = heads.embed({k: v[rows] for k, v in views.drone.items()}, "drone"), views.groups[rows]
     half = _alternate(groups)
@@ -118,6 +123,39 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
         pseudo = np.where(voters[at] == groups[scored], flight_sat[at], -1)
         correct[scored] = (pick[scored] == pseudo) & (pseudo >= 0)
     return float(correct.mean()), correct
+
+
+class Turns:
+    """A seeded random reflection of a satellite set along its own principal axes (each axis'
+    sign flipped or kept): the set keeps its mean, its covariance and the subspace it spans, but
+    loses any correspondence with the drones. (A random rotation of the whole space would move
+    the satellites off the subspace they share with the drones and make every space look
+    better than chance.)"""
+
+    def __init__(self, seed: int, index: int = 0):
+        self.key = (seed, index)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        mean = x.mean(0)
+        _, _, axes = np.linalg.svd(x - mean, full_matrices=False)
+        flip = np.random.default_rng([*self.key, x.shape[1]]).random(len(axes)) < 0.5
+        coords = (x - mean) @ axes[flip].T
+        return x - 2 * coords @ axes[flip]
+
+
+NULL_TURNS = 4  # turned satellite sets the null score averages (one alone is as noisy as the score)
+
+
+def null_adjusted(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns: list[Turns],
+                  claims=None, null_claims=None):
+    """criterion minus the same criterion against turned satellites (the mean over `turns`), per
+    held-out image: what a space scores beyond the agreement its flights' own consistency buys (a
+    space where each flight's images stay together scores by agreeing, aligned to the satellites
+    or not). null_claims: one claimed set per turn (None: in this space)."""
+    real = criterion(heads, views, held, claims)[1]
+    null = np.mean([criterion(heads, views, held, None if null_claims is None else c, turn=t)[1]
+                    for t, c in zip(turns, null_claims or [None] * len(turns))], axis=0)
+    return float((real - null).mean()), real - null
 
 
 def _alternate(groups: np.ndarray) -> np.ndarray:
@@ -194,16 +232,24 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     seen = views.drones(~held)
     cache: dict = {}
 
+    turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else None
+
+    def measure(heads: Heads, claims=None, null_claims=None):
+        if turns is None:
+            return criterion(heads, views, held, claims)
+        return null_adjusted(heads, views, held, turns, claims, null_claims)
+
     def score(heads: Heads) -> float:
         if id(heads) not in cache:   # keeps `heads` alive, so its id is never reused
-            cache[id(heads)] = (heads, criterion(heads, views, held))
+            cache[id(heads)] = (heads, measure(heads))
         return cache[id(heads)][1][0]
 
     fitted, chain = candidates(seen, cfg, seed, train_agra, score, log)
     # one claimed set for the final ranking, from the space the maps and AGRA took their flight
     # pairs from: a candidate that memorised those pairs gains nothing over one that did not
     claims = seen_claims(fitted[chain[-1]], views, held)
-    results = {name: criterion(h, views, held, claims) for name, h in fitted.items()}
+    null_claims = None if turns is None else [seen_claims(fitted[chain[-1]], views, held, turn=t) for t in turns]
+    results = {name: measure(h, claims, null_claims) for name, h in fitted.items()}
     estimates = {name: r[0] for name, r in results.items()}
     chosen, reason = _choose(results, views.groups[held], cfg, {n: h.size() for n, h in fitted.items()})
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)

@@ -8,7 +8,7 @@ import torch
 
 from geoalign_store import candidates as cand
 from geoalign_store.candidates import TrainViews
-from geoalign_store.selection import SelectionConfig, criterion, holdout_mask, select
+from geoalign_store.selection import SelectionConfig, Turns, criterion, holdout_mask, null_adjusted, select
 from geoalign_store.simulator import LAYERS, generate
 
 FAST = SelectionConfig.defaults(latents=(8, 16, 32), n_maps=(1, 2), map_kinds=("ridge", "orth"),
@@ -127,6 +127,33 @@ def test_criterion_counts_a_held_out_image_right_only_on_its_flights_satellite()
     views_scattered = TrainViews(views.sat, {k: scattered for k in LAYERS}, groups, LAYERS)
     score, correct = criterion(identity, views_scattered, held)
     assert correct[3:].all() and correct[:3].sum() <= 1 and score <= 4 / 6
+
+
+def test_null_adjusted_criterion_scores_alignment_not_flight_consistency():
+    """Flights whose images sit together on points unrelated to the satellites agree with
+    themselves often enough to score by the plain criterion; against turned satellites they
+    score the same, so the adjusted criterion is ~0. Aligned flights keep a large score."""
+    rng = np.random.default_rng(2)
+    sat = rng.standard_normal((600, 16)).astype(np.float32)
+    groups = np.repeat(np.arange(600), 4)
+    noise = 0.1 * rng.standard_normal((2400, 16)).astype(np.float32)
+    from geoalign_store.headset import Heads
+    identity = Heads(LAYERS, None, [("centre", None)], [1.0])
+    held = holdout_mask(groups, 0.3, 0)
+    scores = {}
+    turns = [Turns(0, i) for i in range(4)]
+    for name, centres in (("aligned", sat), ("unrelated", rng.standard_normal((600, 16)).astype(np.float32))):
+        drone = np.repeat(centres, 4, axis=0) + noise
+        views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
+        scores[name] = (criterion(identity, views, held)[0], null_adjusted(identity, views, held, turns)[0])
+    assert scores["unrelated"][0] > 0.1 and abs(scores["unrelated"][1]) < 0.06
+    assert scores["aligned"][0] > 0.95 and scores["aligned"][1] > 0.7
+    x = rng.standard_normal((50, 24)) @ rng.standard_normal((24, 24)) + 3.0
+    turned = Turns(5)(x)   # same mean and covariance, rows no longer their own
+    np.testing.assert_allclose(turned.mean(0), x.mean(0), atol=1e-9)
+    np.testing.assert_allclose(np.cov(turned.T), np.cov(x.T), atol=1e-9)
+    np.testing.assert_array_equal(turned, Turns(5)(x))
+    assert np.abs(turned - x).max() > 1.0
 
 
 def test_agra_candidate_owns_its_random_stream():
