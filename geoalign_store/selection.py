@@ -80,12 +80,30 @@ def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flig
                 turn: "Turns | None" = None) -> np.ndarray:
     """The satellites the seen flights (a sample of their images) take when they are assigned
     one-to-one in the space of `heads` (with `turn`: against the turned satellites)."""
-    seen = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
-    means, _ = cand.flight_means(heads.embed({k: v[seen] for k, v in views.drone.items()}, "drone"),
-                                 views.groups[seen])
-    sat = heads.embed(views.sat, "satellite")
-    claims = cand.assign(means, sat if turn is None else turn(sat))
-    return np.unique(claims[claims >= 0])
+    space = _Space(heads, views, held, per_flight)
+    return space.claims(space.sat if turn is None else turn(space.sat))
+
+
+class _Space:
+    """What the criterion needs of one candidate's space, embedded once: the satellites, the
+    held-out drones and (when asked) the seen flights' means."""
+
+    def __init__(self, heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8):
+        self.heads, self.views, self.held, self.per_flight = heads, views, held, per_flight
+        self.sat = heads.embed(views.sat, "satellite")
+        rows = np.flatnonzero(held)
+        self.drone = heads.embed({k: v[rows] for k, v in views.drone.items()}, "drone")
+        self.groups = views.groups[rows]
+        self._seen_means = None
+
+    def claims(self, sat: np.ndarray) -> np.ndarray:
+        if self._seen_means is None:
+            held, groups = self.held, self.views.groups
+            seen = np.flatnonzero(~held)[cand.flight_sample(groups[~held], self.per_flight)]
+            self._seen_means, _ = cand.flight_means(
+                self.heads.embed({k: v[seen] for k, v in self.views.drone.items()}, "drone"), groups[seen])
+        claims = cand.assign(self._seen_means, sat)
+        return np.unique(claims[claims >= 0])
 
 
 def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None,
@@ -100,18 +118,19 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
     pseudo-label, and agreeing with its own flight is not enough: a space where a flight-wide
     bias (weather, season) keeps a flight's images together but away from its satellite has them
     pick satellites the other flights claim."""
-    if claims is None:
-        claims = seen_claims(heads, views, held, turn=turn)
-    rows = np.flatnonzero(held)
-    sat = heads.embed(views.sat, "satellite")
-    sat = sat if turn is None else turn(sat)
+    space = _Space(heads, views, held)
+    sat = space.sat if turn is None else turn(space.sat)
+    return _score(space, sat, space.claims(sat) if claims is None else claims)
+
+
+def _score(space: _Space, sat: np.ndarray, claims: np.ndarray):
+    drone, groups = space.drone, space.groups
     free = np.setdiff1d(np.arange(len(sat)), claims)
-    drone, groups = heads.embed({k: v[rows] for k, v in views.drone.items()}, "drone"), views.groups[rows]
     half = _alternate(groups)
     flights, counts = np.unique(groups, return_counts=True)
     single = np.isin(groups, flights[counts < 2])
     pick = np.argmax(drone @ sat.T, axis=1)
-    correct = np.zeros(len(rows))
+    correct = np.zeros(len(groups))
     for h in (0, 1):
         vote = (half == h) | single
         means, _ = cand.flight_means(drone[vote], groups[vote])
@@ -125,6 +144,12 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
     return float(correct.mean()), correct
 
 
+def principal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, principal axes as rows) of a set of rows."""
+    mean = x.mean(0)
+    return mean, np.linalg.svd(x - mean, full_matrices=False)[2]
+
+
 class Turns:
     """A seeded random reflection of a satellite set along its own principal axes (each axis'
     sign flipped or kept): the set keeps its mean, its covariance and the subspace it spans, but
@@ -135,9 +160,8 @@ class Turns:
     def __init__(self, seed: int, index: int = 0):
         self.key = (seed, index)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        mean = x.mean(0)
-        _, _, axes = np.linalg.svd(x - mean, full_matrices=False)
+    def __call__(self, x: np.ndarray, basis: tuple | None = None) -> np.ndarray:
+        mean, axes = principal(x) if basis is None else basis
         flip = np.random.default_rng([*self.key, x.shape[1]]).random(len(axes)) < 0.5
         coords = (x - mean) @ axes[flip].T
         return x - 2 * coords @ axes[flip]
@@ -151,10 +175,15 @@ def null_adjusted(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns:
     """criterion minus the same criterion against turned satellites (the mean over `turns`), per
     held-out image: what a space scores beyond the agreement its flights' own consistency buys (a
     space where each flight's images stay together scores by agreeing, aligned to the satellites
-    or not). null_claims: one claimed set per turn (None: in this space)."""
-    real = criterion(heads, views, held, claims)[1]
-    null = np.mean([criterion(heads, views, held, None if null_claims is None else c, turn=t)[1]
-                    for t, c in zip(turns, null_claims or [None] * len(turns))], axis=0)
+    or not). null_claims: one claimed set per turn (None: in this space). The space is embedded
+    and its satellites' axes found once for all of them."""
+    space = _Space(heads, views, held)
+    real = _score(space, space.sat, space.claims(space.sat) if claims is None else claims)[1]
+    basis, nulls = principal(space.sat), []
+    for turn, turn_claims in zip(turns, null_claims or [None] * len(turns)):
+        sat = turn(space.sat, basis)
+        nulls.append(_score(space, sat, space.claims(sat) if turn_claims is None else turn_claims)[1])
+    null = np.mean(nulls, axis=0)
     return float((real - null).mean()), real - null
 
 
