@@ -63,9 +63,12 @@ def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     says), the digest of the train content read (any rewrite, reordering or regrouping shows),
     the recipe and the seed."""
     features = st.features_fingerprint(root, dataset)
+    select = to_plain(cfg.select)
+    if not select.get("null_adjust"):  # added later; off is how earlier heads were fitted: they still match
+        select.pop("null_adjust", None)
     return {"features": features, "train_content": st.content_digest(root, dataset, "train", layers),
             "dataset": dataset, "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra),
-            "isms": to_plain(cfg.isms), "select": to_plain(cfg.select), "seed": int(cfg.seed),
+            "isms": to_plain(cfg.isms), "select": select, "seed": int(cfg.seed),
             "stage_version": STAGE_VERSION}
 
 
