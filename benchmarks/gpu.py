@@ -140,12 +140,11 @@ def part_decode(args, cfg, data: Path, flops: float) -> None:
     """extract's decoding alone, threads vs DataLoader processes, with extract's worker count and
     pinning: first batch latency (from a standing start) and img/s; the GPU needs ~60% of the
     peak in img/s for the target."""
-    from geoalign_store.decoding import decoded_batches
+    from geoalign_store.decoding import auto_workers, decoded_batches
     from geoalign_store.extraction import BlockJob, job_batches
     from geoalign_store.images import ImageFiles
-    from pipelines.extract import _num_workers
     paths = sorted(str(p) for p in data.rglob("*.jpg"))
-    workers = _num_workers("auto", args.device) or 2  # (a CPU's auto is 0: --smoke still uses workers)
+    workers = auto_workers(args.device) or 2  # (a CPU's auto is 0: --smoke still uses workers)
     need = 0.6 * args.peak_tflops * 1e12 / flops
     for mode in ("threads", "processes"):
         t0 = time.perf_counter()

@@ -22,10 +22,13 @@ from .images import ImageFiles, collate_by_shape
 DECODE_MODES = ("threads", "processes")
 
 
-def auto_workers(device: str) -> int:
+def auto_workers(device: str, cores: int | None = None) -> int:
     """Decode workers only pay off beside an accelerator: on a CPU the backbone already keeps
-    every core busy (measured: 1 worker costs ~15% on 2 cores, see benchmarks/extract.py)."""
-    return 0 if str(device) == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+    every core busy (measured: 1 worker costs ~15% on 2 cores, see benchmarks/extract.py).
+    Beside one, up to 8, one per core of `cores` (default: all but the main thread's)."""
+    if str(device) == "cpu":
+        return 0
+    return min(8, max(1, (os.cpu_count() or 2) - 1 if cores is None else cores))
 
 
 def decoded_batches(files: ImageFiles, batches: Iterable[list[int]], workers: int, mode: str = "threads",

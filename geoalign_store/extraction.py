@@ -21,7 +21,7 @@ import torch
 from . import store as st
 from .config import ConfigError
 from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
-from .decoding import decoded_batches
+from .decoding import auto_workers, decoded_batches
 from .images import ImageFiles, normalise
 
 
@@ -298,7 +298,7 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
                                lambda _, n: failed.append(n))
     # beside a GPU, threads decode the block's next batches while one runs (on a CPU the
     # backbone already has the worker's cores)
-    workers = 0 if bb.device.type == "cpu" else min(8, threads or os.cpu_count() or 1)
+    workers = auto_workers(bb.device.type, cores=threads or os.cpu_count() or 1)
     batches = decoded_batches(files, job_batches([job], batch_size), workers, pin=bb.device.type == "cuda")
     try:
         for batch in batches:

@@ -21,6 +21,7 @@ No cross-view label is read: drone group ids only group a flight's images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -76,38 +77,41 @@ def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.isin(groups, picked)
 
 
-def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8,
-                turn: "Turns | None" = None) -> np.ndarray:
+def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8) -> np.ndarray:
     """The satellites the seen flights (a sample of their images) take when they are assigned
-    one-to-one in the space of `heads` (with `turn`: against the turned satellites)."""
+    one-to-one in the space of `heads`."""
     space = _Space(heads, views, held, per_flight)
-    return space.claims(space.sat if turn is None else turn(space.sat))
+    return space.claims(space.sat)
 
 
 class _Space:
-    """What the criterion needs of one candidate's space, embedded once: the satellites, the
-    held-out drones and (when asked) the seen flights' means."""
+    """What the criterion needs of one candidate's space, each embedded once and only when asked:
+    the satellites, the held-out drones and the seen flights' means."""
 
     def __init__(self, heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8):
         self.heads, self.views, self.held, self.per_flight = heads, views, held, per_flight
         self.sat = heads.embed(views.sat, "satellite")
-        rows = np.flatnonzero(held)
-        self.drone = heads.embed({k: v[rows] for k, v in views.drone.items()}, "drone")
-        self.groups = views.groups[rows]
-        self._seen_means = None
+
+    @cached_property
+    def held_drones(self) -> tuple[np.ndarray, np.ndarray]:
+        """(embedded held-out drone rows, their flights)."""
+        rows = np.flatnonzero(self.held)
+        return self.heads.embed({k: v[rows] for k, v in self.views.drone.items()}, "drone"), self.views.groups[rows]
+
+    @cached_property
+    def seen_means(self) -> np.ndarray:
+        held, groups = self.held, self.views.groups
+        seen = np.flatnonzero(~held)[cand.flight_sample(groups[~held], self.per_flight)]
+        return cand.flight_means(self.heads.embed({k: v[seen] for k, v in self.views.drone.items()}, "drone"),
+                                 groups[seen])[0]
 
     def claims(self, sat: np.ndarray) -> np.ndarray:
-        if self._seen_means is None:
-            held, groups = self.held, self.views.groups
-            seen = np.flatnonzero(~held)[cand.flight_sample(groups[~held], self.per_flight)]
-            self._seen_means, _ = cand.flight_means(
-                self.heads.embed({k: v[seen] for k, v in self.views.drone.items()}, "drone"), groups[seen])
-        claims = cand.assign(self._seen_means, sat)
+        """The satellites of `sat` (this space's, or a turned copy) the seen flights claim."""
+        claims = cand.assign(self.seen_means, sat)
         return np.unique(claims[claims >= 0])
 
 
-def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None,
-              turn: "Turns | None" = None):
+def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None):
     """-> (score, per held-out image 0/1): see the module docstring, step 3.
 
     The seen flights claim satellites (`claims`: satellite indices; None: assigned in this
@@ -119,12 +123,11 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
     bias (weather, season) keeps a flight's images together but away from its satellite has them
     pick satellites the other flights claim."""
     space = _Space(heads, views, held)
-    sat = space.sat if turn is None else turn(space.sat)
-    return _score(space, sat, space.claims(sat) if claims is None else claims)
+    return _score(space, space.sat, space.claims(space.sat) if claims is None else claims)
 
 
 def _score(space: _Space, sat: np.ndarray, claims: np.ndarray):
-    drone, groups = space.drone, space.groups
+    drone, groups = space.held_drones
     free = np.setdiff1d(np.arange(len(sat)), claims)
     half = _alternate(groups)
     flights, counts = np.unique(groups, return_counts=True)
@@ -170,6 +173,12 @@ class Turns:
 NULL_TURNS = 4  # turned satellite sets the null score averages (one alone is as noisy as the score)
 
 
+def turned(sat: np.ndarray, turns: list[Turns]) -> list[np.ndarray]:
+    """`sat` under each of `turns`, its principal axes found once."""
+    basis = principal(sat)
+    return [turn(sat, basis) for turn in turns]
+
+
 def null_adjusted(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns: list[Turns],
                   claims=None, null_claims=None):
     """criterion minus the same criterion against turned satellites (the mean over `turns`), per
@@ -179,10 +188,8 @@ def null_adjusted(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns:
     and its satellites' axes found once for all of them."""
     space = _Space(heads, views, held)
     real = _score(space, space.sat, space.claims(space.sat) if claims is None else claims)[1]
-    basis, nulls = principal(space.sat), []
-    for turn, turn_claims in zip(turns, null_claims or [None] * len(turns)):
-        sat = turn(space.sat, basis)
-        nulls.append(_score(space, sat, space.claims(sat) if turn_claims is None else turn_claims)[1])
+    nulls = [_score(space, sat, space.claims(sat) if c is None else c)[1]
+             for sat, c in zip(turned(space.sat, turns), null_claims or [None] * len(turns))]
     null = np.mean(nulls, axis=0)
     return float((real - null).mean()), real - null
 
@@ -276,8 +283,9 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     fitted, chain = candidates(seen, cfg, seed, train_agra, score, log)
     # one claimed set for the final ranking, from the space the maps and AGRA took their flight
     # pairs from: a candidate that memorised those pairs gains nothing over one that did not
-    claims = seen_claims(fitted[chain[-1]], views, held)
-    null_claims = None if turns is None else [seen_claims(fitted[chain[-1]], views, held, turn=t) for t in turns]
+    pairing = _Space(fitted[chain[-1]], views, held)
+    claims = pairing.claims(pairing.sat)
+    null_claims = None if turns is None else [pairing.claims(sat) for sat in turned(pairing.sat, turns)]
     results = {name: measure(h, claims, null_claims) for name, h in fitted.items()}
     estimates = {name: r[0] for name, r in results.items()}
     chosen, reason = _choose(results, views.groups[held], cfg, {n: h.size() for n, h in fitted.items()})
