@@ -11,9 +11,13 @@
    a space where a flight-wide bias keeps a flight's images together but away from its
    satellite has them pick satellites that other flights claim; no image votes for its own
    pseudo-label.
-4. The best candidate wins only when its gain over centring on the same held-out images is
-   larger than `margin_se` standard errors of the paired difference (and than `min_gain`);
-   otherwise the heads are centring: never worse than centring by the criterion's own measure.
+4. The smallest candidate near the best one is the pick. It wins only when its gain over
+   centring is larger than `margin_se` standard errors of the paired difference (and than
+   `min_gain`); otherwise the heads are centring: never worse than centring by the criterion's
+   own measure. With `confirm_folds` > 0 that gain is measured on flights the choice never saw
+   (confirmation.py): the other flights, held out fold by fold while the pick and centring are
+   refitted without them. The pick's own held-out flights would flatter it (it won there among
+   dozens), and they are few.
 5. The winner is refitted on all flights when it is closed-form (AGRA is trained once).
 No cross-view label is read: drone group ids only group a flight's images.
 """
@@ -27,6 +31,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from . import candidates as cand
+from .confirmation import Gate, confirm, flight_se
 from .headset import Heads
 from .training import FitHeadsSection
 
@@ -45,6 +50,7 @@ class SelectionConfig(FitHeadsSection):
     map_rank: int
     rounds: int
     null_adjust: bool = False
+    confirm_folds: int = 0
     SECTION: ClassVar[str] = "select"
 
     @classmethod
@@ -62,11 +68,13 @@ class Selection:
     teacher: str = ""
     held_out_flights: int = 0
     reason: str = ""
+    gate_flights: int = 0                     # flights the gain over centring was measured on
 
     def summary(self) -> dict:
         return {"chosen": self.chosen, "heads": self.heads.describe(), "estimates": self.estimates,
                 "centring_estimate": self.estimates.get("centre"), "teacher_space": self.teacher,
-                "held_out_flights": self.held_out_flights, "reason": self.reason}
+                "held_out_flights": self.held_out_flights, "gate_flights": self.gate_flights,
+                "reason": self.reason}
 
 
 def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -267,70 +275,70 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     held = holdout_mask(views.groups, cfg.holdout, seed)
     seen = views.drones(~held)
     cache: dict = {}
-
     turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else None
-
-    def measure(heads: Heads, claims=None, null_claims=None):
-        if turns is None:
-            return criterion(heads, views, held, claims)
-        return null_adjusted(heads, views, held, turns, claims, null_claims)
 
     def score(heads: Heads) -> float:
         if id(heads) not in cache:   # keeps `heads` alive, so its id is never reused
-            cache[id(heads)] = (heads, measure(heads))
+            cache[id(heads)] = (heads, measure(heads, views, held, turns))
         return cache[id(heads)][1][0]
 
     fitted, chain = candidates(seen, cfg, seed, train_agra, score, log)
-    # one claimed set for the final ranking, from the space the maps and AGRA took their flight
-    # pairs from: a candidate that memorised those pairs gains nothing over one that did not
-    pairing = _Space(fitted[chain[-1]], views, held)
-    claims = pairing.claims(pairing.sat)
-    null_claims = None if turns is None else [pairing.claims(sat) for sat in turned(pairing.sat, turns)]
-    results = {name: measure(h, claims, null_claims) for name, h in fitted.items()}
-    estimates = {name: r[0] for name, r in results.items()}
-    chosen, reason = _choose(results, views.groups[held], cfg, {n: h.size() for n, h in fitted.items()})
+    results = ranked(fitted, fitted[chain[-1]], views, held, turns)
+    pick, rule = _pick(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
+    gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], "held-out flights")
+    if pick != "centre" and cfg.confirm_folds and "agra" not in pick:
+        gate = confirm(pick, views, held, cfg.confirm_folds, seed,
+                       lambda seen_views: _refit(pick, None, seen_views, cfg, seed, chain, pairing=True),
+                       lambda fit, rows: ranked(fit[0], fit[1], views, rows, turns))
+    chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
-    return Selection(heads, chosen, estimates, fitted, " -> ".join(chain),
-                     int(len(np.unique(views.groups[held]))), reason)
+    return Selection(heads, chosen, {name: r[0] for name, r in results.items()}, fitted, " -> ".join(chain),
+                     int(len(np.unique(views.groups[held]))), reason, gate.flights)
 
 
-def _flight_se(diff: np.ndarray, flight: np.ndarray) -> float:
-    """Standard error of a mean per-image difference with flights as the independent units (a
-    flight's images share its conditions)."""
-    per_flight = np.bincount(flight, diff) / np.bincount(flight)
-    return float(per_flight.std(ddof=1) / np.sqrt(len(per_flight))) if len(per_flight) > 1 else np.inf
+def measure(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns, claims=None, null_claims=None):
+    """The criterion of `heads`, null-adjusted when `turns` are given (select.null_adjust)."""
+    if turns is None:
+        return criterion(heads, views, held, claims)
+    return null_adjusted(heads, views, held, turns, claims, null_claims)
 
 
-def _choose(results: dict, held_groups: np.ndarray, cfg: SelectionConfig, size: dict) -> tuple[str, str]:
+def ranked(fitted: dict, pairing: Heads, views: cand.TrainViews, held: np.ndarray, turns) -> dict:
+    """{name: (criterion, per held-out image)} against one claimed set, from the space the maps
+    and AGRA took their flight pairs from: a candidate that memorised those pairs gains nothing
+    over one that did not."""
+    space = _Space(pairing, views, held)
+    claims = space.claims(space.sat)
+    null_claims = None if turns is None else [space.claims(sat) for sat in turned(space.sat, turns)]
+    return {name: measure(h, views, held, turns, claims, null_claims) for name, h in fitted.items()}
+
+
+def _pick(results: dict, held_groups: np.ndarray, size: dict) -> tuple[str, str]:
     """The smallest candidate (fewest fitted numbers) whose criterion is within one standard
     error of the best one's (the one-standard-error rule: a near-tie on a few dozen held-out
-    flights is noise, and the simpler model generalises at least as well); then it must beat
-    centring by more than `margin_se` standard errors and `min_gain`, else centring."""
+    flights is noise, and the simpler model generalises at least as well). -> (pick, rule)"""
     _, flight = np.unique(held_groups, return_inverse=True)
     best = max(results, key=lambda n: results[n][0])
     near = [n for n in results if results[n][0] >= results[best][0]
-            - _flight_se(results[best][1] - results[n][1], flight)]
+            - flight_se(results[best][1] - results[n][1], flight)]
     pick = min(near, key=lambda n: (size[n], -results[n][0]))
     if pick == "centre":
         return "centre", f"no candidate is estimated better than centring (best: {best})"
-    diff = results[pick][1] - results["centre"][1]
-    gain, se = float(diff.mean()), _flight_se(diff, flight)
-    rule = "" if pick == best else f"; the smallest within one standard error of the best, {best}"
-    if gain <= max(cfg.margin_se * se, cfg.min_gain):
-        return "centre", (f"{pick} gains {gain:+.3f} over centring, within {cfg.margin_se:g} "
-                          f"standard errors ({se:.3f}): centring kept{rule}")
-    return pick, f"gains {gain:+.3f} over centring (standard error {se:.3f}, over held-out flights){rule}"
+    return pick, "" if pick == best else f"; the smallest within one standard error of the best, {best}"
 
 
-def _refit(chosen: str, heads: Heads, views: cand.TrainViews, cfg: SelectionConfig, seed: int,
-           chain: list) -> Heads:
-    """The chosen closed-form candidate again, on every flight, with the pairing spaces the
-    selection found; AGRA-based ones stay as trained (once, without the held-out flights)."""
+def _refit(chosen: str, heads: Heads | None, views: cand.TrainViews, cfg: SelectionConfig, seed: int,
+           chain: list, pairing: bool = False):
+    """The chosen closed-form candidate again, on every flight of `views`, with the pairing spaces
+    the selection found; AGRA-based ones stay as trained (once, without the held-out flights).
+    pairing: -> ({"centre": .., chosen: ..}, the pairing space) instead."""
     if "agra" in chosen:
         return heads
-    if chosen == "centre":
+    if chosen == "centre" and not pairing:
         return cand.centring(views)
     refitted, _ = candidates(views, replace(cfg, agra=False), seed, None, None, lambda *_: None,
                              list(chain), only=chosen)
+    if pairing:
+        return {n: refitted[n] for n in ("centre", chosen)}, refitted[chain[-1]]
     return refitted[chosen]

@@ -58,14 +58,19 @@ def read_train(root, dataset: str, layers: list[int], center: bool = False) -> d
     return out
 
 
+# select keys added after heads were first saved, with the value that reproduces those heads
+SELECT_KEYS_ADDED = {"null_adjust": False, "confirm_folds": 0}
+
+
 def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     """What decides the heads: the features' fingerprint (how they were made, when the store
     says), the digest of the train content read (any rewrite, reordering or regrouping shows),
     the recipe and the seed."""
     features = st.features_fingerprint(root, dataset)
     select = to_plain(cfg.select)
-    if not select.get("null_adjust"):  # added later; off is how earlier heads were fitted: they still match
-        select.pop("null_adjust", None)
+    for key, earlier in SELECT_KEYS_ADDED.items():  # at these values, heads fitted before the key existed still match
+        if select.get(key) == earlier:
+            select.pop(key)
     return {"features": features, "train_content": st.content_digest(root, dataset, "train", layers),
             "dataset": dataset, "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra),
             "isms": to_plain(cfg.isms), "select": select, "seed": int(cfg.seed),

@@ -266,12 +266,13 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
     assert "Traceback" not in result.output and not (store / "heads").exists()
 
 
-def test_heads_fitted_before_null_adjust_existed_keep_their_fingerprint(monkeypatch):
-    """select.null_adjust off is how heads were fitted before the key existed: it stays out of
-    the fingerprint (no spurious "configs changed"); on, it is part of the recipe."""
+@pytest.mark.parametrize("key,earlier,other", [("null_adjust", "false", "true"), ("confirm_folds", "0", "4")])
+def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
+    """A select key added later, at the value that reproduces earlier heads, stays out of the
+    fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
     from pipelines import fit_heads as stage
     monkeypatch.setattr(stage.st, "features_fingerprint", lambda root, dataset: "features")
     monkeypatch.setattr(stage.st, "content_digest", lambda root, dataset, split, layers: "content")
-    spec = {v: stage.heads_spec(compose("fit-heads", [f"select.null_adjust={v}"]), None, "sim", [26, 28])
-            for v in ("false", "true")}
-    assert "null_adjust" not in spec["false"]["select"] and spec["true"]["select"]["null_adjust"] is True
+    spec = {v: stage.heads_spec(compose("fit-heads", [f"select.{key}={v}"]), None, "sim", [26, 28])
+            for v in (earlier, other)}
+    assert key not in spec[earlier]["select"] and str(spec[other]["select"][key]).lower() == other

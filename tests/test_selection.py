@@ -173,3 +173,45 @@ def test_agra_candidate_owns_its_random_stream():
     before = torch.get_rng_state()
     agra_candidate(centre, centre, views, recipe, seed=8)
     assert torch.equal(before, torch.get_rng_state())      # the caller's stream is untouched
+
+
+def test_confirm_folds_split_the_other_flights_whole_and_seeded():
+    """The confirmation folds are the flights outside the pick's held-out ones, each flight in
+    exactly one fold, the same for the same seed."""
+    from geoalign_store.confirmation import confirm_folds
+    groups = np.repeat(np.arange(30), 3)
+    held = holdout_mask(groups, 0.2, seed=5)
+    folds = confirm_folds(groups, held, 4, seed=5)
+    assert len(folds) == 4 and not np.any(np.sum(folds, axis=0) > 1)
+    assert np.array_equal(np.any(folds, axis=0), ~held)
+    for fold in folds:                      # whole flights: a flight is in or out with all its rows
+        assert not np.intersect1d(groups[fold], groups[~fold]).size
+    assert all(np.array_equal(a, b) for a, b in zip(folds, confirm_folds(groups, held, 4, seed=5)))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, confirm_folds(groups, held, 4, seed=6)))
+
+
+def test_gate_keeps_centring_unless_the_gain_clears_its_standard_errors():
+    """Flights are the units: a gain of 0.3 on every flight passes; a gain carried by a few
+    flights (large standard error) or under min_gain keeps centring."""
+    from geoalign_store.confirmation import Gate
+    groups = np.repeat(np.arange(20), 5)
+    steady = Gate("orth(1)", np.full(100, 0.3), groups, "flights")
+    assert steady.decide(2.0, 0.01)[0] == "orth(1)"
+    assert steady.decide(2.0, 0.5)[0] == "centre"                         # under min_gain
+    lumpy = np.where(groups < 3, 1.0, 0.0)                                # mean 0.135: three flights
+    lumpy[groups >= 17] = -0.1
+    chosen, reason = Gate("orth(1)", lumpy, groups, "flights").decide(2.0, 0.01)
+    assert chosen == "centre" and "within 2 standard errors" in reason and "over 20 flights" in reason
+
+
+def test_confirmation_measures_the_gate_on_the_flights_the_choice_never_saw(sim):
+    """confirm_folds changes the gate only: same estimates and pick, the gain measured on every
+    flight outside the pick's held-out ones, and the pick still clears it where it is right."""
+    views = views_of(sim)
+    base = select(views, FAST, seed=0, log=lambda *_: None)
+    confirmed = select(views, FAST.__class__(**{**FAST.__dict__, "confirm_folds": 3}), seed=0, log=lambda *_: None)
+    assert confirmed.estimates == base.estimates and confirmed.chosen == base.chosen != "centre"
+    assert confirmed.gate_flights == len(np.unique(views.groups)) - base.held_out_flights
+    assert base.gate_flights == base.held_out_flights
+    assert "flights the choice never saw" in confirmed.reason
+    assert r1_of(confirmed.heads, sim) == r1_of(base.heads, sim)

@@ -1,0 +1,69 @@
+"""The do-no-harm gate of the label-free selection: does the pick beat centring? (issue 8)
+
+The selection picks among dozens of candidates on one set of held-out flights, so the pick's gain
+over centring on those same flights is flattered (it won there), and they are few (20% of the
+flights). With `select.confirm_folds` = K the gain is measured instead on the flights the choice
+never saw: the other flights, split into K seeded folds, each held out in turn while the pick and
+centring are refitted without it (closed-form candidates only: AGRA is trained once). The paired
+difference then spans K times as many flights, all independent of the choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+def flight_se(diff: np.ndarray, flight: np.ndarray) -> float:
+    """Standard error of a mean per-image difference with flights as the independent units (a
+    flight's images share its conditions)."""
+    per_flight = np.bincount(flight, diff) / np.bincount(flight)
+    return float(per_flight.std(ddof=1) / np.sqrt(len(per_flight))) if len(per_flight) > 1 else np.inf
+
+
+@dataclass
+class Gate:
+    """The pick's gain over centring, per image, and the flights of those images."""
+    pick: str
+    diff: np.ndarray
+    groups: np.ndarray
+    where: str
+
+    @property
+    def flights(self) -> int:
+        return int(len(np.unique(self.groups)))
+
+    def decide(self, margin_se: float, min_gain: float, rule: str = "") -> tuple[str, str]:
+        """-> (chosen, reason): the pick when it gains more than `margin_se` standard errors of
+        the paired difference and more than `min_gain`, else centring."""
+        if self.pick == "centre":
+            return "centre", rule
+        gain, se = float(self.diff.mean()), flight_se(self.diff, np.unique(self.groups, return_inverse=True)[1])
+        where = f"over {self.flights} {self.where}"
+        if gain <= max(margin_se * se, min_gain):
+            return "centre", (f"{self.pick} gains {gain:+.3f} over centring, within {margin_se:g} standard "
+                              f"errors ({se:.3f}, {where}): centring kept{rule}")
+        return self.pick, f"gains {gain:+.3f} over centring (standard error {se:.3f}, {where}){rule}"
+
+
+def confirm_folds(groups: np.ndarray, held: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """Row masks of the flights outside `held`, split into up to `n` seeded folds of whole
+    flights (never one that leaves fewer than two flights to fit on)."""
+    rest = np.unique(groups[~held])
+    order = np.random.default_rng([seed, 0xC0F]).permutation(rest)
+    parts = [p for p in np.array_split(order, min(n, len(rest))) if len(p) and len(rest) - len(p) >= 2]
+    return [np.isin(groups, p) for p in parts]
+
+
+def confirm(pick: str, views, held: np.ndarray, n: int, seed: int, refit: Callable, rank: Callable) -> Gate:
+    """The gain of `pick` over centring on every fold of `confirm_folds`: refit(seen views) ->
+    (fitted {"centre", pick}, pairing space) without the fold; rank(that, fold rows) -> {name:
+    (criterion, per image)} on the fold's flights."""
+    diffs, groups = [], []
+    for fold in confirm_folds(views.groups, held, n, seed):
+        results = rank(refit(views.drones(~fold)), fold)
+        diffs.append(results[pick][1] - results["centre"][1])
+        groups.append(views.groups[fold])
+    return Gate(pick, np.concatenate(diffs), np.concatenate(groups), "flights the choice never saw")
