@@ -1,11 +1,13 @@
 """The do-no-harm gate of the label-free selection: does the pick beat centring? (issue 8)
 
-The selection picks among dozens of candidates on one set of held-out flights, so the pick's gain
-over centring on those same flights is flattered (it won there), and they are few (20% of the
-flights). With `select.confirm_folds` = K the gain is measured instead on the flights the choice
-never saw: the other flights, split into K seeded folds, each held out in turn while the pick and
-centring are refitted without it (closed-form candidates only: AGRA is trained once). The paired
-difference then spans K times as many flights, all independent of the choice.
+The selection picks among dozens of candidates on one set of held-out flights (20% of them), so
+the pick's gain over centring rests on few flights. With `select.confirm_folds` = K it is measured
+on every flight instead: the other flights, split into K seeded folds, are held out in turn while
+the pick and centring are refitted without them (closed-form candidates only: AGRA is trained
+once), and their paired differences join the pick's own held-out ones, i.e. a (K+1)-fold
+cross-validation over flights of the chosen recipe. The pick's own fold flatters it a little (it
+won there), but it is one fold in K+1; the refits also show how the recipe varies with the flights
+it is fitted on, which one fit cannot.
 """
 
 from __future__ import annotations
@@ -57,13 +59,13 @@ def confirm_folds(groups: np.ndarray, held: np.ndarray, n: int, seed: int) -> li
     return [np.isin(groups, p) for p in parts]
 
 
-def confirm(pick: str, views, held: np.ndarray, n: int, seed: int, refit: Callable, rank: Callable) -> Gate:
-    """The gain of `pick` over centring on every fold of `confirm_folds`: refit(seen views) ->
-    (fitted {"centre", pick}, pairing space) without the fold; rank(that, fold rows) -> {name:
-    (criterion, per image)} on the fold's flights."""
-    diffs, groups = [], []
+def confirm(first: Gate, views, held: np.ndarray, n: int, seed: int, refit: Callable, rank: Callable) -> Gate:
+    """`first` (the pick's gain on its own held-out flights) joined by its gain on every fold of
+    `confirm_folds`: refit(seen views) -> (fitted {"centre", pick}, pairing space) without the
+    fold; rank(that, fold rows) -> {name: (criterion, per image)} on the fold's flights."""
+    diffs, groups = [first.diff], [first.groups]
     for fold in confirm_folds(views.groups, held, n, seed):
         results = rank(refit(views.drones(~fold)), fold)
-        diffs.append(results[pick][1] - results["centre"][1])
+        diffs.append(results[first.pick][1] - results["centre"][1])
         groups.append(views.groups[fold])
-    return Gate(pick, np.concatenate(diffs), np.concatenate(groups), "flights the choice never saw")
+    return Gate(first.pick, np.concatenate(diffs), np.concatenate(groups), "flights, each held out once")

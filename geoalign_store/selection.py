@@ -14,10 +14,9 @@
 4. The smallest candidate near the best one is the pick. It wins only when its gain over
    centring is larger than `margin_se` standard errors of the paired difference (and than
    `min_gain`); otherwise the heads are centring: never worse than centring by the criterion's
-   own measure. With `confirm_folds` > 0 that gain is measured on flights the choice never saw
-   (confirmation.py): the other flights, held out fold by fold while the pick and centring are
-   refitted without them. The pick's own held-out flights would flatter it (it won there among
-   dozens), and they are few.
+   own measure. With `confirm_folds` > 0 that gain is measured on every flight (confirmation.py):
+   the other flights are held out fold by fold while the pick and centring are refitted without
+   them, and join the pick's own held-out flights, which are few.
 5. The winner is refitted on all flights when it is closed-form (AGRA is trained once).
 No cross-view label is read: drone group ids only group a flight's images.
 """
@@ -287,7 +286,7 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     pick, rule = _pick(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
     gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], "held-out flights")
     if pick != "centre" and cfg.confirm_folds and "agra" not in pick:
-        gate = confirm(pick, views, held, cfg.confirm_folds, seed,
+        gate = confirm(gate, views, held, cfg.confirm_folds, seed,
                        lambda seen_views: _refit(pick, None, seen_views, cfg, seed, chain, pairing=True),
                        lambda fit, rows: ranked(fit[0], fit[1], views, rows, turns))
     chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
