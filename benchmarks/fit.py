@@ -33,6 +33,7 @@ times / threads mean the run was starved.
 
     python benchmarks/fit.py [--compare [--epochs 5] [--warmup 1] [--no-cycle] [--profile]
                              [--teacher isms|self]] [--threads N] [--device auto|cpu|cuda[:N]]
+                             [--set KEY=VALUE ...]
 
 ``--device`` (default cpu) is fit-heads' ``device=``: where AGRA trains (and the ISMS teacher's
 embeddings run); with ``--compare`` on a GPU the release design is not run (it is a CPU figure).
@@ -140,7 +141,7 @@ def profile_ours(sat, drone, groups, dim, seed, top):
 
 def time_default_recipe(a, overrides=()) -> dict:
     """The default recipe end to end on U1652-sized simulated train arrays (see the docstring).
-    `overrides`: fit-heads config overrides (benchmarks/gpu.py --smoke: fewer epochs)."""
+    `overrides`: fit-heads config overrides (--set; benchmarks/gpu.py --smoke: fewer epochs)."""
     from geoalign_store.devices import resolve_device
     from geoalign_store.candidates import TrainViews
     from geoalign_store.config import compose, to_plain
@@ -171,7 +172,8 @@ def time_default_recipe(a, overrides=()) -> dict:
     stamp = lambda msg: print(f"  {time.perf_counter() - t0:6.1f} s  {msg}", flush=True)  # noqa: E731
     sel = select(views, select_cfg, int(cfg.seed), train_agra, log=stamp)
     total = time.perf_counter() - t0
-    print(f"default recipe (preset=improved, agra.epochs={recipe.epochs}, device {device}), selection "
+    print(f"default recipe{' with ' + ' '.join(overrides) if overrides else ''} (preset=improved, "
+          f"agra.epochs={recipe.epochs}, device {device}), selection "
           f"included: {total:.1f} s = {total / 60:.2f} min (AGRA candidate {spent['agra']:.1f} s, everything "
           f"else {total - spent['agra']:.1f} s; {len(sel.estimates)} candidates); chosen {sel.chosen}")
     if device.type == "cpu":
@@ -199,11 +201,13 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="also profile one geoalign epoch (torch.profiler)")
     ap.add_argument("--compare", action="store_true", help="per-epoch AGRA: geoalign vs the release design")
     ap.add_argument("--top", type=int, default=25, help="rows of the profile table")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="fit-heads overrides of the recipe timed (e.g. select.confirm_folds=4)")
     a = ap.parse_args(argv)
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     if not a.compare:
-        time_default_recipe(a)
+        time_default_recipe(a, a.set)
         return
     load0 = os.getloadavg()
 

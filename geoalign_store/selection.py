@@ -48,8 +48,8 @@ class SelectionConfig(FitHeadsSection):
     min_gain: float
     map_rank: int
     rounds: int
-    null_adjust: bool = False
-    confirm_folds: int = 0
+    null_adjust: bool = False     # these two: how heads were fitted before the keys existed;
+    confirm_folds: int = 0        # their defaults are fit-heads.yaml's
     SECTION: ClassVar[str] = "select"
 
     @classmethod
@@ -112,6 +112,22 @@ class _Space:
         return cand.flight_means(self.heads.embed({k: v[seen] for k, v in self.views.drone.items()}, "drone"),
                                  groups[seen])[0]
 
+    @cached_property
+    def halves(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """For each half h of the held-out images (alternate images; a flight of one image
+        votes in half 0 and is scored in half 0): (the voting flights' mean embeddings, those
+        flights' ids, sorted, the rows scored). The same for every satellite set scored."""
+        drone, groups = self.held_drones
+        half = _alternate(groups)
+        flights, counts = np.unique(groups, return_counts=True)
+        single = np.isin(groups, flights[counts < 2])
+        out = []
+        for h in (0, 1):
+            vote = (half == h) | single
+            out.append((cand.flight_means(drone[vote], groups[vote])[0], np.unique(groups[vote]),
+                        (half != h) | (single & (h == 0))))
+        return out
+
     def claims(self, sat: np.ndarray) -> np.ndarray:
         """The satellites of `sat` (this space's, or a turned copy) the seen flights claim."""
         claims = cand.assign(self.seen_means, sat)
@@ -136,18 +152,11 @@ def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=Non
 def _score(space: _Space, sat: np.ndarray, claims: np.ndarray):
     drone, groups = space.held_drones
     free = np.setdiff1d(np.arange(len(sat)), claims)
-    half = _alternate(groups)
-    flights, counts = np.unique(groups, return_counts=True)
-    single = np.isin(groups, flights[counts < 2])
     pick = np.argmax(drone @ sat.T, axis=1)
     correct = np.zeros(len(groups))
-    for h in (0, 1):
-        vote = (half == h) | single
-        means, _ = cand.flight_means(drone[vote], groups[vote])
+    for means, voters, scored in space.halves:
         match = cand.assign(means, sat[free]) if len(free) else np.full(len(means), -1)
         flight_sat = np.where(match >= 0, free[np.maximum(match, 0)], -1)   # voting flights, sorted
-        scored = (half != h) | (single & (h == 0))
-        voters = np.unique(groups[vote])
         at = np.minimum(np.searchsorted(voters, groups[scored]), len(voters) - 1)
         pseudo = np.where(voters[at] == groups[scored], flight_sat[at], -1)
         correct[scored] = (pick[scored] == pseudo) & (pseudo >= 0)
@@ -155,9 +164,13 @@ def _score(space: _Space, sat: np.ndarray, claims: np.ndarray):
 
 
 def principal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, principal axes as rows) of a set of rows."""
+    """(mean, principal axes of the centred rows, as unit vectors over the *rows*, one column
+    each, by decreasing variance: min(n, D) of them). From the n x n Gram matrix: a few hundred
+    satellites in up to thousands of dimensions (an SVD there was 14% of a selection)."""
     mean = x.mean(0)
-    return mean, np.linalg.svd(x - mean, full_matrices=False)[2]
+    xc = (x - mean).astype(np.float64)
+    var, rows = np.linalg.eigh(xc @ xc.T)
+    return mean, rows[:, ::-1][:, :min(x.shape)]
 
 
 class Turns:
@@ -171,10 +184,12 @@ class Turns:
         self.key = (seed, index)
 
     def __call__(self, x: np.ndarray, basis: tuple | None = None) -> np.ndarray:
-        mean, axes = principal(x) if basis is None else basis
-        flip = np.random.default_rng([*self.key, x.shape[1]]).random(len(axes)) < 0.5
-        coords = (x - mean) @ axes[flip].T
-        return x - 2 * coords @ axes[flip]
+        mean, rows = principal(x) if basis is None else basis
+        flip = np.random.default_rng([*self.key, x.shape[1]]).random(rows.shape[1]) < 0.5
+        # reflecting the centred rows' components along the flipped principal axes is
+        # (I - 2 U_f U_f^T) applied over the rows, U_f those axes' unit row-space vectors
+        u = rows[:, flip]
+        return (x - 2 * u @ (u.T @ (x - mean))).astype(x.dtype)
 
 
 NULL_TURNS = 4  # turned satellite sets the null score averages (one alone is as noisy as the score)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -208,9 +210,24 @@ def test_confirmation_measures_the_gate_on_every_flight(sim):
     """confirm_folds changes the gate only: same estimates and pick, the gain measured on every
     flight (each held out once), and the pick still clears it where it is right."""
     views = views_of(sim)
-    base = select(views, FAST, seed=0, log=lambda *_: None)
-    confirmed = select(views, FAST.__class__(**{**FAST.__dict__, "confirm_folds": 3}), seed=0, log=lambda *_: None)
+    base = select(views, replace(FAST, confirm_folds=0), seed=0, log=lambda *_: None)
+    confirmed = select(views, replace(FAST, confirm_folds=3), seed=0, log=lambda *_: None)
     assert confirmed.estimates == base.estimates and confirmed.chosen == base.chosen != "centre"
     assert confirmed.gate_flights == len(np.unique(views.groups)) > base.gate_flights == base.held_out_flights
     assert "flights, each held out once" in confirmed.reason
     assert r1_of(confirmed.heads, sim) == r1_of(base.heads, sim)
+
+
+@pytest.mark.parametrize("n,dim", [(120, 400), (120, 16)])
+def test_turns_reflect_along_the_principal_axes_as_an_svd_would(n, dim):
+    """The Gram-matrix reflection equals the plain one (SVD axes, flipped coordinates), with
+    more dimensions than rows and fewer, and keeps the set's mean and covariance."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n, dim)) @ rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+    mean, axes = x.mean(0), np.linalg.svd(x - x.mean(0), full_matrices=False)[2]
+    flip = np.random.default_rng([7, 3, dim]).random(len(axes)) < 0.5
+    reference = x - 2 * ((x - mean) @ axes[flip].T) @ axes[flip]
+    turned = Turns(7, 3)(x)
+    np.testing.assert_allclose(turned, reference, atol=1e-4)
+    np.testing.assert_allclose(turned.mean(0), mean, atol=1e-4)
+    np.testing.assert_allclose(np.cov(turned.T), np.cov(x.T), atol=1e-3)
