@@ -48,8 +48,10 @@ class SelectionConfig(FitHeadsSection):
     min_gain: float
     map_rank: int
     rounds: int
-    null_adjust: bool = False     # these two: how heads were fitted before the keys existed;
-    confirm_folds: int = 0        # their defaults are fit-heads.yaml's
+    # keys added later: a default here is how heads were fitted before the key existed (their
+    # fingerprint leaves the key out at that value); the recipe's defaults are fit-heads.yaml's
+    null_adjust: bool = False
+    confirm_folds: int = 0
     SECTION: ClassVar[str] = "select"
 
     @classmethod
@@ -169,7 +171,7 @@ def principal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     satellites in up to thousands of dimensions (an SVD there was 14% of a selection)."""
     mean = x.mean(0)
     xc = (x - mean).astype(np.float64)
-    var, rows = np.linalg.eigh(xc @ xc.T)
+    _, rows = np.linalg.eigh(xc @ xc.T)
     return mean, rows[:, ::-1][:, :min(x.shape)]
 
 
@@ -300,9 +302,9 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     results = ranked(fitted, fitted[chain[-1]], views, held, turns)
     pick, rule = _pick(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
     gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], "held-out flights")
-    if pick != "centre" and cfg.confirm_folds and "agra" not in pick:
+    if pick != "centre" and cfg.confirm_folds and not _trained_once(pick):
         gate = confirm(gate, views, held, cfg.confirm_folds, seed,
-                       lambda seen_views: _refit(pick, None, seen_views, cfg, seed, chain, pairing=True),
+                       lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
                        lambda fit, rows: ranked(fit[0], fit[1], views, rows, turns))
     chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
@@ -342,17 +344,30 @@ def _pick(results: dict, held_groups: np.ndarray, size: dict) -> tuple[str, str]
     return pick, "" if pick == best else f"; the smallest within one standard error of the best, {best}"
 
 
-def _refit(chosen: str, heads: Heads | None, views: cand.TrainViews, cfg: SelectionConfig, seed: int,
-           chain: list, pairing: bool = False):
-    """The chosen closed-form candidate again, on every flight of `views`, with the pairing spaces
-    the selection found; AGRA-based ones stay as trained (once, without the held-out flights).
-    pairing: -> ({"centre": .., chosen: ..}, the pairing space) instead."""
-    if "agra" in chosen:
+def _trained_once(name: str) -> bool:
+    """AGRA-based candidates are trained once (without the held-out flights), never refitted."""
+    return "agra" in name
+
+
+def _fit_again(chosen: str, views: cand.TrainViews, cfg: SelectionConfig, seed: int, chain: list) -> dict:
+    """The closed-form candidates `chosen` needs, fitted on `views` with the pairing spaces the
+    selection found (`chain`): {name: Heads}, with centring and those spaces."""
+    return candidates(views, replace(cfg, agra=False), seed, None, None, lambda *_: None, list(chain),
+                      only=chosen)[0]
+
+
+def _refit(chosen: str, heads: Heads, views: cand.TrainViews, cfg: SelectionConfig, seed: int,
+           chain: list) -> Heads:
+    """The chosen closed-form candidate again, on every flight, with the pairing spaces the
+    selection found; AGRA-based ones stay as trained (once, without the held-out flights)."""
+    if _trained_once(chosen):
         return heads
-    if chosen == "centre" and not pairing:
+    if chosen == "centre":
         return cand.centring(views)
-    refitted, _ = candidates(views, replace(cfg, agra=False), seed, None, None, lambda *_: None,
-                             list(chain), only=chosen)
-    if pairing:
-        return {n: refitted[n] for n in ("centre", chosen)}, refitted[chain[-1]]
-    return refitted[chosen]
+    return _fit_again(chosen, views, cfg, seed, chain)[chosen]
+
+
+def _fold_fit(pick: str, views: cand.TrainViews, cfg: SelectionConfig, seed: int, chain: list):
+    """For a confirmation fold: ({"centre", pick} fitted on `views`, the pairing space)."""
+    fitted = _fit_again(pick, views, cfg, seed, chain)
+    return {n: fitted[n] for n in ("centre", pick)}, fitted[chain[-1]]

@@ -14,6 +14,7 @@ one is not retrained unless the request changed (then `overwrite=true` is needed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def read_train(root, dataset: str, layers: list[int], center: bool = False) -> d
     return out
 
 
-# select keys added after heads were first saved, with the value that reproduces those heads
-SELECT_KEYS_ADDED = {"null_adjust": False, "confirm_folds": 0}
+# select keys added after heads were first saved, with the value that reproduces those heads:
+# SelectionConfig's field defaults (the recipe's own defaults are fit-heads.yaml's)
+SELECT_KEYS_ADDED = {f.name: f.default for f in dataclasses.fields(SelectionConfig)
+                     if f.default is not dataclasses.MISSING}
 
 
 def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
