@@ -89,10 +89,14 @@ def whitening(centre: Heads, basis: Basis, latent: int) -> Heads:
 def assign(flight_emb: np.ndarray, sat_emb: np.ndarray) -> np.ndarray:
     """One-to-one assignment of flights (rows) to satellites maximising total cosine: the
     satellite index of each flight (n_flights <= n_sat; more flights: the extra get -1)."""
+    return assign_similar(flight_emb @ sat_emb.T)
+
+
+def assign_similar(sim: np.ndarray) -> np.ndarray:
+    """`assign` from the flights x satellites similarities."""
     from scipy.optimize import linear_sum_assignment
-    sim = flight_emb @ sat_emb.T
     rows, cols = linear_sum_assignment(-sim)
-    out = np.full(len(flight_emb), -1)
+    out = np.full(len(sim), -1)
     out[rows] = cols
     return out
 

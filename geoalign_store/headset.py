@@ -61,16 +61,19 @@ class Heads:
             return {k: l2n(desc[k]) for k in self.layers}
         return {k: l2n(l2n(desc[k]) - self.means[f"{view}.layer_{k}"]) for k in self.layers}
 
-    def stream_input(self, desc: dict, view: str, kind: str) -> np.ndarray:
-        x = self.centred(desc, view)
+    def stream_input(self, desc: dict, view: str, kind: str, centred: dict | None = None) -> np.ndarray:
+        """What stream `kind` reads; `centred`: `self.centred(desc, view)` when already at hand."""
+        x = self.centred(desc, view) if centred is None else centred
         a, b = self.layers
         if kind == "agra":
             return x[b]
         pair = np.concatenate([x[a], x[b]], axis=1)
         return pair if kind == "isms" else l2n(pair)
 
-    def _stream(self, kind: str, module, desc: dict, view: str) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(self.stream_input(desc, view, kind)))
+    @staticmethod
+    def stream_output(kind: str, module, x: np.ndarray, view: str) -> torch.Tensor:
+        """Stream `kind`'s output for its input `x` (call under torch.inference_mode)."""
+        x = torch.from_numpy(np.ascontiguousarray(x))
         if kind == "centre":
             return x
         x = x.to(_device_of(module))    # e.g. AGRA trained on a GPU embeds there
@@ -78,12 +81,16 @@ class Heads:
             return module.embed(x).cpu()
         return module.embed(x, view).cpu()
 
+    def combine(self, parts: list) -> np.ndarray:
+        """The retrieval vectors from the streams' outputs (fused when there are two)."""
+        if len(parts) == 1:
+            return l2n(parts[0].float().numpy())
+        return fuse(parts[0].float(), parts[1].float(), self.weights[0]).numpy()
+
     def embed(self, desc: dict, view: str) -> np.ndarray:
         with torch.inference_mode():
-            parts = [self._stream(kind, module, desc, view) for kind, module in self.streams]
-            if len(parts) == 1:
-                return l2n(parts[0].float().numpy())
-            return fuse(parts[0].float(), parts[1].float(), self.weights[0]).numpy()
+            return self.combine([self.stream_output(kind, module, self.stream_input(desc, view, kind), view)
+                                 for kind, module in self.streams])
 
     __call__ = embed
 

@@ -24,13 +24,14 @@ No cross-view label is read: drone group ids only group a flight's images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Callable, ClassVar
 
 import numpy as np
 
 from . import candidates as cand
 from .confirmation import Gate, confirm, flight_se
+from .criterion import Rows, adjusted, read, seen_claims, stream_order
+from .turns import NULL_TURNS, Turns
 from .headset import Heads
 from .training import FitHeadsSection
 
@@ -84,147 +85,6 @@ def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     n = min(len(ids) - 1, max(1, int(round(fraction * len(ids))))) if fraction > 0 else 0
     picked = np.random.default_rng(seed).choice(ids, n, replace=False) if n > 0 else []
     return np.isin(groups, picked)
-
-
-def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8) -> np.ndarray:
-    """The satellites the seen flights (a sample of their images) take when they are assigned
-    one-to-one in the space of `heads`."""
-    space = _Space(heads, views, held, per_flight)
-    return space.claims(space.sat)
-
-
-class _Space:
-    """What the criterion needs of one candidate's space, each embedded once and only when asked:
-    the satellites, the held-out drones and the seen flights' means."""
-
-    def __init__(self, heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8):
-        self.heads, self.views, self.held, self.per_flight = heads, views, held, per_flight
-        self.sat = heads.embed(views.sat, "satellite")
-
-    @cached_property
-    def held_drones(self) -> tuple[np.ndarray, np.ndarray]:
-        """(embedded held-out drone rows, their flights)."""
-        rows = np.flatnonzero(self.held)
-        return self.heads.embed({k: v[rows] for k, v in self.views.drone.items()}, "drone"), self.views.groups[rows]
-
-    @cached_property
-    def seen_means(self) -> np.ndarray:
-        held, groups = self.held, self.views.groups
-        seen = np.flatnonzero(~held)[cand.flight_sample(groups[~held], self.per_flight)]
-        return cand.flight_means(self.heads.embed({k: v[seen] for k, v in self.views.drone.items()}, "drone"),
-                                 groups[seen])[0]
-
-    @cached_property
-    def halves(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """For each half h of the held-out images (alternate images; a flight of one image
-        votes in half 0 and is scored in half 0): (the voting flights' mean embeddings, those
-        flights' ids, sorted, the rows scored). The same for every satellite set scored."""
-        drone, groups = self.held_drones
-        half = _alternate(groups)
-        flights, counts = np.unique(groups, return_counts=True)
-        single = np.isin(groups, flights[counts < 2])
-        out = []
-        for h in (0, 1):
-            vote = (half == h) | single
-            out.append((cand.flight_means(drone[vote], groups[vote])[0], np.unique(groups[vote]),
-                        (half != h) | (single & (h == 0))))
-        return out
-
-    def claims(self, sat: np.ndarray) -> np.ndarray:
-        """The satellites of `sat` (this space's, or a turned copy) the seen flights claim."""
-        claims = cand.assign(self.seen_means, sat)
-        return np.unique(claims[claims >= 0])
-
-
-def criterion(heads: Heads, views: cand.TrainViews, held: np.ndarray, claims=None):
-    """-> (score, per held-out image 0/1): see the module docstring, step 3.
-
-    The seen flights claim satellites (`claims`: satellite indices; None: assigned in this
-    candidate's own space). Each held-out flight's images are split in two halves (alternate
-    images); the held-out flights are assigned one-to-one to the unclaimed satellites from one
-    half's means, and the other half's images, retrieving among *all* satellites, count as right
-    when they pick their flight's satellite; then the halves swap. No image votes for its own
-    pseudo-label, and agreeing with its own flight is not enough: a space where a flight-wide
-    bias (weather, season) keeps a flight's images together but away from its satellite has them
-    pick satellites the other flights claim."""
-    space = _Space(heads, views, held)
-    return _score(space, space.sat, space.claims(space.sat) if claims is None else claims)
-
-
-def _score(space: _Space, sat: np.ndarray, claims: np.ndarray):
-    drone, groups = space.held_drones
-    free = np.setdiff1d(np.arange(len(sat)), claims)
-    pick = np.argmax(drone @ sat.T, axis=1)
-    correct = np.zeros(len(groups))
-    for means, voters, scored in space.halves:
-        match = cand.assign(means, sat[free]) if len(free) else np.full(len(means), -1)
-        flight_sat = np.where(match >= 0, free[np.maximum(match, 0)], -1)   # voting flights, sorted
-        at = np.minimum(np.searchsorted(voters, groups[scored]), len(voters) - 1)
-        pseudo = np.where(voters[at] == groups[scored], flight_sat[at], -1)
-        correct[scored] = (pick[scored] == pseudo) & (pseudo >= 0)
-    return float(correct.mean()), correct
-
-
-def principal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, principal axes of the centred rows, as unit vectors over the *rows*, one column
-    each, by decreasing variance: min(n, D) of them). From the n x n Gram matrix: a few hundred
-    satellites in up to thousands of dimensions (an SVD there was 14% of a selection)."""
-    mean = x.mean(0)
-    xc = (x - mean).astype(np.float64)
-    _, rows = np.linalg.eigh(xc @ xc.T)
-    return mean, rows[:, ::-1][:, :min(x.shape)]
-
-
-class Turns:
-    """A seeded random reflection of a satellite set along its own principal axes (each axis'
-    sign flipped or kept): the set keeps its mean, its covariance and the subspace it spans, but
-    loses any correspondence with the drones. (A random rotation of the whole space would move
-    the satellites off the subspace they share with the drones and make every space look
-    better than chance.)"""
-
-    def __init__(self, seed: int, index: int = 0):
-        self.key = (seed, index)
-
-    def __call__(self, x: np.ndarray, basis: tuple | None = None) -> np.ndarray:
-        mean, rows = principal(x) if basis is None else basis
-        flip = np.random.default_rng([*self.key, x.shape[1]]).random(rows.shape[1]) < 0.5
-        # reflecting the centred rows' components along the flipped principal axes is
-        # (I - 2 U_f U_f^T) applied over the rows, U_f those axes' unit row-space vectors
-        u = rows[:, flip]
-        return (x - 2 * u @ (u.T @ (x - mean))).astype(x.dtype)
-
-
-NULL_TURNS = 4  # turned satellite sets the null score averages (one alone is as noisy as the score)
-
-
-def turned(sat: np.ndarray, turns: list[Turns]) -> list[np.ndarray]:
-    """`sat` under each of `turns`, its principal axes found once."""
-    basis = principal(sat)
-    return [turn(sat, basis) for turn in turns]
-
-
-def null_adjusted(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns: list[Turns],
-                  claims=None, null_claims=None):
-    """criterion minus the same criterion against turned satellites (the mean over `turns`), per
-    held-out image: what a space scores beyond the agreement its flights' own consistency buys (a
-    space where each flight's images stay together scores by agreeing, aligned to the satellites
-    or not). null_claims: one claimed set per turn (None: in this space). The space is embedded
-    and its satellites' axes found once for all of them."""
-    space = _Space(heads, views, held)
-    real = _score(space, space.sat, space.claims(space.sat) if claims is None else claims)[1]
-    nulls = [_score(space, sat, space.claims(sat) if c is None else c)[1]
-             for sat, c in zip(turned(space.sat, turns), null_claims or [None] * len(turns))]
-    null = np.mean(nulls, axis=0)
-    return float((real - null).mean()), real - null
-
-
-def _alternate(groups: np.ndarray) -> np.ndarray:
-    """0/1 alternating over each flight's images in row order."""
-    order = np.argsort(groups, kind="stable")
-    _, start, count = np.unique(groups[order], return_index=True, return_counts=True)
-    rank = np.empty(len(groups), int)
-    rank[order] = np.arange(len(groups)) - np.repeat(start, count)
-    return rank % 2
 
 
 def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
@@ -289,23 +149,25 @@ def _needed(name: str, round_: int, rounds: int, chain: list, score, only: str |
 def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: Callable | None = None,
            log: Callable = print) -> Selection:
     held = holdout_mask(views.groups, cfg.holdout, seed)
-    seen = views.drones(~held)
-    cache: dict = {}
-    turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else None
+    rows = Rows(views, held)
+    turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else []
+    readings: dict = {}   # id(heads) -> (heads, its Reading, its criterion in its own space)
 
     def score(heads: Heads) -> float:
-        if id(heads) not in cache:   # keeps `heads` alive, so its id is never reused
-            cache[id(heads)] = (heads, measure(heads, views, held, turns))
-        return cache[id(heads)][1][0]
+        if id(heads) not in readings:   # keeps `heads` alive, so its id is never reused
+            reading = read(heads, rows, turns, own_claims=True)
+            readings[id(heads)] = (heads, reading, adjusted(reading))
+        return readings[id(heads)][2][0]
 
-    fitted, chain = candidates(seen, cfg, seed, train_agra, score, log)
-    results = ranked(fitted, fitted[chain[-1]], views, held, turns)
+    fitted, chain = candidates(views.drones(~held), cfg, seed, train_agra, score, log)
+    results = ranked(fitted, fitted[chain[-1]], rows, turns, {k: v[1] for k, v in readings.items()})
+    readings.clear()   # the readings hold ~8 MB each at University-1652 size
     pick, rule = _pick(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
     gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], "held-out flights")
     if pick != "centre" and cfg.confirm_folds and not _trained_once(pick):
         gate = confirm(gate, views, held, cfg.confirm_folds, seed,
                        lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                       lambda fit, rows: ranked(fit[0], fit[1], views, rows, turns))
+                       lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold), turns))
     chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
@@ -313,21 +175,20 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
                      int(len(np.unique(views.groups[held]))), reason, gate.flights)
 
 
-def measure(heads: Heads, views: cand.TrainViews, held: np.ndarray, turns, claims=None, null_claims=None):
-    """The criterion of `heads`, null-adjusted when `turns` are given (select.null_adjust)."""
-    if turns is None:
-        return criterion(heads, views, held, claims)
-    return null_adjusted(heads, views, held, turns, claims, null_claims)
-
-
-def ranked(fitted: dict, pairing: Heads, views: cand.TrainViews, held: np.ndarray, turns) -> dict:
+def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
     """{name: (criterion, per held-out image)} against one claimed set, from the space the maps
     and AGRA took their flight pairs from: a candidate that memorised those pairs gains nothing
-    over one that did not."""
-    space = _Space(pairing, views, held)
-    claims = space.claims(space.sat)
-    null_claims = None if turns is None else [space.claims(sat) for sat in turned(space.sat, turns)]
-    return {name: measure(h, views, held, turns, claims, null_claims) for name, h in fitted.items()}
+    over one that did not. `readings`: {id(heads): Reading} already taken (the selection reads
+    the teacher and map spaces once for their own criterion: a reading serves any claimed set).
+    Read in `stream_order` (each stream embedded once), returned in `fitted`'s order."""
+    readings = readings or {}
+
+    def reading(heads: Heads, own_claims: bool = False):
+        return readings.get(id(heads)) or read(heads, rows, turns, own_claims)
+
+    claims = reading(pairing, own_claims=True).own_claims
+    measured = {name: adjusted(reading(fitted[name]), claims) for name in stream_order(fitted)}
+    return {name: measured[name] for name in fitted}
 
 
 def _pick(results: dict, held_groups: np.ndarray, size: dict) -> tuple[str, str]:

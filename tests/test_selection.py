@@ -10,8 +10,10 @@ import torch
 
 from geoalign_store import candidates as cand
 from geoalign_store.candidates import TrainViews
-from geoalign_store.selection import SelectionConfig, Turns, criterion, holdout_mask, null_adjusted, select
+from geoalign_store.criterion import Rows, criterion, null_adjusted
+from geoalign_store.selection import SelectionConfig, holdout_mask, select
 from geoalign_store.simulator import LAYERS, generate
+from geoalign_store.turns import Turns
 
 FAST = SelectionConfig.defaults(latents=(8, 16, 32), n_maps=(1, 2), map_kinds=("ridge", "orth"),
                                 fusion_weights=(0.5,), agra=False)
@@ -122,12 +124,12 @@ def test_criterion_counts_a_held_out_image_right_only_on_its_flights_satellite()
     from geoalign_store.headset import Heads
     identity = Heads(LAYERS, None, [("centre", None)], [1.0])
     held = np.isin(groups, [2, 7])
-    score, correct = criterion(identity, views, held)
+    score, correct = criterion(identity, Rows(views, held))
     assert score == 1.0 and len(correct) == 6
     scattered = drone.copy()
     scattered[groups == 2] = sat[[2, 5, 9]]          # flight 2's images each on another satellite
     views_scattered = TrainViews(views.sat, {k: scattered for k in LAYERS}, groups, LAYERS)
-    score, correct = criterion(identity, views_scattered, held)
+    score, correct = criterion(identity, Rows(views_scattered, held))
     assert correct[3:].all() and correct[:3].sum() <= 1 and score <= 4 / 6
 
 
@@ -147,7 +149,7 @@ def test_null_adjusted_criterion_scores_alignment_not_flight_consistency():
     for name, centres in (("aligned", sat), ("unrelated", rng.standard_normal((600, 16)).astype(np.float32))):
         drone = np.repeat(centres, 4, axis=0) + noise
         views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
-        scores[name] = (criterion(identity, views, held)[0], null_adjusted(identity, views, held, turns)[0])
+        scores[name] = (criterion(identity, Rows(views, held))[0], null_adjusted(identity, Rows(views, held), turns)[0])
     assert scores["unrelated"][0] > 0.1 and abs(scores["unrelated"][1]) < 0.06
     assert scores["aligned"][0] > 0.95 and scores["aligned"][1] > 0.7
     x = rng.standard_normal((50, 24)) @ rng.standard_normal((24, 24)) + 3.0

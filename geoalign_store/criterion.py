@@ -1,0 +1,196 @@
+"""The label-free criterion of a candidate space (issue 8; selection.py's step 3), and the rows
+it embeds.
+
+The seen flights are assigned one-to-one to satellites, which they claim; the held-out flights
+are assigned one-to-one to the unclaimed satellites from half of their images, and each image of
+the other half, retrieving among *all* satellites, counts as right when it picks its flight's
+satellite. With turns (select.null_adjust) the same score against the satellites reflected at
+random is subtracted: what a space scores beyond the agreement its flights' own consistency buys.
+
+`Rows` holds what every candidate's space embeds (the satellites, the held-out drones, a sample
+of the seen flights) and what those embeddings share: the candidates share one centring, and a
+fusion is two streams that other candidates have, so each centred input and each stream output
+is computed once (bitwise what `Heads.embed` gives).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import candidates as cand
+from .headset import Heads
+from .turns import SatelliteSets, Turns
+
+class Rows:
+    """The satellites ("sat"), the held-out drone rows ("held") and up to `per_flight` images of
+    every seen flight ("seen") of `views`, embedded in any candidate's space through one cache
+    (the last `keep` stream outputs of each part: a stream is reused by the fusions that follow
+    it; see `stream_order`)."""
+
+    def __init__(self, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8, keep: int = 4):
+        held_rows = np.flatnonzero(held)
+        seen_rows = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
+        self.views, self.held, self.keep = views, held, keep
+        self.rows = {"held": held_rows, "seen": seen_rows}
+        self.groups = {part: views.groups[r] for part, r in self.rows.items()}
+        self._cache: dict[str, OrderedDict] = {"desc": OrderedDict(), "centred": OrderedDict(),
+                                               "input": OrderedDict(), "output": OrderedDict()}
+
+    def embed(self, heads: Heads, part: str) -> np.ndarray:
+        with torch.inference_mode():
+            return heads.combine([self._output(heads, kind, module, part) for kind, module in heads.streams])
+
+    def _output(self, heads: Heads, kind: str, module, part: str) -> torch.Tensor:
+        view = "satellite" if part == "sat" else "drone"
+
+        def stream_input() -> np.ndarray:
+            centred = self._remember("centred", (id(heads.means), part), heads.means,
+                                     lambda: heads.centred(self._desc(part), view))
+            return heads.stream_input(self._desc(part), view, kind, centred)
+
+        x = self._remember("input", (id(heads.means), part, kind), heads.means, stream_input, keep=9)
+        if kind == "centre":
+            return heads.stream_output(kind, module, x, view)
+        return self._remember("output", (id(module), id(heads.means), part, kind), (module, heads.means),
+                              lambda: heads.stream_output(kind, module, x, view), keep=3 * self.keep)
+
+    def _desc(self, part: str) -> dict:
+        if part == "sat":
+            return self.views.sat
+        return self._remember("desc", part, None,
+                              lambda: {k: v[self.rows[part]] for k, v in self.views.drone.items()})
+
+    def _remember(self, store: str, key, owner, make, keep: int = 6):
+        """An LRU entry; `owner` (the objects whose ids are in `key`) is kept alive with it, so
+        that no id is reused while its entry lives."""
+        cache = self._cache[store]
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key][1]
+        value = make()
+        cache[key] = (owner, value)
+        while len(cache) > keep:
+            cache.popitem(last=False)
+        return value
+
+
+def stream_order(fitted: dict) -> list[str]:
+    """`fitted`'s names with each fusion right after the candidate whose stream it starts with
+    (stable otherwise): the order in which `Rows` computes every stream once."""
+    first: dict = {}
+    for heads in fitted.values():
+        first.setdefault(id(heads.streams[0][1]), len(first))
+    return sorted(fitted, key=lambda n: first[id(fitted[n].streams[0][1])])
+
+
+@dataclass
+class Reading:
+    """What the criterion reads of one candidate's space, small enough to keep for every candidate
+    (no embedding): each held-out image's pick among every satellite set (the space's satellites,
+    then their turned copies); per half of the held-out images, (the voting flights, sorted, the
+    rows scored, the voting flights' similarities with every set); the satellites the seen flights
+    claim in every set (None unless asked for)."""
+    n_sat: int
+    groups: np.ndarray
+    picks: list
+    halves: list
+    own_claims: list | None = None
+
+    def scores(self, claims: list | None = None) -> list[np.ndarray]:
+        """Per held-out image 0/1 against every set; claims: one claimed set per satellite set
+        (None: this space's own)."""
+        claims = self.own_claims if claims is None else claims
+        return [self._score(k, claimed) for k, claimed in enumerate(claims)]
+
+    def _score(self, k: int, claimed: np.ndarray) -> np.ndarray:
+        pick = self.picks[k]
+        free = np.setdiff1d(np.arange(self.n_sat), claimed)
+        groups, correct = self.groups, np.zeros(len(self.groups))
+        for voters, scored, sims in self.halves:
+            match = cand.assign_similar(sims[k][:, free]) if len(free) else np.full(len(voters), -1)
+            flight_sat = np.where(match >= 0, free[np.maximum(match, 0)], -1)   # voting flights, sorted
+            at = np.minimum(np.searchsorted(voters, groups[scored]), len(voters) - 1)
+            pseudo = np.where(voters[at] == groups[scored], flight_sat[at], -1)
+            correct[scored] = (pick[scored] == pseudo) & (pseudo >= 0)
+        return correct
+
+
+def read(heads: Heads, rows: Rows, turns: list[Turns] = (), own_claims: bool = False) -> Reading:
+    """The `Reading` of the space of `heads` (its satellites turned by each of `turns` too)."""
+    sets = SatelliteSets(rows.embed(heads, "sat"), turns)
+    drone, groups = rows.embed(heads, "held"), rows.groups["held"]
+    picks = [sim.argmax(1) for sim in sets.similarities(drone)]
+    halves = [(voters, scored, sets.similarities(means)) for means, voters, scored in _halves(drone, groups)]
+    return Reading(len(sets.sat), groups, picks, halves, claimed(heads, rows, sets) if own_claims else None)
+
+
+def claimed(heads: Heads, rows: Rows, sets: SatelliteSets) -> list[np.ndarray]:
+    """For every satellite set of `sets` (in the space of `heads`): the satellites the seen
+    flights claim when they are assigned one-to-one."""
+    seen_means = cand.flight_means(rows.embed(heads, "seen"), rows.groups["seen"])[0]
+    claims = [cand.assign_similar(sim) for sim in sets.similarities(seen_means)]
+    return [np.unique(c[c >= 0]) for c in claims]
+
+
+def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8) -> np.ndarray:
+    """The satellites the seen flights (a sample of their images) take in the space of `heads`."""
+    rows = Rows(views, held, per_flight)
+    return claimed(heads, rows, SatelliteSets(rows.embed(heads, "sat")))[0]
+
+
+def adjusted(reading: Reading, claims: list | None = None) -> tuple[float, np.ndarray]:
+    """-> (score, per held-out image): the criterion against the space's satellites, minus its
+    mean against the turned copies when the reading has them (select.null_adjust)."""
+    real, *nulls = reading.scores(claims)
+    diff = real - np.mean(nulls, axis=0) if nulls else real
+    return float(diff.mean()), diff
+
+
+def criterion(heads: Heads, rows: Rows, claims=None):
+    """-> (score, per held-out image 0/1): see the module docstring.
+
+    The seen flights claim satellites (`claims`: satellite indices; None: assigned in this
+    candidate's own space). Each held-out flight's images are split in two halves (alternate
+    images); the held-out flights are assigned one-to-one to the unclaimed satellites from one
+    half's means, and the other half's images, retrieving among *all* satellites, count as right
+    when they pick their flight's satellite; then the halves swap. No image votes for its own
+    pseudo-label, and agreeing with its own flight is not enough: a space where a flight-wide
+    bias (weather, season) keeps a flight's images together but away from its satellite has them
+    pick satellites the other flights claim."""
+    return adjusted(read(heads, rows, (), claims is None), None if claims is None else [claims])
+
+
+def null_adjusted(heads: Heads, rows: Rows, turns: list[Turns]):
+    """criterion minus the same criterion against turned satellites (the mean over `turns`), per
+    held-out image: what a space scores beyond the agreement its flights' own consistency buys (a
+    space where each flight's images stay together scores by agreeing, aligned to the satellites
+    or not)."""
+    return adjusted(read(heads, rows, turns, True))
+
+
+def _halves(drone: np.ndarray, groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each half h of the held-out images (alternate images; a flight of one image votes in
+    half 0 and is scored in half 0): (the voting flights' mean embeddings, those flights' ids,
+    sorted, the rows scored)."""
+    half = _alternate(groups)
+    flights, counts = np.unique(groups, return_counts=True)
+    single = np.isin(groups, flights[counts < 2])
+    out = []
+    for h in (0, 1):
+        vote = (half == h) | single
+        out.append((cand.flight_means(drone[vote], groups[vote])[0], np.unique(groups[vote]),
+                    (half != h) | (single & (h == 0))))
+    return out
+
+
+def _alternate(groups: np.ndarray) -> np.ndarray:
+    """0/1 alternating over each flight's images in row order."""
+    order = np.argsort(groups, kind="stable")
+    _, start, count = np.unique(groups[order], return_index=True, return_counts=True)
+    rank = np.empty(len(groups), int)
+    rank[order] = np.arange(len(groups)) - np.repeat(start, count)
+    return rank % 2

@@ -1,0 +1,71 @@
+"""The criterion's fast paths against their plain definitions: the shared embedding cache
+(`Rows`) against `Heads.embed`, and turned satellites' similarities against building the turned
+copies (`Turns`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from geoalign_store.criterion import Rows, stream_order
+from geoalign_store.selection import holdout_mask, select
+from geoalign_store.simulator import generate
+from geoalign_store.turns import SatelliteSets, Turns
+from test_selection import FAST, views_of
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = generate(family="manifold", seed=1, dim=48, train_locs=40, test_locs=4, views=4, distractors=0)[0]
+    views = views_of(data)
+    sel = select(views, replace(FAST, fusion_weights=(0.25, 0.5)), seed=0, log=lambda *_: None)
+    return views, sel.fitted
+
+
+@pytest.mark.parametrize("keep", [1, 4])
+def test_rows_embed_every_candidate_bitwise_as_heads_do(fitted, keep):
+    """Every candidate (fusions too), every part, in the order the selection measures them, with
+    a cache that keeps one stream output per part or several: bitwise what Heads.embed gives."""
+    views, candidates = fitted
+    held = holdout_mask(views.groups, 0.25, 3)
+    rows = Rows(views, held, per_flight=2, keep=keep)
+    parts = {"sat": (views.sat, "satellite")}
+    for part in ("held", "seen"):
+        parts[part] = ({k: v[rows.rows[part]] for k, v in views.drone.items()}, "drone")
+    assert len(rows.rows["seen"]) == 2 * len(np.unique(views.groups[~held]))
+    for name in stream_order(candidates):
+        for part, (desc, view) in parts.items():
+            np.testing.assert_array_equal(rows.embed(candidates[name], part), candidates[name].embed(desc, view),
+                                          err_msg=f"{name} / {part}")
+
+
+def test_stream_order_puts_each_fusion_after_the_stream_it_starts_with(fitted):
+    _, candidates = fitted
+    order = stream_order(candidates)
+    assert sorted(order) == sorted(candidates) and order[0] == "centre"
+    base_of = lambda n: n.split(" ", 1)[1].rsplit(" + ", 1)[0]  # noqa: E731  ("w base + (1-w) teacher")
+    fusions = [n for n in candidates if " + " in n]
+    assert fusions
+    for name in fusions:
+        base = base_of(name)
+        assert order.index(base) < order.index(name)
+        between = order[order.index(base) + 1:order.index(name)]
+        assert all(" + " in n and base_of(n) == base for n in between), (name, between)
+
+
+@pytest.mark.parametrize("n,dim", [(60, 200), (60, 12)])
+def test_turned_similarities_equal_those_of_the_turned_copies(n, dim):
+    """More dimensions than satellites and fewer; float32 drones and float64 flight means."""
+    rng = np.random.default_rng(4)
+    sat = (rng.standard_normal((n, dim)) + 0.5).astype(np.float32)
+    turns = [Turns(9, i) for i in range(3)]
+    sets = SatelliteSets(sat, turns)
+    assert len(sets) == 4
+    for y in (rng.standard_normal((30, dim)).astype(np.float32), rng.standard_normal((5, dim))):
+        got = sets.similarities(y)
+        np.testing.assert_array_equal(got[0], y @ sat.T)
+        for sim, turn in zip(got[1:], turns):
+            np.testing.assert_allclose(sim, y @ turn(sat).T, atol=2e-4 * np.abs(y @ sat.T).max())
+    assert len(SatelliteSets(sat).similarities(sat)) == 1
