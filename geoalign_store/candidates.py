@@ -46,7 +46,7 @@ def flight_sample(groups: np.ndarray, per_flight: int) -> np.ndarray:
 
 
 def centring(views: TrainViews) -> Heads:
-    means = {f"{v}.layer_{k}": getattr(views, attr)[k].astype(np.float64).mean(0).astype(np.float32)
+    means = {f"{v}.layer_{k}": getattr(views, attr)[k].mean(0, dtype=np.float64).astype(np.float32)
              for v, attr in (("satellite", "sat"), ("drone", "drone")) for k in views.layers}
     return Heads(views.layers, means, [("centre", None)], [1.0])
 

@@ -50,19 +50,27 @@ class SatelliteSets:
     dimensions)."""
 
     def __init__(self, sat: np.ndarray, turns: list[Turns] = ()):
-        self.sat, self.flips = sat, []
+        self.sat, self.flipped = sat, []
         if turns:
             self.mean, axes = principal(sat)
-            self.axes = axes.astype(np.float32)
-            self.flips = [turn.flip(axes.shape[1], sat.shape[1]) for turn in turns]
+            axes = axes.astype(np.float32)
+            self.axes = axes
+            flips = [turn.flip(axes.shape[1], sat.shape[1]) for turn in turns]
+            self.flipped = [(f, np.ascontiguousarray(axes[:, f].T)) for f in flips]
 
     def __len__(self) -> int:
-        return 1 + len(self.flips)
+        return 1 + len(self.flipped)
 
     def similarities(self, y: np.ndarray) -> list[np.ndarray]:
         """[y sat^T, then y turn(sat)^T for each turn]."""
         s = y @ self.sat.T
-        if not self.flips:
+        if not self.flipped:
             return [s]
         c = (s - (y @ self.mean)[:, None]) @ self.axes
-        return [s] + [s - 2 * c[:, f] @ self.axes[:, f].T for f in self.flips]
+        out = [s]
+        for flip, axes_t in self.flipped:
+            turned = c[:, flip] @ axes_t
+            turned *= -2.0        # s - 2 (c_f U_f^T), in place: the same numbers, no temporaries
+            turned += s
+            out.append(turned)
+        return out
