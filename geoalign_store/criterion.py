@@ -27,18 +27,19 @@ from .turns import SatelliteSets, Turns
 
 class Rows:
     """The satellites ("sat"), the held-out drone rows ("held") and up to `per_flight` images of
-    every seen flight ("seen") of `views`, embedded in any candidate's space through one cache
-    (the last `keep` stream outputs of each part: a stream is reused by the fusions that follow
-    it; see `stream_order`)."""
+    every seen flight ("seen") of `views`, embedded in any candidate's space through one cache:
+    each part's centred layers and stream inputs, and the last `keep` stream outputs of each part
+    (a stream is reused by the fusions that follow it: see `stream_order`). At University-1652
+    size a held-out part is ~80 MB per entry."""
 
-    def __init__(self, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8, keep: int = 4):
+    def __init__(self, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8, keep: int = 2):
         held_rows = np.flatnonzero(held)
         seen_rows = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
         self.views, self.held, self.keep = views, held, keep
         self.rows = {"held": held_rows, "seen": seen_rows}
         self.groups = {part: views.groups[r] for part, r in self.rows.items()}
-        self._cache: dict[str, OrderedDict] = {"desc": OrderedDict(), "centred": OrderedDict(),
-                                               "input": OrderedDict(), "output": OrderedDict()}
+        self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
+                                               "output": OrderedDict()}
 
     def embed(self, heads: Heads, part: str) -> np.ndarray:
         with torch.inference_mode():
@@ -49,22 +50,19 @@ class Rows:
 
         def stream_input() -> np.ndarray:
             centred = self._remember("centred", (id(heads.means), part), heads.means,
-                                     lambda: heads.centred(self._desc(part), view))
-            return heads.stream_input(self._desc(part), view, kind, centred)
+                                     lambda: heads.centred(self._desc(part), view), keep=3)
+            return heads.stream_input(None, view, kind, centred)
 
-        x = self._remember("input", (id(heads.means), part, kind), heads.means, stream_input, keep=9)
+        x = self._remember("input", (id(heads.means), part, Heads.INPUT[kind]), heads.means, stream_input, keep=9)
         if kind == "centre":
             return heads.stream_output(kind, module, x, view)
         return self._remember("output", (id(module), id(heads.means), part, kind), (module, heads.means),
                               lambda: heads.stream_output(kind, module, x, view), keep=3 * self.keep)
 
     def _desc(self, part: str) -> dict:
-        if part == "sat":
-            return self.views.sat
-        return self._remember("desc", part, None,
-                              lambda: {k: v[self.rows[part]] for k, v in self.views.drone.items()})
+        return self.views.sat if part == "sat" else {k: v[self.rows[part]] for k, v in self.views.drone.items()}
 
-    def _remember(self, store: str, key, owner, make, keep: int = 6):
+    def _remember(self, store: str, key, owner, make, keep: int):
         """An LRU entry; `owner` (the objects whose ids are in `key`) is kept alive with it, so
         that no id is reused while its entry lives."""
         cache = self._cache[store]

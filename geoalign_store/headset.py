@@ -61,14 +61,17 @@ class Heads:
             return {k: l2n(desc[k]) for k in self.layers}
         return {k: l2n(l2n(desc[k]) - self.means[f"{view}.layer_{k}"]) for k in self.layers}
 
+    # what each stream kind reads of the centred layers (a, b)
+    INPUT = {"agra": "layer b", "isms": "pair", "centre": "unit pair", "maps": "unit pair"}
+
     def stream_input(self, desc: dict, view: str, kind: str, centred: dict | None = None) -> np.ndarray:
         """What stream `kind` reads; `centred`: `self.centred(desc, view)` when already at hand."""
         x = self.centred(desc, view) if centred is None else centred
         a, b = self.layers
-        if kind == "agra":
+        if self.INPUT[kind] == "layer b":
             return x[b]
         pair = np.concatenate([x[a], x[b]], axis=1)
-        return pair if kind == "isms" else l2n(pair)
+        return pair if self.INPUT[kind] == "pair" else l2n(pair)
 
     @staticmethod
     def stream_output(kind: str, module, x: np.ndarray, view: str) -> torch.Tensor:
