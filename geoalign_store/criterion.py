@@ -25,6 +25,7 @@ from . import candidates as cand
 from .headset import Heads
 from .turns import SatelliteSets, Turns
 
+
 class Rows:
     """The satellites ("sat"), the held-out drone rows ("held") and up to `per_flight` images of
     every seen flight ("seen") of `views`, embedded in any candidate's space through one cache:
@@ -35,7 +36,7 @@ class Rows:
     def __init__(self, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8, keep: int = 2):
         held_rows = np.flatnonzero(held)
         seen_rows = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
-        self.views, self.held, self.keep = views, held, keep
+        self.views, self.keep = views, keep
         self.rows = {"held": held_rows, "seen": seen_rows}
         self.groups = {part: views.groups[r] for part, r in self.rows.items()}
         self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
@@ -51,7 +52,7 @@ class Rows:
         def stream_input() -> np.ndarray:
             centred = self._remember("centred", (id(heads.means), part), heads.means,
                                      lambda: heads.centred(self._desc(part), view), keep=3)
-            return heads.stream_input(None, view, kind, centred)
+            return heads.input_from(centred, kind)
 
         x = self._remember("input", (id(heads.means), part, Heads.INPUT[kind]), heads.means, stream_input, keep=9)
         if kind == "centre":

@@ -64,9 +64,11 @@ class Heads:
     # what each stream kind reads of the centred layers (a, b)
     INPUT = {"agra": "layer b", "isms": "pair", "centre": "unit pair", "maps": "unit pair"}
 
-    def stream_input(self, desc: dict, view: str, kind: str, centred: dict | None = None) -> np.ndarray:
-        """What stream `kind` reads; `centred`: `self.centred(desc, view)` when already at hand."""
-        x = self.centred(desc, view) if centred is None else centred
+    def stream_input(self, desc: dict, view: str, kind: str) -> np.ndarray:
+        return self.input_from(self.centred(desc, view), kind)
+
+    def input_from(self, x: dict, kind: str) -> np.ndarray:
+        """What stream `kind` reads of the centred layers `x` (`self.centred`'s output)."""
         a, b = self.layers
         if self.INPUT[kind] == "layer b":
             return x[b]

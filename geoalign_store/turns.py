@@ -53,10 +53,9 @@ class SatelliteSets:
         self.sat, self.flipped = sat, []
         if turns:
             self.mean, axes = principal(sat)
-            axes = axes.astype(np.float32)
-            self.axes = axes
+            self.axes = axes.astype(np.float32)
             flips = [turn.flip(axes.shape[1], sat.shape[1]) for turn in turns]
-            self.flipped = [(f, np.ascontiguousarray(axes[:, f].T)) for f in flips]
+            self.flipped = [(f, np.ascontiguousarray(self.axes[:, f].T)) for f in flips]
 
     def __len__(self) -> int:
         return 1 + len(self.flipped)
