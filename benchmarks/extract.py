@@ -42,10 +42,9 @@ def overrides(args, store: Path, data: Path) -> list[str]:
 
 def time_pure_forward(cfg, store: Path, data: Path) -> float:
     """The bare backbone over the very batches extraction used, images decoded beforehand."""
-    from geoalign_store.backbone import load_backbone, layer_tokens
     from geoalign_store.config import to_plain
-    from geoalign_store.extraction import job_batches, plan_jobs
-    from geoalign_store.images import load_image
+    from geoalign_store.features import (job_batches, layer_tokens, load_backbone, load_image,
+                                         plan_jobs)
     import zarr
     bb = load_backbone(to_plain(cfg.backbone), None, list(cfg.layers))
     seconds = 0.0
@@ -105,8 +104,7 @@ def bench_read(rows: int = 200_000, dim: int = 1280) -> None:
     lists the chunks, so that a missing one is never read as zeros), and dask."""
     import dask.array as da
     import zarr
-    from geoalign_store.store import FEATURE_CODECS
-    from geoalign_store.store_integrity import CheckedArray
+    from geoalign_store.store import CheckedArray, FEATURE_CODECS
     with tempfile.TemporaryDirectory() as tmp:
         data = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
         writes = {}

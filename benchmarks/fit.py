@@ -57,10 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # fit_modules, when ru
 
 from fit_modules import ReleaseStyleAGRA  # noqa: E402
 
-from geoalign_store import alignment as al  # noqa: E402
-from geoalign_store.teacher import FlightTeacher  # noqa: E402
-from geoalign_store.training import (AgraRecipe, draw_one_per_group, fit_agra,  # noqa: E402
-                                     group_index, new_agra_state)
+from geoalign_store import method as al  # noqa: E402  (the alignment losses, through the face)
+from geoalign_store.method import (AgraRecipe, FlightTeacher, draw_one_per_group, fit_agra,  # noqa: E402
+                                   group_index, new_agra_state)
 
 TARGET_MINUTES = 5.0
 TARGET_SPEEDUP = 1.8
@@ -142,12 +141,10 @@ def profile_ours(sat, drone, groups, dim, seed, top):
 def time_default_recipe(a, overrides=()) -> dict:
     """The default recipe end to end on U1652-sized simulated train arrays (see the docstring).
     `overrides`: fit-heads config overrides (--set; benchmarks/gpu.py --smoke: fewer epochs)."""
-    from geoalign_store.devices import resolve_device
-    from geoalign_store.candidates import TrainViews
     from geoalign_store.config import compose, to_plain
-    from geoalign_store.selection import SelectionConfig, select
-    from geoalign_store.simulator import LAYERS, generate
-    from geoalign_store.teacher import agra_candidate
+    from geoalign_store.features import resolve_device
+    from geoalign_store.method import SelectionConfig, TrainViews, agra_candidate, select
+    from geoalign_store.sim import LAYERS, generate
     cfg = compose("fit-heads", list(overrides))
     device = resolve_device(getattr(a, "device", "cpu"))
     t0 = time.perf_counter()
@@ -214,7 +211,7 @@ def main(argv=None):
     sat, drone, groups = make_data(a.n_sat, a.groups, a.per_group, a.dim, a.seed)
     n = a.warmup + a.epochs
     recipe = AgraRecipe.defaults(epochs=n, teacher=a.teacher)
-    from geoalign_store.devices import resolve_device
+    from geoalign_store.features import resolve_device
     device = resolve_device(a.device)
     state = new_agra_state(a.dim, recipe, a.seed, device)
     teacher, teacher_s = None, 0.0

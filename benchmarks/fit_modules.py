@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoalign_store.heads import AGRA, LayerScale, RMSNorm
+from geoalign_store.method import AGRA, LayerScale, RMSNorm
 
 
 class _RefFFN(nn.Module):

@@ -95,8 +95,8 @@ def extract_process(store: Path, data: Path, cfg: dict, device: str, extra=()) -
 
 def _backbone(cfg) -> tuple[dict, float]:
     """(backbone config, FLOPs per image through the 29 blocks layers 26/28 need)."""
-    from geoalign_store.backbone import read_arch, weights_source
     from geoalign_store.config import compose, to_plain
+    from geoalign_store.features import read_arch, weights_source
     bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
     return bcfg, flops_per_image(read_arch(weights_source(bcfg, None)), cfg["size"], 29)
 
@@ -111,8 +111,8 @@ def _breakdown(timings: dict) -> str:
 
 
 def part_extract(args, cfg, tmp: Path) -> None:
-    from geoalign_store.backbone import weights_fingerprint, weights_source
     from geoalign_store.config import compose
+    from geoalign_store.features import weights_fingerprint, weights_source
     t0 = time.perf_counter()
     weights_fingerprint(weights_source(  # built and hashed once per machine, cached
         compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone, None))
@@ -140,9 +140,8 @@ def part_decode(args, cfg, data: Path, flops: float) -> None:
     """extract's decoding alone, threads vs DataLoader processes, with extract's worker count and
     pinning: first batch latency (from a standing start) and img/s; the GPU needs ~60% of the
     peak in img/s for the target."""
-    from geoalign_store.decoding import auto_workers, decoded_batches
-    from geoalign_store.extraction import BlockJob, job_batches
-    from geoalign_store.images import ImageFiles
+    from geoalign_store.features import (BlockJob, ImageFiles, auto_workers, decoded_batches,
+                                         job_batches)
     paths = sorted(str(p) for p in data.rglob("*.jpg"))
     workers = auto_workers(args.device) or 2  # (a CPU's auto is 0: --smoke still uses workers)
     need = 0.6 * args.peak_tflops * 1e12 / flops
@@ -192,7 +191,7 @@ def _sync(device: str) -> None:
 def part_forward(args, cfg, bcfg, flops: float, compile: bool = False) -> dict:
     """The bare forward (bf16 weights on a GPU) on one pre-decoded batch already on the device;
     with `compile`, the first call's seconds are the compilation. -> the last outputs."""
-    from geoalign_store.backbone import layer_tokens, load_backbone
+    from geoalign_store.features import layer_tokens, load_backbone
     bb = load_backbone(bcfg, None, [26, 28], args.device, "auto", compile=compile)
     pixels = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"],
                          generator=torch.Generator().manual_seed(0)).to(args.device)
@@ -217,10 +216,8 @@ def part_forward(args, cfg, bcfg, flops: float, compile: bool = False) -> dict:
 
 def part_bf16_diff(args, cfg, tmp: Path) -> None:
     """The same decoded images through extract's encoder with fp32 and with bf16 weights."""
-    from geoalign_store.backbone import load_backbone
     from geoalign_store.config import compose, to_plain
-    from geoalign_store.extraction import EncodeOptions, encode_stack
-    from geoalign_store.images import read_rgb
+    from geoalign_store.features import EncodeOptions, encode_stack, load_backbone, read_rgb
     bcfg = to_plain(compose("extract", [f"backbone={cfg['backbone']}", "backbone.seed=0"]).backbone)
     data = tmp / "img_diff"
     make_images(data, cfg["diff_images"], cfg["diff_images"], cfg["size"])
@@ -287,7 +284,7 @@ def part_score(args, cfg, tmp: Path) -> None:
 
 def part_faiss(args, cfg) -> None:
     import faiss
-    from geoalign_store.index import gpu_available
+    from geoalign_store.retrieval import gpu_available
     f = cfg["faiss"]
     gpu = gpu_available()
     if not gpu:

@@ -3,7 +3,7 @@
     python benchmarks/heads.py --family all [--seeds 0 1 2] [--epochs N] [--no-agra] [--json OUT]
 
 For each family and seed: simulate (arrays, no store), run the selection of fit-heads' default
-recipe (geoalign_store.selection: candidates fitted without the held-out flights, the criterion,
+recipe (geoalign_store.method.selection: candidates fitted without the held-out flights, the criterion,
 the do-no-harm rule), then score on the test split (official metrics, D2S): raw, centred (each
 view's test mean), every candidate, the selected heads and the supervised oracles. Prints a table
 family x variant (mean +- std over seeds of D2S R@1 and AP), the issue's checks, and the
@@ -21,14 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from geoalign_store.candidates import TrainViews
 from geoalign_store.config import compose, to_plain
-from geoalign_store.embeddings import raw_embedding
-from geoalign_store.metrics import retrieval_metrics
-from geoalign_store.selection import SelectionConfig, select
-from geoalign_store.simulator import FAMILIES, LAYERS, baselines, generate
-from geoalign_store.teacher import agra_candidate
-from geoalign_store.training import AgraRecipe
+from geoalign_store.method import AgraRecipe, SelectionConfig, TrainViews, agra_candidate, select
+from geoalign_store.retrieval import raw_embedding, retrieval_metrics
+from geoalign_store.sim import FAMILIES, LAYERS, baselines, generate
 
 DEFAULT = compose("fit-heads")          # the default recipe (preset=improved), as fit-heads runs it
 

@@ -35,7 +35,7 @@ def demo_store(tmp: Path) -> Path:
 
 def fresh_photos(folder: Path, n: int) -> list[tuple[Path, str]]:
     from geoalign_store.config import compose
-    from geoalign_store.demo_data import render_drone_view
+    from geoalign_store.datasets import render_drone_view
     params = dict(compose("extract", ["dataset=demo"]).dataset.generate)
     photos = []
     for j in range(n):
@@ -47,9 +47,8 @@ def fresh_photos(folder: Path, n: int) -> list[tuple[Path, str]]:
 
 
 def bench_warm(store: Path, photos, heads: str) -> float:
-    from geoalign_store.backbone import layer_tokens
-    from geoalign_store.images import load_image
-    from pipelines.locator import Locator
+    from geoalign_store.features import layer_tokens, load_image
+    from geoalign_store.retrieval import Locator
     t0 = time.perf_counter()
     loc = Locator(store, heads=heads, device="cpu")
     load = time.perf_counter() - t0

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from geoalign_store.metrics import retrieval_metrics, score_retrieval  # noqa: E402
+from geoalign_store.retrieval import retrieval_metrics, score_retrieval  # noqa: E402
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +228,7 @@ def part_ann(args):
     noise (cosine ~0.6 to the centre), so a query's flat top-10 is decided by fine distances
     among its location's 50 views, which coarse codes blur."""
     import faiss
-    from geoalign_store.index import build_index, search
+    from geoalign_store.retrieval import build_index, search
     if args.faiss_threads:
         faiss.omp_set_num_threads(args.faiss_threads)
     n, dim, views = args.ann_gallery, args.ann_dim, 50

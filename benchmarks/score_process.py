@@ -143,7 +143,7 @@ def write_official_inputs(store: Path, folder: Path) -> None:
     heads=none` ranks (each layer L2-normalised, concatenated, L2-normalised)."""
     import scipy.io
     from geoalign_store import store as st
-    from geoalign_store.embeddings import StoredEmbeddings, direction_sets
+    from geoalign_store.retrieval import StoredEmbeddings, direction_sets
     root = st.open_store(str(store), mode="r")
     ds = direction_sets(root, "u1652", "D2S")[0]
     feats = {side: StoredEmbeddings(root, "u1652", "test", getattr(ds, side), list(LAYERS)).materialise()

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from geoalign_store import store as st
-from geoalign_store.store_integrity import damaged_blocks, metadata_errors, repair_hint
-
-from .retrieval import available_heads, heads_staleness, inputs_staleness
+from geoalign_store.method import available_heads, heads_staleness
+from geoalign_store.retrieval import inputs_staleness
+from geoalign_store.store import damaged_blocks, metadata_errors, repair_hint
 
 
 def check_view(root, path: str) -> dict:

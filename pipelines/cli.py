@@ -14,9 +14,8 @@ from rich.markup import escape
 
 from geoalign_store.config import ConfigError, compose
 from geoalign_store.datasets import DatasetLayoutError
+from geoalign_store.report import console
 from geoalign_store.store import StoreError
-
-from .progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="geoalign: unsupervised drone <-> satellite retrieval on frozen DINOv3 features.")
@@ -97,7 +96,7 @@ def _render_index(result: dict) -> None:
 
 def _render_score(result: dict) -> None:
     from rich.table import Table
-    from .report import METRIC_KEYS, table_rows
+    from geoalign_store.report import METRIC_KEYS, table_rows
     table = Table(title=f"{result['dataset']} {result['mode']} | heads={result['heads']} | "
                         f"protocol={result['gallery_protocol']}")
     for col in ("subset", "queries", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "AP non-interp"):
@@ -108,7 +107,7 @@ def _render_score(result: dict) -> None:
                       f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
     console.print(table)
     if "dis@1_m" in result:
-        from geoalign_store.geo import describe_distances
+        from geoalign_store.retrieval import describe_distances
         console.print(describe_distances(result), highlight=False)
     outputs = result.get("_outputs", {})
     console.print(f"report: {outputs.get('report')}  pictures: {', '.join(outputs.get('pictures', [])) or 'none'}")

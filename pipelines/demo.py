@@ -8,11 +8,12 @@ from pathlib import Path
 
 from geoalign_store import store as st
 from geoalign_store.config import compose
-from geoalign_store.demo_data import render_drone_view
-from geoalign_store.geo import read_locations_csv
+from geoalign_store.datasets import read_locations_csv, render_drone_view
 
-from . import extract, fit_heads, locate, score
-from .locator import add_truth
+from geoalign_store.report import draw_answer
+from geoalign_store.retrieval import add_truth
+
+from . import extract, fit_heads, locate, score  # the demo runs the stages (as the CLI does)
 
 NEW_PHOTO_STREAM = 1000  # RNG streams 1..drone_views are the dataset's views; this one is new
 
@@ -48,5 +49,5 @@ def locate_new_photo(cfg, heads_name: str) -> dict:
     lat, lon = read_locations_csv(data_root / "locations.csv")[f"{loc:04d}"]  # as the store has them
     add_truth(answer, {"location": f"{loc:04d}", "lat": lat, "lon": lon})
     if answer.get("picture"):  # again, now that the true location can be marked
-        locate.draw_answer(answer, data_root, Path(answer["picture"]).parent)
+        draw_answer(answer, data_root, Path(answer["picture"]).parent)
     return answer

@@ -10,18 +10,14 @@ from pathlib import Path
 import torch
 
 from geoalign_store import store as st
-from geoalign_store.backbone import (ARCH_KEYS, GEM_EPS, GEM_P, load_backbone, resolve_backbone,
-                                     resolve_layers, weights_fingerprint)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.decoding import auto_workers
-from geoalign_store.devices import device_name
-from geoalign_store.datasets import list_dataset, resolve_data_root
-from geoalign_store.geo import CoordinatesError, coordinates_for, read_locations_csv
-from geoalign_store.extraction import (BlockJob, EncodeOptions, Clock,
-                                       block_task, plan_jobs, run_in_process)
-from geoalign_store.images import image_hw
-
-from .progress import console, progress_bar
+from geoalign_store.datasets import (CoordinatesError, coordinates_for, list_dataset,
+                                     read_locations_csv, resolve_data_root)
+from geoalign_store.features import (ARCH_KEYS, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
+                                     auto_workers, block_task, device_name, image_hw,
+                                     load_backbone, plan_jobs, resolve_backbone, resolve_layers,
+                                     run_in_process, weights_fingerprint)
+from geoalign_store.report import console, progress_bar
 
 STAGE_VERSION = 1
 
@@ -181,7 +177,7 @@ def _run_on_cluster(cfg, jobs, backbone_args, opts, on_block) -> None:
 def _submit_blocks(cfg, jobs, backbone_args, opts, on_block) -> None:
     """Each block is an independent task that writes its own chunks: no locks, any worker."""
     from distributed import Client, LocalCluster, as_completed
-    from geoalign_store.worker_devices import DevicePerWorker
+    from geoalign_store.features import DevicePerWorker
     address = str(cfg.cluster)
     if address.startswith("local:"):
         n = int(address.split(":", 1)[1])

@@ -1,7 +1,7 @@
 """Stage `fit-heads`: fit heads on the store's train descriptors, without cross-view labels.
 
-`preset=improved` (default, `select.enabled`): the candidates of geoalign_store.candidates are
-fitted and one is chosen label-free on held-out drone flights (geoalign_store.selection); every
+`preset=improved` (default, `select.enabled`): the candidates of geoalign_store.method.candidates are
+fitted and one is chosen label-free on held-out drone flights (geoalign_store.method.selection); every
 candidate's criterion, the choice and the estimate for centring alone are printed and kept in
 heads.json. `preset=paper`: the release's AGRA + ISMS recipe, trained as it is.
 
@@ -22,21 +22,14 @@ import numpy as np
 import torch
 
 from geoalign_store import store as st
-from geoalign_store.checkpoints import (load_tensors, load_training_state, save_module,
-                                        save_tensors, save_training_state)
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.candidates import TrainViews
-from geoalign_store.devices import resolve_device
-from geoalign_store.embeddings import l2n
-from geoalign_store.headset import legacy_recipe
-from geoalign_store.heads import agra_dim_error
-from geoalign_store.selection import SelectionConfig, select
-from geoalign_store.teacher import agra_candidate
-from geoalign_store.training import (AgraRecipe, IsmsRecipe, fit_agra, fit_isms, forked_rng,
-                                     new_agra_state)
-
-from .progress import console, progress_bar
-from .retrieval import claim_heads_folder, resolve_layers
+from geoalign_store.features import resolve_device
+from geoalign_store.method import (AgraRecipe, IsmsRecipe, SelectionConfig, TrainViews,
+                                   agra_candidate, agra_dim_error, claim_heads_folder, fit_agra,
+                                   fit_isms, forked_rng, l2n, legacy_recipe, load_training_state,
+                                   new_agra_state, save_module, save_training_state, select)
+from geoalign_store.report import console, progress_bar
+from geoalign_store.store import load_tensors, save_tensors
 
 STAGE_VERSION = 3  # 3: train content digest in the spec
 
@@ -84,7 +77,7 @@ def run(cfg) -> dict:
     device = resolve_device(cfg.device)  # a bad name stops here, before anything is written
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
-    layers = resolve_layers(root, dataset, list(cfg.layers))
+    layers = st.stored_layers(root, dataset, list(cfg.layers))
     if len(layers) != 2:
         raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))

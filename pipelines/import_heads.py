@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoalign_store import store as st
-from geoalign_store.checkpoints import save_module
 from geoalign_store.config import ConfigError, file_sha256, fingerprint, to_plain
-from geoalign_store.heads import load_release_agra, load_release_isms, read_release_checkpoint
-
-from .retrieval import claim_heads_folder, resolve_layers
+from geoalign_store.method import (claim_heads_folder, load_release_agra, load_release_isms,
+                                   read_release_checkpoint, save_module)
 
 
 def _checkpoint(path, what: str) -> Path:
@@ -29,7 +27,7 @@ def _checkpoint(path, what: str) -> Path:
 def run(cfg) -> dict:
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
-    layers = resolve_layers(root, dataset, list(cfg.layers))
+    layers = st.stored_layers(root, dataset, list(cfg.layers))
     dim = int(root[f"{st.view_path(dataset, 'test', 'drone')}/layer_{layers[-1]}/desc"].shape[1])
     agra_path = _checkpoint(cfg.agra, "agra")
     try:

@@ -1,65 +1,10 @@
-"""Stage `index`: FAISS indices over a direction's gallery embeddings, in `indices/<name>/`.
-
-An index is reused while the fingerprint of the embeddings it holds (features' fingerprint and
-content digest, heads, layers, gallery rows) and its type/parameters are unchanged. When they
-changed, it is refused with the flag that rebuilds it (overwrite=true), never silently redone.
-"""
+"""Stage `index`: FAISS indices over a direction's gallery embeddings, in `indices/<name>/`
+(retrieval/indices.py: reused while up to date, refused with overwrite=true when stale)."""
 
 from __future__ import annotations
 
-import json
-import time
-
-import numpy as np
-
-from geoalign_store import index as fx
-from geoalign_store import store as st
-from geoalign_store.config import fingerprint, to_plain
-from geoalign_store.devices import device_name
-
-from .retrieval import embedder_inputs, gallery_fingerprint, open_direction, side_embeddings
-
-
-def index_name(dataset: str, embedder, ds, index_type: str) -> str:
-    subset = "" if ds.subset == "all" else f"-{ds.subset.replace('=', '')}"
-    return f"{dataset}-{ds.mode}-{embedder.name}-{index_type}{subset}"
-
-
-def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object, dict]:
-    """The index of `ds`'s gallery: loaded when up to date, else built and saved; searched
-    with faiss-gpu on `device` when it is a CUDA device and faiss has GPU support."""
-    gpu = fx.gpu_for(device)
-    params = fx.resolve_params(cfg.index, to_plain(cfg.index_params) or {})
-    name = index_name(dataset, embedder, ds, cfg.index)
-    folder = st.artefact_dir(cfg.store, "indices", name)
-    want = {"embeddings": gallery_fingerprint(embedder, ds), "type": cfg.index, "params": params}
-    meta_path = folder / "index.json"
-    if meta_path.exists() and (folder / "index.faiss").exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint(want):
-            index = fx.load_index(folder / "index.faiss", use_gpu=gpu is not None, gpu_id=gpu or 0)
-            return index, {"name": name, "built": False, **meta}
-        if not cfg.overwrite:
-            raise st.StoreError(_stale_message(folder, meta.get("spec", {}), want))
-    t0 = time.perf_counter()
-    gallery = side_embeddings(root, dataset, embedder, ds.gallery)
-    index = fx.build_index(gallery, cfg.index, params, seed=int(cfg.seed),
-                           use_gpu=gpu is not None, gpu_id=gpu or 0)
-    fx.save_index(index, folder / "index.faiss")
-    np.save(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
-    st.write_json(folder / "gallery_ids.json", [str(i) for i in ds.gallery.ids])
-    meta = {"fingerprint": fingerprint(want), "spec": want, "n": len(gallery), "dim": gallery.dim,
-            "gallery_view": ds.gallery.view, "config": to_plain(cfg), "dataset": dataset,
-            "inputs": embedder_inputs(embedder),
-            "build_s": round(time.perf_counter() - t0, 3)}
-    st.write_json(meta_path, meta)
-    return index, {"name": name, "built": True, **meta}
-
-
-def _stale_message(folder, old: dict, want: dict) -> str:
-    what = ("its type or parameters changed" if old.get("embeddings") == want["embeddings"] else
-            "the embeddings it holds changed (features, their content, heads, layers or gallery rows)")
-    return f"{folder} is stale: {what}; add overwrite=true to rebuild it"
+from geoalign_store.features import device_name
+from geoalign_store.retrieval import ensure_index, open_direction
 
 
 def run(cfg) -> dict:

@@ -17,24 +17,21 @@ import numpy as np
 
 from geoalign_store import store as st
 from geoalign_store.config import to_plain
-from geoalign_store.devices import device_name
-from geoalign_store.geo import pool_distance_metrics, top1_distance_metrics
-from geoalign_store.metrics import (good_counts, metrics_from_ranks, recall_1pct_index,
-                                    score_retrieval)
-from geoalign_store.query_streaming import score_streamed_queries
-
-from .progress import console
-from .report import draw_retrievals, pooled_metrics, write_report
-from .retrieval import IN_MEMORY_BYTES, embedder_inputs, open_direction, side_embeddings
+from geoalign_store.features import device_name
+from geoalign_store.report import console, draw_retrievals, pooled_metrics, write_report
+from geoalign_store.retrieval import (IN_MEMORY_BYTES, embedder_inputs, good_counts, metrics_from_ranks,
+                                      open_direction, pool_distance_metrics, recall_1pct_index,
+                                      score_retrieval, score_streamed_queries, side_embeddings,
+                                      top1_distance_metrics)
 
 SCHEMA_VERSION = 1
 
 
 def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics from an approximate index's top-k lists (junk dropped, unfound goods ranked last)."""
-    from geoalign_store import index as fx  # faiss: loaded only for approximate indices
+    from geoalign_store.retrieval import search  # faiss: loaded only for approximate indices
     n_gal = len(g_labels)
-    scores, ids = fx.search(index, queries, min(n_gal, max(k, recall_1pct_index(n_gal) + 1, 10)))
+    scores, ids = search(index, queries, min(n_gal, max(k, recall_1pct_index(n_gal) + 1, 10)))
     found = ids >= 0
     labels = np.where(found, g_labels[np.maximum(ids, 0)], -1)
     kept = found & (labels != -1)
@@ -56,7 +53,7 @@ def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     k = int(cfg.topk)
     if cfg.index != "flat":
-        from .index import ensure_index
+        from geoalign_store.retrieval import ensure_index
         index, _ = ensure_index(cfg, root, dataset, embedder, ds, device)
         metrics, top_i, top_s = ann_metrics(index, queries.materialise(), ds.query.labels, ds.gallery.labels, k)
         return {**metrics, "approximate": True}, top_i, top_s

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from geoalign_store.sim_families import SIZES
-from geoalign_store.simulator import simulate
+from geoalign_store.sim import SIZES, simulate
 
 
 def run(cfg) -> dict:

@@ -1,4 +1,4 @@
-"""OTCA / DAMO building blocks, CautiousAdamW and the schedules (geoalign_store.alignment)."""
+"""OTCA / DAMO building blocks, CautiousAdamW and the schedules (geoalign_store.method.alignment)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geoalign_store.alignment import (CautiousAdamW, distillation_loss, epsilon_schedule,
-                                      matching_loss, reliable_pairs, sinkhorn_log, soft_targets,
-                                      warmup_cosine)
+from geoalign_store.method import (CautiousAdamW, distillation_loss, epsilon_schedule,
+                                   matching_loss, reliable_pairs, sinkhorn_log, soft_targets,
+                                   warmup_cosine)
 
 
 def _cost(n=40, m=30, seed=0, dtype=torch.float64):

@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from conftest import write_plain_store
-from geoalign_store.block_ops import NumpyOps, TorchOps
-from geoalign_store.embeddings import raw_embedding
-from geoalign_store.metrics import score_retrieval
-from geoalign_store.query_streaming import score_streamed_queries
+from geoalign_store.retrieval import (NumpyOps, TorchOps, raw_embedding, score_retrieval,
+                                      score_streamed_queries)
 from test_metrics import LazyGallery, _assert_close, make_case, official_reference
 from test_streaming import LazyQueries
 
@@ -101,7 +99,7 @@ def test_scoring_on_the_cpu_never_imports_torch(tmp_path):
 
 def test_row_pieces_bound_the_temporaries_without_changing_results(monkeypatch):
     """A 256 MB block's argpartition positions would be 512 MB: numpy works in row pieces."""
-    from geoalign_store import block_ops
+    from geoalign_store.retrieval import block_ops
     qf, ql, gf, gl, _ = make_case(4, "s2d")
     qf, gf = qf.astype(np.float32), gf.astype(np.float32)
     whole = score_retrieval(qf, gf, ql, gl, topk=6)

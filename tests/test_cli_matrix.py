@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import extract_overrides
-from geoalign_store.backbone import cache_dir
+from geoalign_store.features import cache_dir
 from pipelines.cli import app
 
 VIEW = "features/folder/{split}/drone"

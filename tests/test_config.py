@@ -59,9 +59,8 @@ def test_typed_values_are_coerced_where_unambiguous():
 
 
 def test_the_recipes_defaults_are_the_yaml_files():
-    from geoalign_store.selection import SelectionConfig
-    from geoalign_store.training import AgraRecipe, IsmsRecipe
     from geoalign_store.config import to_plain
+    from geoalign_store.method import AgraRecipe, IsmsRecipe, SelectionConfig
     paper = compose("fit-heads", ["preset=paper"])
     assert AgraRecipe.defaults() == AgraRecipe(**to_plain(paper.agra))
     assert IsmsRecipe.defaults(epochs=3).epochs == 3

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from conftest import extract_overrides
 from geoalign_store.config import compose
-from geoalign_store.geo import (CoordinatesError, coordinates_for, distance_metrics, haversine_m,
-                                location_of, read_locations_csv)
+from geoalign_store.datasets import (CoordinatesError, coordinates_for, location_of,
+                                     read_locations_csv)
+from geoalign_store.retrieval import distance_metrics, haversine_m
 from pipelines import extract, score
 from pipelines.cli import app
 

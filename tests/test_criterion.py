@@ -9,10 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from geoalign_store.criterion import Rows, stream_order
-from geoalign_store.selection import holdout_mask, select
-from geoalign_store.simulator import generate
-from geoalign_store.turns import SatelliteSets, Turns
+from geoalign_store.method import Rows, SatelliteSets, Turns, holdout_mask, select, stream_order
+from geoalign_store.sim import generate
 from test_selection import FAST, views_of
 
 

@@ -1,4 +1,4 @@
-"""Tests for the procedurally generated demo dataset (geoalign_store.demo_data)."""
+"""Tests for the procedurally generated demo dataset (geoalign_store.datasets.demo_scenes)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geoalign_store import demo_data
-from geoalign_store.demo_data import _perspective_coeffs, default_demo_root, generate_demo
+from geoalign_store.datasets import demo_scenes as demo_data, default_demo_root, generate_demo
+from geoalign_store.datasets.demo_scenes import _perspective_coeffs
 
 SMALL = dict(n_train=3, n_test=2, n_distractors=2, drone_views=2, image_size=64)
 
@@ -165,8 +165,8 @@ def test_defaults_generation_time(tmp_path):
 
 
 def test_coordinate_grid_and_fresh_views(small):
-    from geoalign_store.demo_data import demo_coordinates, render_drone_view
-    from geoalign_store.geo import haversine_m, read_locations_csv
+    from geoalign_store.datasets import demo_coordinates, read_locations_csv, render_drone_view
+    from geoalign_store.retrieval import haversine_m
     table = read_locations_csv(small / "locations.csv")
     meta = json.loads((small / "_demo.json").read_text())
     assert sorted(table) == sorted(meta["locations"]["train"] + meta["locations"]["test"])

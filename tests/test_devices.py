@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geoalign_store.config import ConfigError
-from geoalign_store.devices import resolve_device
+from geoalign_store.features import resolve_device
 
 
 def test_cpu_and_auto_resolve_on_a_machine_without_gpu():
@@ -29,7 +29,7 @@ def test_cuda_without_a_gpu_is_refused_with_the_way_out():
 
 def test_device_auto_without_a_gpu_driver_is_the_cpu_without_loading_torch():
     """A CPU scoring process never pays torch's import: `auto` looks for a GPU driver first."""
-    code = ("import sys\nfrom geoalign_store import devices\n"
+    code = ("import sys\nfrom geoalign_store.features import devices\n"
             "devices.GPU_DEVICE_FILES = ('/nonexistent/nvidiactl',)\n"
             "print(devices.device_name('auto'), devices.device_name('cpu'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -38,6 +38,6 @@ def test_device_auto_without_a_gpu_driver_is_the_cpu_without_loading_torch():
 
 
 def test_device_names_and_torch_devices_agree():
-    from geoalign_store.devices import device_name
+    from geoalign_store.features import device_name
     assert device_name("cpu") == "cpu" and resolve_device("cpu") == torch.device("cpu")
     assert device_name("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")

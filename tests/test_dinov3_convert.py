@@ -11,12 +11,8 @@ import pytest
 import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from geoalign_store.dinov3_convert import (
-    OFFICIAL_ARCHS,
-    config_from_official_state_dict,
-    convert_official_state_dict,
-    load_official_checkpoint,
-)
+from geoalign_store.features import (OFFICIAL_ARCHS, config_from_official_state_dict,
+                                     convert_official_state_dict, load_official_checkpoint)
 
 DIM, HEADS, REG = 64, 4, 4
 

@@ -20,9 +20,8 @@ from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from conftest import extract_overrides, make_folder_dataset
-from geoalign_store.backbone import load_backbone, weights_source
 from geoalign_store.config import ConfigError, compose
-from geoalign_store.images import load_image
+from geoalign_store.features import load_backbone, load_image, weights_source
 from geoalign_store.store import StoreError
 from pipelines import extract
 from pipelines.cli import app
@@ -58,7 +57,7 @@ def extracted(folder_dataset, tmp_path_factory) -> Path:
 
 def reference_descriptor(model, pixels: torch.Tensor, layer: int, n_reg: int):
     """Slow float64 per-image reference: a manual pass through the blocks of transformers'
-    DINOv3ViTModel (independent of geoalign_store.vit), then the paper's pooling written out
+    DINOv3ViTModel (independent of geoalign_store.features.vit), then the paper's pooling written out
     position by position."""
     model = model.double()
     x = pixels[None].double()
@@ -95,7 +94,7 @@ def test_uint8_pixels_normalised_on_the_device_equal_the_float_recipe_bitwise(fo
     """Decode workers hand on uint8 (read_rgb); normalise() must give exactly what ToTensor +
     Normalize in float32 on the host gives (numpy here, independent of the code under test)."""
     from PIL import Image
-    from geoalign_store.images import IMAGENET_MEAN, IMAGENET_STD, normalise, read_rgb
+    from geoalign_store.features import IMAGENET_MEAN, IMAGENET_STD, normalise, read_rgb
     path = next((folder_dataset / "test/drone").rglob("*.png"))
     pixels = read_rgb(path)
     assert pixels.dtype == torch.uint8 and pixels.shape[0] == 3
@@ -115,7 +114,7 @@ def test_layer_mapping_against_manual_pass(folder_dataset):
     cfg = compose("extract", ["dataset=folder"])
     bb = load_backbone(OmegaConf.to_container(cfg.backbone), None, [-6, -4])
     assert bb.layers == [26, 28] and len(bb.model.layer) == 29
-    from geoalign_store.backbone import layer_tokens
+    from geoalign_store.features import layer_tokens
     pixels = load_image(next((folder_dataset / "test/drone").rglob("*.png")))[None]
     got = layer_tokens(bb, pixels)
     x, hidden = pixels.double(), None
@@ -186,8 +185,7 @@ def test_decode_workers_equal_in_process(tmp_path, extracted, folder_dataset, de
 
 
 def test_threaded_batches_keep_order_record_errors_and_stop_early(folder_dataset, tmp_path):
-    from geoalign_store.decoding import decoded_batches
-    from geoalign_store.images import ImageFiles
+    from geoalign_store.features import ImageFiles, decoded_batches
     paths = [str(p) for p in sorted(folder_dataset.rglob("*.png"))][:10]
     (tmp_path / "bad.png").write_bytes(b"not a png")
     files = ImageFiles([*paths, str(tmp_path / "bad.png")], image_size=32)
@@ -269,7 +267,7 @@ def test_truncated_backbone_equals_full_model_hidden_states(folder_dataset):
     """Only the blocks up to the deepest requested layer run, and only those layers are kept:
     their outputs equal the untruncated model's hidden states (transformers' own forward)."""
     from transformers import DINOv3ViTModel
-    from geoalign_store.backbone import layer_tokens
+    from geoalign_store.features import layer_tokens
     bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
     bb = load_backbone(bcfg, None, [20, 26])
     assert len(bb.model.layer) == 27
@@ -288,7 +286,7 @@ def test_bf16_precision_casts_weights_and_stays_close(folder_dataset):
     """precision=bf16: bf16 attention and MLP weights (no autocast); the residual stream, norms,
     layer scales and RoPE stay fp32, so the descriptors stay within 1e-3 of fp32 (with the
     whole model in bf16 the tiny model's were 3e-3 apart)."""
-    from geoalign_store.backbone import gem_descriptor, layer_tokens
+    from geoalign_store.features import gem_descriptor, layer_tokens
     bcfg = OmegaConf.to_container(compose("extract", ["dataset=folder"]).backbone)
     fp32 = load_backbone(bcfg, None, [26, 28], precision="fp32")
     bf16 = load_backbone(bcfg, None, [26, 28], precision="bf16")
@@ -355,7 +353,7 @@ def test_too_many_gpu_workers_refused_before_anything_is_written(tmp_path, folde
 def test_device_plugin_tells_each_local_worker_its_device():
     """What the dask workers themselves hold after the plugin ran (labels only: no GPU used)."""
     from distributed import Client, LocalCluster
-    from geoalign_store.worker_devices import DevicePerWorker, worker_device
+    from geoalign_store.features import DevicePerWorker, worker_device
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.register_plugin(DevicePerWorker(["cuda:0", "cuda:1"]))
@@ -364,7 +362,7 @@ def test_device_plugin_tells_each_local_worker_its_device():
 
 
 def test_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
-    import geoalign_store.backbone as backbone
+    import geoalign_store.features.backbone as backbone
     from geoalign_store.config import file_sha256
     monkeypatch.setenv("GEOALIGN_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "w.safetensors"
@@ -381,7 +379,7 @@ def test_weights_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
 
 
 def test_block_writer_writes_in_order_and_raises_a_failed_write():
-    from geoalign_store.extraction import BlockWriter
+    from geoalign_store.features import BlockWriter
     done = []
     writer = BlockWriter(depth=1)
     for i in range(5):

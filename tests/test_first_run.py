@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from conftest import make_folder_dataset
 from geoalign_store.config import ConfigError, compose
 from geoalign_store.datasets import DatasetLayoutError, list_dataset
-from geoalign_store.images import load_image
+from geoalign_store.features import load_image
 from pipelines import extract
 from pipelines.cli import app
 from test_extract import reference_descriptor

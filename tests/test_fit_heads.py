@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import write_plain_store, write_train_split
 from geoalign_store.config import ConfigError, compose
-from geoalign_store.heads import AGRA, ISMS
+from geoalign_store.method import AGRA, ISMS
 from geoalign_store.store import StoreError
 from pipelines import fit_heads, import_heads, score
 
@@ -135,13 +135,13 @@ def test_import_release_checkpoints(tmp_path):
     torch.save(isms.state_dict(), tmp_path / "isms_model_26_28.pth")
     import_heads.run(compose("import-heads", [f"store={store}", f"agra={tmp_path / '300_param.t'}",
                                               f"isms={tmp_path / 'isms_model_26_28.pth'}"]))
-    from geoalign_store.headset import Heads, legacy_recipe
+    from geoalign_store.method import Heads, legacy_recipe
     embed = Heads.load(store / "artefacts/heads/paper", legacy_recipe([26, 28], False, 0.5))
     x26, x28 = np.random.default_rng(0).standard_normal((2, 5, 40)).astype(np.float32)
     x26 /= np.linalg.norm(x26, axis=1, keepdims=True)
     x28 /= np.linalg.norm(x28, axis=1, keepdims=True)
     got = embed({26: x26, 28: x28}, "drone")
-    from geoalign_store.heads import fuse
+    from geoalign_store.method import fuse
     with torch.no_grad():
         want = fuse(agra.embed(torch.from_numpy(x28), "drone"),
                     isms.embed(torch.from_numpy(np.concatenate([x26, x28], 1))))
@@ -190,8 +190,7 @@ def test_centring_and_pca_init_options(tmp_path):
 def test_flight_plan_pairs_satellites_with_their_flights():
     """agra.teacher=isms: averaging each flight beats single drones, the plan's columns follow
     the sorted group ids (the order of the per-epoch draws), and the ids' values do not matter."""
-    from geoalign_store.teacher import flight_plan
-    from geoalign_store.training import draw_one_per_group, group_index
+    from geoalign_store.method import draw_one_per_group, flight_plan, group_index
     rng = np.random.default_rng(0)
     sat = rng.standard_normal((30, 16))
     flight_of_sat = rng.permutation(30)                     # satellite i is seen by flight f(i)
@@ -212,7 +211,7 @@ def test_flight_plan_pairs_satellites_with_their_flights():
 
 
 def test_flight_rows_spread_over_each_flight():
-    from geoalign_store.teacher import flight_rows
+    from geoalign_store.method import flight_rows
     groups = np.array([7, 3, 7, 3, 7, 9, 7, 7, 3, 7, 7, 7])  # 3: 3 rows, 7: 8 rows, 9: 1 row
     rows = flight_rows(groups, per_flight=4)
     assert list(groups[rows]) == [3, 3, 3, 7, 7, 7, 7, 9]
@@ -232,8 +231,8 @@ def test_heads_json_keeps_the_selection_and_score_says_when_heads_are_centring(t
     capsys.readouterr()
     auto = score.run(compose("score", [f"store={store}", "pictures=0", "heads=auto"]))
     assert "centring only" in capsys.readouterr().err and auto["heads_recipe"] == "centre"
-    from geoalign_store.embeddings import l2n
-    from geoalign_store.metrics import retrieval_metrics
+    from geoalign_store.method import l2n
+    from geoalign_store.retrieval import retrieval_metrics
     from geoalign_store.store import open_store, read_layer, read_view
     means = load_file(str(store / "artefacts/heads/geoalign/centering.safetensors"))
     root, emb = open_store(str(store), mode="r"), {}

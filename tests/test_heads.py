@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoalign_store.heads import (AGRA, ISMS, agra_dim_error, export_state_dict, fuse, isms_losses,
-                                  load_release_agra, load_release_isms, read_release_checkpoint,
-                                  unwrap_state_dict)
+from geoalign_store.method import (AGRA, ISMS, agra_dim_error, export_state_dict, fuse,
+                                   isms_losses, load_release_agra, load_release_isms,
+                                   read_release_checkpoint, unwrap_state_dict)
 
 C = 160  # 2C = 320 = 20 chunks of 16 dims, 4 heads of 4
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geoalign_store.index import (INDEX_TYPES, build_index, load_index, resolve_params,
-                                  save_index, search)
-from geoalign_store.metrics import topk_gallery
+from geoalign_store.retrieval import (INDEX_TYPES, build_index, load_index, resolve_params,
+                                      save_index, search, topk_gallery)
 
 
 def _normalise(x):

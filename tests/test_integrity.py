@@ -134,7 +134,8 @@ def test_a_damaged_metadata_document_is_named(clean_store, tmp_path):
 
 @pytest.mark.parametrize("rows", [slice(None), slice(3, 10), slice(4, 8), slice(11, 12), slice(5, 5), slice(-3, None)])
 def test_the_threaded_checked_read_equals_zarr(clean_store, rows):
-    from geoalign_store.store_integrity import CheckedArray, _raw_reader
+    from geoalign_store.store import CheckedArray
+    from geoalign_store.store.integrity import _raw_reader
     array = zarr.open_group(str(clean_store), mode="r")[f"{DRONE}/layer_28/desc"]
     assert _raw_reader(array) is not None                       # extract's layout takes the fast path
     assert np.array_equal(CheckedArray(array, "")[rows], array[rows])
@@ -145,7 +146,7 @@ def test_the_threaded_checked_read_equals_zarr(clean_store, rows):
 
 
 def test_the_local_digest_reads_the_same_checksum_tails_as_zarr(clean_store):
-    from geoalign_store import store_integrity as si
+    from geoalign_store.store import integrity as si
     root = zarr.open_group(str(clean_store), mode="r")
     for name in ("layer_28/desc", "errors", "ids", "block_done"):
         array = root[f"{DRONE}/{name}"]

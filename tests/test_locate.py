@@ -12,12 +12,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import extract_overrides
-from geoalign_store.backbone import weights_source
 from geoalign_store.config import compose, to_plain
-from geoalign_store.embeddings import raw_embedding
+from geoalign_store.features import weights_source
+from geoalign_store.retrieval import raw_embedding
 from pipelines import extract, index, score
 from pipelines.cli import app
-from pipelines.locator import Locator
+from geoalign_store.retrieval import Locator
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from geoalign_store.metrics import (metrics_from_ranks, recall_1pct_index, retrieval_metrics,
-                                    score_retrieval, topk_gallery)
+from geoalign_store.retrieval import (metrics_from_ranks, recall_1pct_index, retrieval_metrics,
+                                      score_retrieval, topk_gallery)
 
 
 # --------------------------------------------------------------------------- the reference

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import extract_overrides, write_plain_store
 from geoalign_store.config import ConfigError, compose
-from geoalign_store.embeddings import l2n
-from geoalign_store.metrics import retrieval_metrics
+from geoalign_store.method import l2n
+from geoalign_store.retrieval import retrieval_metrics
 from geoalign_store.store import StoreError
 from pipelines import extract, index, score
 from pipelines.cli import app

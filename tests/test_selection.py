@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from geoalign_store import candidates as cand
-from geoalign_store.candidates import TrainViews
-from geoalign_store.criterion import Rows, criterion, null_adjusted
-from geoalign_store.selection import SelectionConfig, holdout_mask, select
-from geoalign_store.simulator import LAYERS, generate
-from geoalign_store.turns import Turns
+from geoalign_store import method as cand
+from geoalign_store.method import Rows, SelectionConfig, TrainViews, Turns, holdout_mask, select
+from geoalign_store.method.criterion import criterion, null_adjusted  # the criterion's plain definition
+from geoalign_store.sim import LAYERS, generate
 
 FAST = SelectionConfig.defaults(latents=(8, 16, 32), n_maps=(1, 2), map_kinds=("ridge", "orth"),
                                 fusion_weights=(0.5,), agra=False)
@@ -121,7 +119,7 @@ def test_criterion_counts_a_held_out_image_right_only_on_its_flights_satellite()
     groups = np.repeat(np.arange(12), 3)
     drone = np.repeat(sat, 3, axis=0) + 0.05 * rng.standard_normal((36, 16)).astype(np.float32)
     views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
-    from geoalign_store.headset import Heads
+    from geoalign_store.method import Heads
     identity = Heads(LAYERS, None, [("centre", None)], [1.0])
     held = np.isin(groups, [2, 7])
     score, correct = criterion(identity, Rows(views, held))
@@ -141,7 +139,7 @@ def test_null_adjusted_criterion_scores_alignment_not_flight_consistency():
     sat = rng.standard_normal((600, 16)).astype(np.float32)
     groups = np.repeat(np.arange(600), 4)
     noise = 0.1 * rng.standard_normal((2400, 16)).astype(np.float32)
-    from geoalign_store.headset import Heads
+    from geoalign_store.method import Heads
     identity = Heads(LAYERS, None, [("centre", None)], [1.0])
     held = holdout_mask(groups, 0.3, 0)
     scores = {}
@@ -162,8 +160,7 @@ def test_null_adjusted_criterion_scores_alignment_not_flight_consistency():
 
 def test_agra_candidate_owns_its_random_stream():
     """Two AGRA fits with one seed are identical whatever the global RNG did in between."""
-    from geoalign_store.teacher import agra_candidate
-    from geoalign_store.training import AgraRecipe
+    from geoalign_store.method import AgraRecipe, agra_candidate
     data = generate(seed=1, dim=40, train_locs=16, test_locs=4, views=3, distractors=0)[0]
     views = views_of(data)
     centre = cand.centring(views)
@@ -182,7 +179,7 @@ def test_agra_candidate_owns_its_random_stream():
 def test_confirm_folds_split_the_other_flights_whole_and_seeded():
     """The confirmation folds are the flights outside the pick's held-out ones, each flight in
     exactly one fold, the same for the same seed."""
-    from geoalign_store.confirmation import confirm_folds
+    from geoalign_store.method import confirm_folds
     groups = np.repeat(np.arange(30), 3)
     held = holdout_mask(groups, 0.2, seed=5)
     folds = confirm_folds(groups, held, 4, seed=5)
@@ -197,7 +194,7 @@ def test_confirm_folds_split_the_other_flights_whole_and_seeded():
 def test_gate_keeps_centring_unless_the_gain_clears_its_standard_errors():
     """Flights are the units: a gain of 0.3 on every flight passes; a gain carried by a few
     flights (large standard error) or under min_gain keeps centring."""
-    from geoalign_store.confirmation import Gate
+    from geoalign_store.method import Gate
     groups = np.repeat(np.arange(20), 5)
     steady = Gate("orth(1)", np.full(100, 0.3), groups, "flights")
     assert steady.decide(2.0, 0.01)[0] == "orth(1)"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from geoalign_store.simulator import GROUP_BASE, generate, simulate
+from geoalign_store.sim import GROUP_BASE, generate, simulate
 from geoalign_store.store import StoreError
 
 SMALL = {"dim": 64, "train_locs": 12, "test_locs": 10, "views": 3, "distractors": 4}
@@ -172,7 +172,7 @@ def test_family_defaults_are_hard_for_raw_and_easy_for_the_oracle(family):
     raw descriptors score poorly, a supervised map scores high."""
     faster = {"flightshift": {"views": 10, "test_locs": 100}}.get(family, {})
     data, truth = generate(family=family, seed=0, **faster)
-    from geoalign_store.simulator import baselines
+    from geoalign_store.sim import baselines
     r1 = baselines(data, truth)
     assert r1["raw"] < 0.4 and r1["centred"] < 0.6
     assert max(r1["oracle"], r1.get("oracle_regime", 0)) > 0.9

@@ -10,12 +10,10 @@ import zarr
 from typer.testing import CliRunner
 
 from conftest import write_plain_store
-from geoalign_store import metrics as mx
 from geoalign_store.config import compose
-from geoalign_store.embeddings import Side, StoredEmbeddings, raw_embedding
-from geoalign_store.metrics import score_retrieval
-from geoalign_store.query_streaming import score_streamed_queries
-from geoalign_store.rowreader import prefetched_slabs, read_rows, rows_per_request
+from geoalign_store.retrieval import (metrics as mx, Side, StoredEmbeddings, raw_embedding,
+                                      score_retrieval, score_streamed_queries)
+from geoalign_store.store import prefetched_slabs, read_rows, rows_per_request
 from pipelines import index, score
 from pipelines.cli import app
 from test_metrics import _assert_close, make_case, official_reference

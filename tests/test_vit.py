@@ -1,11 +1,11 @@
-"""geoalign_store.vit (the DINOv3 forward extract and locate run) against transformers' own
+"""geoalign_store.features.vit (the DINOv3 forward extract and locate run) against transformers' own
 DINOv3ViTModel: both MLP variants, weights from a Hugging Face folder and from an official .pth."""
 
 import pytest
 import torch
 
-from geoalign_store.backbone import layer_tokens, load_backbone
 from geoalign_store.config import ConfigError
+from geoalign_store.features import layer_tokens, load_backbone
 from test_dinov3_convert import make_model, to_official
 
 
@@ -47,15 +47,14 @@ def test_loading_either_weights_format_never_imports_transformers(tmp_path):
     (~4 s of every extract and locate process)."""
     import subprocess
     import sys
-    from geoalign_store.backbone import ARCH_KEYS
-    from geoalign_store.dinov3_convert import load_official_checkpoint, read_official
+    from geoalign_store.features import ARCH_KEYS, load_official_checkpoint, read_official
     _, model = make_model(False)
     model.save_pretrained(tmp_path / "hf", safe_serialization=True)
     torch.save(to_official(model, False), tmp_path / "official.pth")
     config, _ = load_official_checkpoint(tmp_path / "official.pth")
     arch, _ = read_official(tmp_path / "official.pth")
     assert {k: arch.get(k) for k in ARCH_KEYS} == {k: config.to_dict().get(k) for k in ARCH_KEYS}
-    code = ("import sys; from geoalign_store.backbone import load_backbone, read_arch\n"
+    code = ("import sys; from geoalign_store.features import load_backbone, read_arch\n"
             "for w in sys.argv[1:]:\n    read_arch(__import__('pathlib').Path(w)); load_backbone({'name': 'auto'}, w, [1])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf"), str(tmp_path / "official.pth")],

@@ -1,0 +1,17 @@
+"""datasets: what is on disk before anything is computed. Benchmark folder layouts
+(University-1652, SUES-200, a plain folder) read into sorted per-view listings (`ViewListing`:
+ids, labels, query/gallery flags), the locations' coordinates (`locations.csv`), and the
+generated demo scenes (a satellite tile and oblique drone views per location).
+
+May import: config.
+"""
+
+from ..faces import face
+
+IMPORTS = ("config",)
+__getattr__, __dir__, __all__ = face(__name__, {
+    "layouts": ("DatasetLayoutError", "IMAGE_EXTENSIONS", "ViewListing", "list_dataset", "list_folder",
+                "list_sues200", "list_university1652", "resolve_data_root"),
+    "coordinates": ("CoordinatesError", "coordinates_for", "location_of", "read_locations_csv"),
+    "demo_scenes": ("default_demo_root", "demo_coordinates", "generate_demo", "render_drone_view"),
+})

@@ -1,0 +1,228 @@
+"""Candidate heads as pure functions of train arrays (issue 8): no I/O, no labels.
+
+Input: :class:`TrainViews` (satellite rows and drone rows per layer, L2-normalised, and the drone
+grouping: the flight folders). Output: a :class:`geoalign_store.method.headset.Heads`, whose `embed`
+serves selection, scoring and locate alike. Candidates:
+
+- ``centre``: each view's train mean removed per layer (label-free domain centring);
+- ``whiten(L)``: PCA whitening of the L leading directions of the centred drone rows (ISMS);
+- ``ridge(K)`` / ``orth(K)``: K ridge or orthogonal linear maps drone -> satellite, fitted to
+  drone flights matched one-to-one with satellites (the Hungarian assignment of flight means in
+  a teacher space), by EM over the drone images; a gate picks one map per drone image;
+- ``agra``: AGRA taught by the flight teacher (teacher.agra_candidate, the improved recipe);
+- fusions of these (headset.Heads with two streams and a weight).
+Every map acts on the leading principal subspace only and is the identity elsewhere, so it is
+determined by the data it saw and never moves directions the data do not constrain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .headset import Heads, l2n
+from .heads import ISMS, MapBank
+from .teacher import flight_means, flight_rows  # noqa: F401  (flight_means: used by selection too)
+
+
+@dataclass
+class TrainViews:
+    sat: dict            # layer -> (n_sat, C) float32, L2-normalised
+    drone: dict          # layer -> (n_drone, C)
+    groups: np.ndarray   # (n_drone,) flight ids: grouping only, never compared with satellites
+    layers: tuple
+
+    def drones(self, rows: np.ndarray) -> "TrainViews":
+        return TrainViews(self.sat, {k: v[rows] for k, v in self.drone.items()}, self.groups[rows],
+                          self.layers)
+
+
+def flight_sample(groups: np.ndarray, per_flight: int) -> np.ndarray:
+    """Up to `per_flight` rows of every group, evenly spaced (deterministic), in row order."""
+    return np.sort(flight_rows(groups, per_flight))
+
+
+def centring(views: TrainViews) -> Heads:
+    means = {f"{v}.layer_{k}": getattr(views, attr)[k].mean(0, dtype=np.float64).astype(np.float32)
+             for v, attr in (("satellite", "sat"), ("drone", "drone")) for k in views.layers}
+    return Heads(views.layers, means, [("centre", None)], [1.0])
+
+
+@dataclass
+class Basis:
+    """Principal axes of the centred concat drone rows."""
+    mean: np.ndarray      # (D,)
+    axes: np.ndarray      # (D, D) columns, by decreasing variance
+    var: np.ndarray       # (D,)
+
+
+def principal_basis(centre: Heads, views: TrainViews, per_flight: int = 16) -> Basis:
+    """From drone rows only (a sample of every flight): the satellites stay out of every fitted
+    direction, so a held-out flight's satellite is as new to the whitening as a test location's
+    (whitening many directions fitted on few satellites singles each of them out)."""
+    rows = flight_sample(views.groups, per_flight)
+    x = centre.stream_input({k: v[rows] for k, v in views.drone.items()}, "drone", "isms")
+    x = torch.from_numpy(x.astype(np.float64))
+    mean = x.mean(0)
+    xc = x - mean
+    var, axes = torch.linalg.eigh(xc.T @ xc / len(x))
+    order = torch.argsort(var, descending=True)
+    return Basis(mean.numpy(), axes[:, order].numpy(), np.maximum(var[order].numpy(), 1e-12))
+
+
+def whitening(centre: Heads, basis: Basis, latent: int) -> Heads:
+    """ISMS as closed-form PCA whitening of `latent` directions (its BatchNorm holds the PCA)."""
+    axes = torch.from_numpy(basis.axes[:, :latent].T.copy()).float()
+    isms = ISMS(axes.shape[1], latent)
+    with torch.no_grad():
+        isms.encoder.weight.copy_(axes)
+        isms.decoder.weight.copy_(axes.T)
+        isms.decoder.bias.copy_(torch.from_numpy(basis.mean).float())
+        isms.bn_whiten.running_mean.copy_(axes @ torch.from_numpy(basis.mean).float())
+        isms.bn_whiten.running_var.copy_(torch.from_numpy(basis.var[:latent]).float())
+    return centre.with_streams([("isms", isms.eval())], [1.0])
+
+
+def assign(flight_emb: np.ndarray, sat_emb: np.ndarray) -> np.ndarray:
+    """One-to-one assignment of flights (rows) to satellites maximising total cosine: the
+    satellite index of each flight (n_flights <= n_sat; more flights: the extra get -1)."""
+    return assign_similar(flight_emb @ sat_emb.T)
+
+
+def assign_similar(sim: np.ndarray) -> np.ndarray:
+    """`assign` from the flights x satellites similarities."""
+    from scipy.optimize import linear_sum_assignment
+    rows, cols = linear_sum_assignment(-sim)
+    out = np.full(len(sim), -1)
+    out[rows] = cols
+    return out
+
+
+def flight_pairs(centre: Heads, views: TrainViews, teacher: Heads, per_flight: int = 8):
+    """Drone rows (a sample of every flight) in the centred space, each with the satellite its
+    flight is assigned one-to-one in the `teacher` space: -> (x, y, flight index of each row)."""
+    rows = flight_sample(views.groups, per_flight)
+    drone = {k: v[rows] for k, v in views.drone.items()}
+    t_sat, t_drone = teacher.embed(views.sat, "satellite"), teacher.embed(drone, "drone")
+    means, inverse = flight_means(t_drone, views.groups[rows])
+    match = assign(means, t_sat)
+    keep = match[inverse] >= 0
+    x = centre.embed(drone, "drone")[keep]
+    y = centre.embed(views.sat, "satellite")[match[inverse][keep]]
+    return x, y, inverse[keep]
+
+
+def maps(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, n_maps: int, seed: int,
+         kind: str = "ridge", rank: int = 512, em_iters: int = 6) -> dict:
+    """K linear maps drone -> satellite of the leading `rank` principal directions (identity
+    elsewhere), fitted to the flights' one-to-one satellite matches in the `teacher` space by EM
+    over the drone images (each image to the map that aligns it best with its flight's
+    satellite). kind="ridge": ridge maps, the shrinkage chosen on a fifth of the flights;
+    kind="orth": orthogonal maps. -> {"lda": heads whose gate is a linear discriminant of the EM's
+    split, "subspace": heads that pick the map landing most in the satellites' principal
+    subspace} (one entry, "lda", for a single map)."""
+    x, y, flights = flight_pairs(centre, views, teacher)
+    q = basis.axes[:, :min(rank, basis.axes.shape[1])].astype(np.float32)
+    xq, yq = x @ q, y @ q
+    if kind == "orth":
+        fit_one = lambda a, b: _procrustes(a, b, q.shape[1])  # noqa: E731
+    elif kind == "ridge":
+        lam = ridge_lambda(xq, yq, flights, seed) / len(xq)
+        fit_one = lambda a, b: ridge(a, b, lam * len(a))  # noqa: E731
+    else:
+        raise ValueError(f"map kind must be ridge or orth, got {kind!r}")
+    label = _kmeans(xq, n_maps, seed)
+    xt, yt = torch.from_numpy(xq), torch.from_numpy(l2n(yq))
+    for _ in range(em_iters if n_maps > 1 else 1):
+        mats = np.stack([fit_one(xq[label == j], yq[label == j]) for j in range(n_maps)])
+        fit = torch.stack([(torch.nn.functional.normalize(xt @ torch.from_numpy(m), dim=1) * yt).sum(1)
+                           for m in mats], dim=1)       # alignment of each row under each map
+        new = fit.argmax(1).numpy()
+        if np.array_equal(new, label) or np.bincount(new, minlength=n_maps).min() < 2:
+            break
+        label = new
+    gate = _lda_gate(xq, label, n_maps)
+    out = {"lda": centre.with_streams([("maps", MapBank.build(q, mats, *gate))], [1.0])}
+    if n_maps > 1:
+        axes = _principal_share(centre.embed(views.sat, "satellite") @ q)
+        out["subspace"] = centre.with_streams([("maps", MapBank.build(q, mats, *gate, axes))], [1.0])
+    return out
+
+
+def _principal_share(sat: np.ndarray, share: float = 0.9) -> np.ndarray:
+    """The satellites' leading principal axes (in map coordinates) holding `share` of their
+    variance: where a drone image must land to look like a satellite."""
+    centred = sat - sat.mean(0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    energy = np.cumsum(sv ** 2) / max(float((sv ** 2).sum()), 1e-12)
+    m = int(min(np.searchsorted(energy, share) + 1, max(1, sat.shape[1] // 2)))
+    return vt[:m].T.astype(np.float32)
+
+
+def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    xt = x.T.astype(np.float64)
+    return np.linalg.solve(xt @ x + lam * np.eye(x.shape[1]), xt @ y).astype(np.float32)
+
+
+def ridge_path(x: np.ndarray, y: np.ndarray):
+    """Ridge solutions for many lambdas from one eigendecomposition of x^T x: lam -> W."""
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    xty = evecs.T @ (x.T @ y)
+    return lambda lam: evecs @ (xty / (evals + lam)[:, None])
+
+
+def ridge_lambda(x, y, flights, seed: int) -> float:
+    """Shrinkage chosen like the simulator's oracle, but on pseudo-pairs: fit on four fifths of
+    the flights, pick the lambda whose mapped drones of the other fifth retrieve their flight's
+    satellite best among those flights' satellites."""
+    uniq = np.unique(flights)
+    val = np.isin(flights, np.random.default_rng(seed).permutation(uniq)[: max(1, len(uniq) // 5)])
+    fit_x = x[~val].astype(np.float64)
+    path = ridge_path(fit_x, y[~val].astype(np.float64))
+    scale = float(np.trace(fit_x.T @ fit_x)) / x.shape[1]
+    targets, target_of = np.unique(y[val], axis=0, return_inverse=True)
+    best, best_lam = -1.0, scale
+    for lam in scale * np.logspace(-3, 1, 9):
+        w = path(lam)
+        hit = np.mean(np.argmax(l2n((x[val] @ w).astype(np.float32)) @ targets.T, 1) == target_of.ravel())
+        if hit > best:
+            best, best_lam = hit, lam
+    return float(best_lam) * len(x) / max(int((~val).sum()), 1)
+
+
+def _procrustes(x: np.ndarray, y: np.ndarray, r: int) -> np.ndarray:
+    """Orthogonal R maximising tr(R^T x^T y), shrunk towards the identity (weight: one row's
+    worth of data per direction) so that directions without data stay put."""
+    m = x.T.astype(np.float64) @ y + (len(x) / r) * np.eye(r) * 0.1
+    u, _, vt = np.linalg.svd(m)
+    return (u @ vt).astype(np.float32)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, iters: int = 10) -> np.ndarray:
+    """Seeded Lloyd iterations: the EM's starting split of the drone images."""
+    if k == 1:
+        return np.zeros(len(x), int)
+    centres = x[np.random.default_rng(seed).choice(len(x), k, replace=False)]
+    for _ in range(iters):
+        label = ((centres ** 2).sum(1) - 2 * x @ centres.T).argmin(1)
+        centres = np.stack([x[label == j].mean(0) if (label == j).any() else centres[j] for j in range(k)])
+    return label
+
+
+def _lda_gate(x: np.ndarray, label: np.ndarray, k: int, dims: int = 64):
+    """Linear discriminant on the leading `dims` coordinates: -> (weight (k, r), bias (k,))."""
+    r = x.shape[1]
+    d = min(dims, r)
+    z = x[:, :d].astype(np.float64)
+    means = np.stack([z[label == j].mean(0) if (label == j).any() else z.mean(0) for j in range(k)])
+    resid = z - means[label]
+    cov = resid.T @ resid / max(len(z) - k, 1)
+    cov += 1e-3 * np.trace(cov) / d * np.eye(d)
+    w = np.linalg.solve(cov, means.T).T                      # (k, d)
+    prior = np.log(np.maximum(np.bincount(label, minlength=k) / len(label), 1e-6))
+    b = -0.5 * np.einsum("kd,kd->k", w, means) + prior
+    weight = np.zeros((k, r))
+    weight[:, :d] = w
+    return weight.astype(np.float32), b.astype(np.float32)
