@@ -9,7 +9,6 @@ from pathlib import Path
 from geoalign_store import store as st
 from geoalign_store.config import compose
 from geoalign_store.datasets import read_locations_csv, render_drone_view
-
 from geoalign_store.report import draw_answer
 from geoalign_store.retrieval import add_truth
 

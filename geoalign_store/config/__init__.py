@@ -10,6 +10,6 @@ from ..faces import face
 
 IMPORTS: tuple[str, ...] = ()
 __getattr__, __dir__, __all__ = face(__name__, {
-    "composition": ("CONFIG_DIR", "ConfigError", "compose", "file_sha256", "fingerprint", "group_options",
-                "parse_overrides", "to_plain", "valid_keys"),
+    "composition": ("CONFIG_DIR", "ConfigError", "compose", "file_sha256", "fingerprint",
+                    "group_options", "parse_overrides", "to_plain", "valid_keys"),
 })

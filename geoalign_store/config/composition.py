@@ -1,4 +1,5 @@
-"""Configs are data: YAML under `configs/`, composed per stage and overridden by `key=value`.
+"""Configs are data: YAML under `yaml/` (package data, linked as the repository's `configs/`),
+composed per stage and overridden by `key=value`.
 
 A stage's config is `configs/common.yaml` + `configs/stage/<stage>.yaml`, with the groups
 (`dataset=NAME`, `backbone=NAME`) replaced by the content of `configs/<group>/NAME.yaml`. Every

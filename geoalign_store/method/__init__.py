@@ -1,5 +1,5 @@
 """method: descriptors -> heads, with no cross-view labels. The release's modules (AGRA, ISMS)
-and the map bank, their losses (OT pseudo-labels, DAMO) and training, the flight teacher, the
+and the map bank, the paper's published weights, their losses (OT pseudo-labels, DAMO) and training, the flight teacher, the
 candidate heads, the label-free criterion, its null and the do-no-harm confirmation, the
 selection among candidates, the `Heads` set that embeds stored descriptors, its checkpoints, and
 the registry of the heads a store holds (which exist, which a request means, which are stale).
@@ -13,8 +13,9 @@ from ..faces import face
 IMPORTS = ("config", "store")
 __getattr__, __dir__, __all__ = face(__name__, {
     "heads": ("AGRA", "ISMS", "LayerScale", "MapBank", "RMSNorm", "agra_dim_error", "export_state_dict",
-              "fuse", "isms_losses", "load_release_agra", "load_release_isms", "read_release_checkpoint",
-              "unwrap_state_dict"),
+              "fuse", "isms_losses"),
+    "release_weights": ("load_release_agra", "load_release_isms", "read_release_checkpoint",
+                        "unwrap_state_dict"),
     "headset": ("Heads", "l2n", "legacy_recipe"),
     "checkpoints": ("load_training_state", "save_module", "save_training_state"),
     "alignment": ("CautiousAdamW", "distillation_loss", "epsilon_schedule", "matching_loss",

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from ..store import load_tensors, save_tensors
 from .checkpoints import save_module
-from .heads import MapBank, fuse, load_release_agra, load_release_isms
+from .heads import MapBank, fuse
+from .release_weights import load_release_agra, load_release_isms
 
 KINDS = ("centre", "isms", "agra", "maps")
 

@@ -1,4 +1,4 @@
-"""Chunk-level integrity of the store (part of the store module: it knows the chunk layout).
+"""Chunk-level integrity of the store (part of the store wing: it knows the chunk layout).
 
 Every array geoalign writes ends its chunks with a crc32c checksum (zarr v3's `crc32c` codec,
 which plain zarr reads), so a truncated or altered chunk fails when read instead of decoding to
