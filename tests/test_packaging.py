@@ -7,8 +7,9 @@ outside the checkout; these tests catch the cause of such a failure without buil
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from pathlib import Path
+
+import pytest
 
 import geoalign_store
 from geoalign_store.config import CONFIG_DIR
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _package_data() -> dict[str, list[str]]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     with open(ROOT / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["tool"]["setuptools"]["package-data"]
 
