@@ -7,16 +7,18 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.datasets import (CoordinatesError, coordinates_for, list_dataset,
+from geoalign_store.datasets import (CoordinatesError, MapError, ViewListing, coordinates_for, cut_tiles,
+                                     list_dataset, list_photos, map_fingerprint, open_map,
                                      read_locations_csv, resolve_data_root)
-from geoalign_store.features import (ARCH_KEYS, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
-                                     auto_workers, block_task, device_name, image_hw,
-                                     load_backbone, plan_jobs, resolve_backbone, resolve_layers,
-                                     run_in_process, weights_fingerprint)
+from geoalign_store.features import (ARCH_KEYS, SKIPPED, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
+                                     MapSource, auto_workers, block_task, device_name, image_hw,
+                                     load_backbone, plan_jobs, plan_tile_jobs, resolve_backbone,
+                                     resolve_layers, run_in_process, weights_fingerprint)
 from geoalign_store.report import console, progress_bar
 
 STAGE_VERSION = 1
@@ -80,34 +82,89 @@ def coordinates_table(cfg, data_root: Path) -> tuple[dict | None, str | None]:
     return read_locations_csv(path), str(path)
 
 
+MAP_TILE_PX = 224  # dataset=map with image_size=null: the side tiles are resampled to
+
+
+class MapInputs:
+    """dataset=map: the map's files, its tiles, the listings (photos if any, then tiles) and
+    what of the request decides the tiles (into the features' fingerprint)."""
+
+    def __init__(self, cfg):
+        if not cfg.get("map"):
+            raise MapError("dataset=map needs map=PATH (a GeoTIFF, COG, VRT, or a folder of them)")
+        if cfg.image_size is None:
+            cfg.image_size = MAP_TILE_PX
+        self.files = open_map(cfg.map)
+        tile_m = [float(t) for t in (cfg.tile_m if not isinstance(cfg.tile_m, (int, float)) else [cfg.tile_m])]
+        self.table = cut_tiles(self.files, tile_m, float(cfg.overlap))
+        if not len(self.table):
+            raise MapError(f"no tile of tile_m={tile_m} fits in map={cfg.map}; use smaller tiles")
+        n = len(self.table)
+        self.tiles = ViewListing("test", "satellite", self.table.ids, np.arange(n, dtype=np.int64),
+                                 np.zeros(n, bool), np.ones(n, bool))
+        self.photos = list_photos(cfg.photos, self.files) if cfg.get("photos") else None
+        self.photos_root = Path(str(cfg.photos)).expanduser().resolve() if self.photos else None
+        self.listings = [x for x in (self.photos, self.tiles) if x is not None]
+        self.meta = {"tile_m": tile_m, "overlap": float(cfg.overlap), "max_nodata": float(cfg.max_nodata)}
+        self.source = MapSource(tuple(self.files), float(cfg.max_nodata))
+
+    def spec(self) -> dict:
+        return {"files": map_fingerprint(self.files), **self.meta}
+
+    def data_root(self, listing) -> Path:
+        return self.photos_root if listing.view == "drone" else Path(self.files[0].path).resolve().parent
+
+    def write(self, group, listing) -> None:
+        """The tiles' geometry, or the photos' positions (their coordinates)."""
+        if listing.view == "satellite":
+            st.write_tile_table(group, self.table, self.files, self.meta)
+        else:
+            latlon = np.stack([listing.extra["lat"], listing.extra["lon"]], axis=1)
+            st.write_coordinates(group, latlon, "photos.csv")
+
+
 def run(cfg) -> dict:
     t0 = time.perf_counter()
     clock = Clock()
     dcfg = cfg.dataset
-    data_root = resolve_data_root(dcfg, cfg.data_root)
-    splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
-    listings = list_dataset(dcfg, data_root, splits)
+    if dcfg.kind != "map" and (cfg.get("map") or cfg.get("photos")):
+        raise ConfigError("map=PATH and photos=FOLDER are read with dataset=map")
+    maps = MapInputs(cfg) if dcfg.kind == "map" else None
+    if maps is not None:
+        listings, data_root = maps.listings, None
+    else:
+        data_root = resolve_data_root(dcfg, cfg.data_root)
+        splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
+        listings = list_dataset(dcfg, data_root, splits)
     clock.lap("listing_s")
-    coords, coords_source = coordinates_table(cfg, data_root)
+    coords, coords_source = coordinates_table(cfg, data_root) if maps is None else (None, None)
     bcfg, weights_path, arch = resolve_backbone(to_plain(cfg.backbone), cfg.weights)
     clock.lap("weights_source_s")   # a random backbone is built here the first time only
     layers = resolve_layers(list(cfg.layers), arch["num_hidden_layers"])
     if str(cfg.cluster or "").startswith("local:"):  # refuse before anything is written
         local_worker_devices(int(str(cfg.cluster).split(":", 1)[1]), cfg.device)
     spec = feature_spec(cfg, arch, weights_path, layers, bcfg["name"])
+    if maps is not None:
+        spec["map"] = maps.spec()
     clock.lap("weights_hash_s")
     root = st.open_store(cfg.store, mode="a")
     st.prepare_dataset(root, dcfg.name, spec, fingerprint(spec), bool(cfg.overwrite))
     jobs, groups, n_bytes = [], [], 0
     for listing in listings:
-        layout = _layout(cfg, listing, data_root, layers, arch)
+        view_root = data_root if maps is None else maps.data_root(listing)
+        layout = _layout(cfg, listing, view_root, layers, arch)
         group = st.prepare_view(root, dcfg.name, listing, layout, to_plain(cfg))
-        group.attrs["data_root"] = str(data_root)  # for pictures of retrievals at score time
+        group.attrs["data_root"] = str(view_root)  # for pictures of retrievals at score time
         if coords is not None:
             st.write_coordinates(group, coordinates_for(listing.ids, coords), coords_source)
+        if maps is not None:
+            maps.write(group, listing)
         _reopen_damaged(group, listing, bool(cfg.verify))
         offset = sum(len(j.paths) for j in jobs)
-        new = plan_jobs(group, data_root, st.pending_blocks(group), offset)
+        if maps is not None and listing.view == "satellite":
+            new = plan_tile_jobs(group, st.pending_blocks(group), offset)
+        else:
+            new = plan_jobs(group, view_root, st.pending_blocks(group), offset)
         n_bytes += _bytes_per_row(layout) * sum(len(j.paths) for j in new)
         jobs += new
         groups.append((listing, group))
@@ -115,7 +172,8 @@ def run(cfg) -> dict:
     console.print(f"extract {dcfg.name}: {n_images} images in {len(jobs)} blocks to write, "
                   f"{n_bytes / 1e6:.1f} MB of features -> {cfg.store}")
     opts = EncodeOptions(arch["hidden_size"], bool(cfg.store_tokens), int(cfg.token_pool),
-                         to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
+                         to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std),
+                         maps.source if maps is not None else None)
     backbone_args = {"bcfg": bcfg, "weights": cfg.weights, "layers": layers,
                      "device": device_name(cfg.device), "precision": cfg.precision,
                      "compile": bool(cfg.compile)}
@@ -207,9 +265,12 @@ def _summary(cfg, groups, n_images, n_bytes, wall_s) -> dict:
     views, failed = {}, []
     for listing, group in groups:
         info = st.finalize_view(group)
+        # map tiles that are mostly nodata were left out on purpose: counted, not failures
+        skipped = sum(reason.startswith(SKIPPED) for _, reason in info["failed"])
         views[f"{listing.split}/{listing.view}"] = {"n": info["n"], "complete": info["complete"],
-                                                    "n_failed": len(info["failed"])}
-        failed += info["failed"]
+                                                    "n_failed": len(info["failed"]) - skipped,
+                                                    **({"n_skipped": skipped} if skipped else {})}
+        failed += [f for f in info["failed"] if not f[1].startswith(SKIPPED)]
     return {"stage": "extract", "store": str(cfg.store), "dataset": cfg.dataset.name,
             "views": views, "images_extracted": n_images, "bytes_written": n_bytes,
             "wall_s": round(wall_s, 3), "n_failed": len(failed), "skip_bad": bool(cfg.skip_bad),

@@ -106,6 +106,9 @@ KEY_TYPES: dict[str, tuple] = {
     "agra": (None, str, dict),
     "isms": (None, str, dict),
     "heads": (None, str),
+    "tile_m": (list, int, float),
+    "map": (None, str),
+    "photos": (None, str),
 }
 
 

@@ -1,7 +1,8 @@
 """retrieval: heads' embeddings -> answers. The direction sets a score reads (D2S, S2D, per
 altitude), stored descriptors embedded in bounded chunks, raw or through the store's heads (the
 embedder), the official University-1652 metrics computed in blocks and streamed, distances in
-metres, FAISS indices and the store's cached ones, and `Locator` (where was this photo taken?).
+metres, a map gallery's geometric truth (a tile is right when its footprint holds the photo's
+position; Dis@1, within-N-metres, SDM@K), FAISS indices and the store's cached ones, and `Locator` (where was this photo taken?).
 Metrics are pure functions of arrays.
 
 May import: config, datasets, store, features (locate encodes new photos), method (the heads).
@@ -24,5 +25,7 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "index": ("INDEX_TYPES", "build_index", "gpu_available", "gpu_for", "load_index", "resolve_params",
               "save_index", "search"),
     "indices": ("ensure_index", "index_name"),
+    "map_scoring": ("MAP_THRESHOLDS_M", "SDM_KS", "footprint_goods", "map_distance_metrics",
+                    "photo_positions", "sdm_at_k"),
     "locator": ("LocateError", "Locator", "add_truth"),
 })
