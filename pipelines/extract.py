@@ -13,7 +13,7 @@ import torch
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.datasets import (CoordinatesError, MapError, ViewListing, coordinates_for, cut_tiles,
-                                     list_dataset, list_photos, map_fingerprint, open_map,
+                                     list_dataset, list_folder, list_photos, map_fingerprint, open_map,
                                      read_locations_csv, resolve_data_root)
 from geoalign_store.features import (ARCH_KEYS, SKIPPED, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
                                      MapSource, auto_workers, block_task, device_name, image_hw,
@@ -104,7 +104,10 @@ class MapInputs:
                                  np.zeros(n, bool), np.ones(n, bool))
         self.photos = list_photos(cfg.photos, self.files) if cfg.get("photos") else None
         self.photos_root = Path(str(cfg.photos)).expanduser().resolve() if self.photos else None
-        self.listings = [x for x in (self.photos, self.tiles) if x is not None]
+        # heads are fitted on a train split: a folder dataset's, extracted beside the map
+        self.train_root = Path(str(cfg.train_root)).expanduser().resolve() if cfg.get("train_root") else None
+        train = list_folder(self.train_root, ["train"], ["drone", "satellite"]) if self.train_root else []
+        self.listings = [*train, *(x for x in (self.photos, self.tiles) if x is not None)]
         self.meta = {"tile_m": tile_m, "overlap": float(cfg.overlap), "max_nodata": float(cfg.max_nodata)}
         self.source = MapSource(tuple(self.files), float(cfg.max_nodata))
 
@@ -112,10 +115,14 @@ class MapInputs:
         return {"files": map_fingerprint(self.files), **self.meta}
 
     def data_root(self, listing) -> Path:
+        if listing.split == "train":
+            return self.train_root
         return self.photos_root if listing.view == "drone" else Path(self.files[0].path).resolve().parent
 
     def write(self, group, listing) -> None:
         """The tiles' geometry, or the photos' positions (their coordinates)."""
+        if listing.split == "train":
+            return
         if listing.view == "satellite":
             st.write_tile_table(group, self.table, self.files, self.meta)
         else:
@@ -127,8 +134,8 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     clock = Clock()
     dcfg = cfg.dataset
-    if dcfg.kind != "map" and (cfg.get("map") or cfg.get("photos")):
-        raise ConfigError("map=PATH and photos=FOLDER are read with dataset=map")
+    if dcfg.kind != "map" and (cfg.get("map") or cfg.get("photos") or cfg.get("train_root")):
+        raise ConfigError("map=PATH, photos=FOLDER and train_root=FOLDER are read with dataset=map")
     maps = MapInputs(cfg) if dcfg.kind == "map" else None
     if maps is not None:
         listings, data_root = maps.listings, None
@@ -161,7 +168,7 @@ def run(cfg) -> dict:
             maps.write(group, listing)
         _reopen_damaged(group, listing, bool(cfg.verify))
         offset = sum(len(j.paths) for j in jobs)
-        if maps is not None and listing.view == "satellite":
+        if maps is not None and listing.split == "test" and listing.view == "satellite":
             new = plan_tile_jobs(group, st.pending_blocks(group), offset)
         else:
             new = plan_jobs(group, view_root, st.pending_blocks(group), offset)

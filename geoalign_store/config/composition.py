@@ -107,8 +107,6 @@ KEY_TYPES: dict[str, tuple] = {
     "isms": (None, str, dict),
     "heads": (None, str),
     "tile_m": (list, int, float),
-    "map": (None, str),
-    "photos": (None, str),
 }
 
 

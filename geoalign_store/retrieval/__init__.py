@@ -27,5 +27,6 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "indices": ("ensure_index", "index_name"),
     "map_scoring": ("MAP_THRESHOLDS_M", "SDM_KS", "footprint_goods", "map_distance_metrics",
                     "photo_positions", "sdm_at_k"),
+    "map_locate": ("REFINE_K", "agreeing", "map_around", "refine_position"),
     "locator": ("LocateError", "Locator", "add_truth"),
 })
