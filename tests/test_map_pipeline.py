@@ -123,3 +123,19 @@ def test_tile_smaller_than_a_few_pixels_is_refused_before_anything_is_written(wo
     with pytest.raises(MapError, match="at least 8"):
         extract.run(compose("extract", map_overrides(tmp_path / "s.zarr", world, "tile_m=[5]")))
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_locate_on_a_map_refines_the_position_and_draws_the_map_around_it(extracted, world, tmp_path):
+    from pipelines import locate
+    store, _ = extracted
+    result = locate.run(compose("locate", [f"store={store}", "heads=none", f"out={tmp_path}", "k=3"]),
+                        images=[world / "photos" / "photo-000.png"])
+    answer = result["answers"][0]
+    assert len(answer["top"]) == 3 and all(len(t["footprint"]) == 4 for t in answer["top"])
+    position, truth = answer["position"], answer["truth"]
+    assert position["uncertainty_m"] >= 150 / np.sqrt(6) - 1e-6 and position["n_tiles"] >= 1
+    assert answer["tile_position"] == {"lat": answer["top"][0]["lat"], "lon": answer["top"][0]["lon"]}
+    assert truth["error_m"] >= 0 and truth["tile_error_m"] >= 0
+    from PIL import Image
+    with Image.open(answer["picture"]) as picture:
+        assert picture.width > 512 and picture.height > 256

@@ -19,6 +19,6 @@ __getattr__, __dir__, __all__ = face(__name__, {
              "from_latlon", "map_fingerprint", "map_paths", "open_map", "open_map_file", "pixel_to_crs",
              "to_latlon", "utm_crs_for"),
     "photos": ("PHOTOS_CSV", "check_inside", "inside_any", "list_photos", "read_photos_csv"),
-    "demo_map": ("camera_rays", "generate_demo_map", "ground_points", "render_photo"),
+    "demo_map": ("camera_rays", "generate_demo_map", "ground_points", "render_landscape", "render_photo"),
     "demo_scenes": ("default_demo_root", "demo_coordinates", "generate_demo", "render_drone_view"),
 })
