@@ -9,9 +9,8 @@ from pathlib import Path
 from geoalign_store import store as st
 import numpy as np
 
-from geoalign_store.config import compose, fingerprint
-from geoalign_store.datasets import (default_demo_root, generate_demo_map, read_locations_csv,
-                                     render_drone_view, resolve_data_root)
+from geoalign_store.config import compose
+from geoalign_store.datasets import generate_demo_map, read_locations_csv, render_drone_view, resolve_data_root
 from geoalign_store.report import draw_answer
 from geoalign_store.retrieval import add_truth
 
@@ -65,7 +64,7 @@ def run_map(cfg) -> dict:
     """`demo map=true`: the demo's scenes on a UTM GeoTIFF, cut at two scales; every photo
     located against it (raw, then with heads fitted on the demo's train split), in metres."""
     t0 = time.perf_counter()
-    world = generate_demo_map(default_demo_root() / f"map-{fingerprint({'v': 1})[:12]}")
+    world = generate_demo_map()
     train_root = resolve_data_root(compose("extract", ["dataset=demo"]).dataset, None)
     common = [f"store={cfg.store}", "dataset=map", f"overwrite={str(bool(cfg.overwrite)).lower()}"]
     extracted = extract.run(compose("extract", [*common, f"map={world / 'map.tif'}", f"photos={world / 'photos'}",

@@ -139,3 +139,40 @@ def test_locate_on_a_map_refines_the_position_and_draws_the_map_around_it(extrac
     from PIL import Image
     with Image.open(answer["picture"]) as picture:
         assert picture.width > 512 and picture.height > 256
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not_a_raster", "is not a raster GDAL can read"),
+    ("no_crs", "has no CRS"),
+    ("tiny_tiles", "a tile needs at least 8"),
+    ("map_without_dataset", "read with dataset=map"),
+])
+def test_bad_map_input_exits_2_with_the_reason_and_writes_nothing(world, tmp_path, case, message):
+    from typer.testing import CliRunner
+    import rasterio
+    from pipelines.cli import app
+    store = tmp_path / "s.zarr"
+    args = ["extract", f"store={store}", "dataset=map", f"map={world / 'map.tif'}"]
+    if case == "not_a_raster":
+        (tmp_path / "x.tif").write_text("not a raster")
+        args[3] = f"map={tmp_path / 'x.tif'}"
+    elif case == "no_crs":
+        with rasterio.open(tmp_path / "x.tif", "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8") as d:
+            d.write(np.ones((3, 32, 32), np.uint8))
+        args[3] = f"map={tmp_path / 'x.tif'}"
+    elif case == "tiny_tiles":
+        args.append("tile_m=[3]")
+    else:
+        args[2] = "dataset=folder"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not store.exists()
+
+
+def test_map_blocks_as_dask_tasks_equal_the_in_process_run(extracted, world, tmp_path):
+    store, _ = extracted
+    other = tmp_path / "dask.zarr"
+    extract.run(compose("extract", map_overrides(other, world, "cluster=local:1")))
+    a, b = st.open_store(str(store), mode="r"), st.open_store(str(other), mode="r")
+    for view in ("satellite", "drone"):
+        assert np.array_equal(st.read_layer(a, "map", "test", view, 28), st.read_layer(b, "map", "test", view, 28))

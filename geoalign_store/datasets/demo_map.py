@@ -21,7 +21,8 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from .demo_scenes import _photometric, _render_world, _rng
+from ..config import fingerprint
+from .demo_scenes import _photometric, _render_world, _rng, default_demo_root
 from .maps import to_latlon
 
 FORMAT_VERSION = 1
@@ -33,9 +34,12 @@ DEFAULTS = dict(seed=0, grid=6, n_photos=48, photo_px=128, alt_m=[100.0, 300.0],
                 fov_deg=50.0)
 
 
-def generate_demo_map(root, **params) -> pathlib.Path:
-    """Write the map world to `root` (atomically) unless the same one is already there."""
+def generate_demo_map(root=None, **params) -> pathlib.Path:
+    """Write the map world to `root` (atomically) unless the same one is already there; root None:
+    a folder of the demo cache named after the parameters."""
     params = {**DEFAULTS, **params}
+    if root is None:
+        root = default_demo_root() / f"map-{fingerprint({**params, 'format_version': FORMAT_VERSION})[:12]}"
     root = pathlib.Path(root)
     meta = root / "_demo_map.json"
     if meta.exists():

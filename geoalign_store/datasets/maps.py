@@ -116,13 +116,22 @@ def open_map(path, pixels: bool = True) -> list[MapFile]:
     return [open_map_file(p, pixels) for p in map_paths(path)]
 
 
+def short_crs(wkt: str) -> str:
+    """A CRS as its authority code when it has one (EPSG:32632), else the sha256 of its WKT: what
+    a fingerprint (and the message naming a changed map) shows."""
+    import hashlib
+    from pyproj import CRS
+    code = CRS.from_wkt(wkt).to_authority()
+    return ":".join(code) if code else "wkt-sha256:" + hashlib.sha256(wkt.encode()).hexdigest()[:16]
+
+
 def map_fingerprint(files: list[MapFile]) -> list[dict]:
     """What identifies the map: each file's size and modification time, and its grid."""
     out = []
     for f in files:
         stat = Path(f.path).stat()
         out.append({"file": str(Path(f.path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                    "crs": f.crs, "transform": list(f.transform), "size": [f.width, f.height],
+                    "crs": short_crs(f.crs), "transform": list(f.transform), "size": [f.width, f.height],
                     "warped": f.warped})
     return out
 
