@@ -13,8 +13,9 @@ import torch
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.datasets import (CoordinatesError, MapError, ViewListing, coordinates_for, cut_tiles,
-                                     list_dataset, list_folder, list_photos, map_fingerprint, open_map,
-                                     read_locations_csv, resolve_data_root)
+                                     is_web_tile_folder, list_dataset, list_folder, list_photos,
+                                     map_fingerprint, open_map, read_locations_csv, resolve_data_root,
+                                     web_tile_map, web_tiles_fingerprint)
 from geoalign_store.features import (ARCH_KEYS, SKIPPED, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
                                      MapSource, auto_workers, block_task, device_name, image_hw,
                                      load_backbone, plan_jobs, plan_tile_jobs, resolve_backbone,
@@ -94,9 +95,14 @@ class MapInputs:
             raise MapError("dataset=map needs map=PATH (a GeoTIFF, COG, VRT, or a folder of them)")
         if cfg.image_size is None:
             cfg.image_size = MAP_TILE_PX
-        self.files = open_map(cfg.map)
         tile_m = [float(t) for t in (cfg.tile_m if not isinstance(cfg.tile_m, (int, float)) else [cfg.tile_m])]
-        self.table = cut_tiles(self.files, tile_m, float(cfg.overlap))
+        self.web = is_web_tile_folder(cfg.map)   # each web tile is one gallery tile (files, not windows)
+        if self.web:
+            web_map, self.table = web_tile_map(cfg.map, str(cfg.web_scheme))
+            self.files, tile_m = [web_map], sorted(set(self.table.scale_m.tolist()))
+        else:
+            self.files = open_map(cfg.map)
+            self.table = cut_tiles(self.files, tile_m, float(cfg.overlap))
         if not len(self.table):
             raise MapError(f"no tile of tile_m={tile_m} fits in map={cfg.map}; use smaller tiles")
         n = len(self.table)
@@ -108,16 +114,20 @@ class MapInputs:
         self.train_root = Path(str(cfg.train_root)).expanduser().resolve() if cfg.get("train_root") else None
         train = list_folder(self.train_root, ["train"], ["drone", "satellite"]) if self.train_root else []
         self.listings = [*train, *(x for x in (self.photos, self.tiles) if x is not None)]
-        self.meta = {"tile_m": tile_m, "overlap": float(cfg.overlap), "max_nodata": float(cfg.max_nodata)}
+        self.meta = ({"web_scheme": str(cfg.web_scheme), "tile_m": tile_m} if self.web else
+                     {"tile_m": tile_m, "overlap": float(cfg.overlap), "max_nodata": float(cfg.max_nodata)})
         self.source = MapSource(tuple(self.files), float(cfg.max_nodata))
 
     def spec(self) -> dict:
-        return {"files": map_fingerprint(self.files), **self.meta}
+        files = web_tiles_fingerprint(self.files[0]) if self.web else map_fingerprint(self.files)
+        return {"files": files, **self.meta}
 
     def data_root(self, listing) -> Path:
         if listing.split == "train":
             return self.train_root
-        return self.photos_root if listing.view == "drone" else Path(self.files[0].path).resolve().parent
+        if listing.view == "drone":
+            return self.photos_root
+        return Path(self.files[0].path) if self.web else Path(self.files[0].path).resolve().parent
 
     def write(self, group, listing) -> None:
         """The tiles' geometry, or the photos' positions (their coordinates)."""
@@ -168,7 +178,7 @@ def run(cfg) -> dict:
             maps.write(group, listing)
         _reopen_damaged(group, listing, bool(cfg.verify))
         offset = sum(len(j.paths) for j in jobs)
-        if maps is not None and listing.split == "test" and listing.view == "satellite":
+        if maps is not None and listing.split == "test" and listing.view == "satellite" and not maps.web:
             new = plan_tile_jobs(group, st.pending_blocks(group), offset)
         else:
             new = plan_jobs(group, view_root, st.pending_blocks(group), offset)

@@ -107,6 +107,7 @@ KEY_TYPES: dict[str, tuple] = {
     "isms": (None, str, dict),
     "heads": (None, str),
     "tile_m": (list, int, float),
+    "web_scheme": ("xyz", "tms"),
 }
 
 

@@ -37,6 +37,7 @@ class MapFile:
     height: int
     metres_per_unit: float        # of the working CRS's linear unit
     warped: bool                  # True: read through a WarpedVRT onto the working grid
+    web_tiles: bool = False       # True: a folder of web tiles, one image file per tile (web_tiles.py)
 
     @property
     def res_m(self) -> tuple[float, float]:

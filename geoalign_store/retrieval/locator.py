@@ -208,8 +208,8 @@ class Locator:
 
     def map_view(self, answer: dict) -> dict | None:
         """The map around a map answer, and where its top tiles, position and truth fall on it."""
-        if self.map_tiles is None or not answer.get("position"):
-            return None
+        if self.map_tiles is None or not answer.get("position") or self.map_files[0].web_tiles:
+            return None  # web tiles: the answer sheet shows the tile images themselves
         points = [[answer["position"]["lat"], answer["position"]["lon"]]]
         points += [corner for item in answer["top"] for corner in item["footprint"]]
         truth = answer.get("truth") or {}
