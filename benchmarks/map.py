@@ -10,7 +10,8 @@ resolution beforehand (not timed), go through `geoalign extract dataset=folder` 
 image_size=`--size`. Each run is a subprocess of its own (so each peak RSS is that run's alone), the two sources
 alternating for `--rounds` rounds; the best round of each is compared (a shared machine's noise).
 Also: the bare read rate of either source (decode + resample, no backbone), so it shows whether
-reading is the bottleneck.
+reading is the bottleneck; and the peak RSS of the same number of tiles cut from a map of half
+the side (a quarter of the pixels), so it shows whether memory grows with the map.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main() -> None:
     p.add_argument("--overlap", type=float, default=0.0)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2, help="runs of each source, alternating")
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="skip the run on a map of half the side (same tile count) that shows peak RSS does not grow with the map")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="geoalign-map-bench-") as tmp:
         tmp = Path(tmp)
@@ -100,6 +103,13 @@ def main() -> None:
         common = ["backbone=tiny", f"image_size={args.size}", "num_workers=0", "device=cpu", "batch_size=32"]
         requests = {"map": ["dataset=map", f"map={map_path}", f"tile_m=[{args.tile_m}]", f"overlap={args.overlap}"],
                     "png": ["dataset=folder", f"data_root={tmp / 'pngs'}", "dataset.views=[satellite]", "split=test"]}
+        small = None
+        if args.memory_check:   # the same number of tiles from a map of a quarter of the pixels
+            half = tmp / "half.tif"
+            write_big_map(half, args.side // 2)
+            small = extract_in_subprocess([f"store={tmp / 'half.zarr'}", "dataset=map", f"map={half}",
+                                           f"tile_m=[{args.tile_m / 2}]", f"overlap={args.overlap}", *common])
+            half.unlink()
         runs = {name: [] for name in requests}
         for r in range(args.rounds):   # alternating, each into a fresh store: the best of each is kept
             for name in (("map", "png") if r % 2 == 0 else ("png", "map")):
@@ -118,6 +128,10 @@ def main() -> None:
     m, q = best["map"], best["png"]
     print(f"ratios map / png (best rounds): tiles/s {(m['n'] / m['wall_s']) / (q['n'] / q['wall_s']):.2f}, "
           f"peak RSS {m['rss_mb'] / q['rss_mb']:.2f}")
+    if small is not None:
+        big_rss = max(x["rss_mb"] for x in runs["map"])
+        print(f"peak RSS vs map size, {small['n']} tiles each: {args.side // 2} px side {small['rss_mb']:.0f} MB, "
+              f"{args.side} px side {big_rss:.0f} MB (ratio {big_rss / small['rss_mb']:.2f} for 4x the pixels)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "layouts": ("DatasetLayoutError", "IMAGE_EXTENSIONS", "ViewListing", "list_dataset", "list_folder",
                 "list_sues200", "list_university1652", "resolve_data_root"),
     "coordinates": ("CoordinatesError", "coordinates_for", "location_of", "read_locations_csv"),
-    "maps": ("MAP_EXTENSIONS", "MIN_TILE_PX", "MapError", "MapFile", "TileTable", "cut_tiles",
+    "maps": ("GDAL_CACHE_MB", "MAP_EXTENSIONS", "bounded_gdal_cache", "MIN_TILE_PX", "MapError", "MapFile", "TileTable", "cut_tiles",
              "from_latlon", "map_fingerprint", "map_paths", "short_crs", "open_map", "open_map_file", "pixel_to_crs",
              "to_latlon", "utm_crs_for"),
     "web_tiles": ("WEB_TILE_EXTENSIONS", "find_web_tiles", "is_web_tile_folder", "web_tile_map",

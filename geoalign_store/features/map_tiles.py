@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..datasets import MapFile
+from ..datasets import MapFile, bounded_gdal_cache
 
 SKIPPED = "skipped:"      # errors starting so are tiles left out on purpose, not failures
 
@@ -30,6 +30,7 @@ class MapSource:
 
 def open_grid(f: MapFile):
     """A rasterio dataset on the file's working grid (the file, or its WarpedVRT)."""
+    bounded_gdal_cache()  # a dask worker's first GDAL use may be here
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
