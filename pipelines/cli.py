@@ -112,6 +112,9 @@ def _render_score(result: dict) -> None:
     if "dis@1_m" in result:
         from geoalign_store.retrieval import describe_distances
         console.print(describe_distances(result), highlight=False)
+    if "sdm" in result:  # a map gallery: Game4Loc's SDM@K in metres, and the truth the figures use
+        sdm = ", ".join(f"SDM@{k} {v:.3f}" for k, v in result["sdm"].items())
+        console.print(f"{sdm}; truth: {result.get('truth')}", highlight=False)
     outputs = result.get("_outputs", {})
     console.print(f"report: {outputs.get('report')}  pictures: {', '.join(outputs.get('pictures', [])) or 'none'}")
 

@@ -81,6 +81,10 @@ def map_goods(root, dataset, ds, cfg):
     return footprint_goods(root, dataset, ds)
 
 
+def goods_rule(root, dataset) -> str:
+    return "footprint" if st.is_map_view(root, dataset) else "labels"
+
+
 def distance_figures(root, dataset, ds, top_i) -> dict:
     """Metres beside the ranks: a map's Dis@1, within 5..100 m and SDM@K; else Dis@1 and within
     25/50/100 m when the store has coordinates."""
@@ -108,7 +112,7 @@ def run(cfg) -> dict:
         subsets[ds.subset] = {**metrics, **distance_figures(root, dataset, ds, top_i)}
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
                       ds.query.ids, ds.gallery.ids, top_i, top_s)
-        if cfg.pictures:
+        if cfg.pictures and goods_rule(root, dataset) == "labels":  # a map: locate draws the map
             pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,
             "heads": embedder.name, "fusion": bool(embedder.spec.get("fusion")),

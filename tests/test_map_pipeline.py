@@ -176,3 +176,24 @@ def test_map_blocks_as_dask_tasks_equal_the_in_process_run(extracted, world, tmp
     a, b = st.open_store(str(store), mode="r"), st.open_store(str(other), mode="r")
     for view in ("satellite", "drone"):
         assert np.array_equal(st.read_layer(a, "map", "test", view, 28), st.read_layer(b, "map", "test", view, 28))
+
+
+def test_a_photo_without_a_row_takes_its_exif_gps_position(world, tmp_path):
+    from PIL import Image
+    from PIL.ExifTags import GPS, IFD
+    from geoalign_store.datasets import list_photos
+    lat, lon = (float(v) for v in (world / "photos" / "photos.csv").read_text().split()[1].split(",")[1:3])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    gps = exif.get_ifd(IFD.GPSInfo)
+    for key, value in ((GPS.GPSLatitude, lat), (GPS.GPSLongitude, lon)):
+        minutes, seconds = divmod(value * 3600, 60)
+        gps[key] = (float(int(minutes // 60)), float(int(minutes % 60)), seconds)
+    gps[GPS.GPSLatitudeRef], gps[GPS.GPSLongitudeRef], gps[GPS.GPSAltitude] = "N", "E", 212.5
+    Image.open(world / "photos" / "photo-000.png").convert("RGB").save(photos / "g.jpg", exif=exif)
+    Image.open(world / "photos" / "photo-001.png").save(photos / "none.png")
+    listing = list_photos(photos, open_map(world / "map.tif"))
+    assert listing.ids == ["g.jpg", "none.png"]
+    assert listing.extra["lat"][0] == pytest.approx(lat, abs=1e-9) and listing.extra["lon"][0] == pytest.approx(lon, abs=1e-9)
+    assert listing.extra["alt_m"][0] == pytest.approx(212.5) and np.isnan(listing.extra["lat"][1])

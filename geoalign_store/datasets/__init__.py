@@ -20,7 +20,7 @@ __getattr__, __dir__, __all__ = face(__name__, {
              "to_latlon", "utm_crs_for"),
     "web_tiles": ("WEB_TILE_EXTENSIONS", "find_web_tiles", "is_web_tile_folder", "web_tile_map",
                   "web_tiles_fingerprint"),
-    "photos": ("PHOTOS_CSV", "check_inside", "inside_any", "list_photos", "read_photos_csv"),
+    "photos": ("PHOTOS_CSV", "check_inside", "exif_position", "inside_any", "list_photos", "read_photos_csv"),
     "demo_map": ("camera_rays", "generate_demo_map", "ground_points", "render_landscape", "render_photo"),
     "demo_scenes": ("default_demo_root", "demo_coordinates", "generate_demo", "render_drone_view"),
 })

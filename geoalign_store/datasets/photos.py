@@ -1,7 +1,8 @@
 """Drone photos for a map: a folder of images and, for evaluation, their true positions in
 `<folder>/photos.csv` (`image,lat,lon[,alt_m,heading_deg,pitch_deg]`, WGS84 degrees; `image`
-relative to the folder). A photo without a row has no known position (NaN): it can be located,
-not scored. A position outside every map file is refused: it would be scored against nothing.
+relative to the folder), else the photo's own EXIF GPS (latitude, longitude, altitude). A photo
+with neither has no known position (NaN): it can be located, not scored. A position outside
+every map file is refused: it would be scored against nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def list_photos(folder, files: list[MapFile]) -> ViewListing:
     if not images:
         raise MapError(f"photos={root}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
     table = read_photos_csv(root / PHOTOS_CSV) if (root / PHOTOS_CSV).exists() else {}
+    for image in images:  # no row: the photo's own EXIF GPS, if it has one
+        if image not in table and (gps := exif_position(root / image)) is not None:
+            table[image] = gps
     missing = sorted(set(table) - set(images))
     if missing:
         raise MapError(f"{root / PHOTOS_CSV} names {len(missing)} image(s) not in the folder, e.g. {missing[0]!r}")
@@ -63,6 +67,29 @@ def list_photos(folder, files: list[MapFile]) -> ViewListing:
     n = len(images)
     return ViewListing("test", "drone", images, np.full(n, -1, np.int64), np.ones(n, bool),
                        np.zeros(n, bool), extra)
+
+
+def exif_position(path: Path) -> dict[str, float] | None:
+    """{lat, lon[, alt_m]} from a photo's EXIF GPS block (degrees, minutes, seconds; N/S, E/W;
+    altitude below sea level when GPSAltitudeRef is 1), or None without one."""
+    from PIL import Image
+    from PIL.ExifTags import GPS, IFD
+    try:
+        with Image.open(path) as img:
+            gps = img.getexif().get_ifd(IFD.GPSInfo)
+        lat = _degrees(gps[GPS.GPSLatitude], gps.get(GPS.GPSLatitudeRef, "N"), "S")
+        lon = _degrees(gps[GPS.GPSLongitude], gps.get(GPS.GPSLongitudeRef, "E"), "W")
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OSError):
+        return None
+    out = {"lat": lat, "lon": lon}
+    if GPS.GPSAltitude in gps:
+        out["alt_m"] = float(gps[GPS.GPSAltitude]) * (-1 if gps.get(GPS.GPSAltitudeRef) in (1, b"\x01") else 1)
+    return out
+
+
+def _degrees(dms, ref, negative: str) -> float:
+    d, m, s = (float(v) for v in dms)
+    return (d + m / 60 + s / 3600) * (-1 if str(ref).strip().upper() == negative else 1)
 
 
 def inside_any(latlon: np.ndarray, files: list[MapFile]) -> np.ndarray:
