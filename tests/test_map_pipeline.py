@@ -197,3 +197,23 @@ def test_a_photo_without_a_row_takes_its_exif_gps_position(world, tmp_path):
     assert listing.ids == ["g.jpg", "none.png"]
     assert listing.extra["lat"][0] == pytest.approx(lat, abs=1e-9) and listing.extra["lon"][0] == pytest.approx(lon, abs=1e-9)
     assert listing.extra["alt_m"][0] == pytest.approx(212.5) and np.isnan(listing.extra["lat"][1])
+
+
+def test_heads_from_another_store_serve_a_map_made_the_same_way_and_only_then(extracted, world, folder_dataset,
+                                                                              tmp_path):
+    from pipelines import fit_heads
+    store, _ = extracted
+    bench = tmp_path / "bench.zarr"
+    extract.run(compose("extract", [f"store={bench}", "dataset=folder", f"data_root={folder_dataset}",
+                                    "image_size=64", "num_workers=0"]))
+    fitted = fit_heads.run(compose("fit-heads", [f"store={bench}", "agra.epochs=8", "isms.epochs=3",
+                                                 "isms.batch_size=32"]))
+    result = score.run(compose("score", [f"store={store}", f"heads={bench}:{fitted['name']}", "pictures=0"]))
+    assert result["heads"] == f"bench.zarr.{fitted['name']}" and result["inputs"]["heads_store"] == str(bench)
+    assert 0 <= result["recall"]["1"] <= 1 and "dis@1_m" in result
+    other = tmp_path / "other.zarr"
+    extract.run(compose("extract", map_overrides(other, world, "image_size=48", "tile_m=[250]")))
+    with pytest.raises(st.StoreError, match=r"made differently.*image_size \(64 there, 48 here\)"):
+        score.run(compose("score", [f"store={other}", f"heads={bench}:{fitted['name']}", "pictures=0"]))
+    with pytest.raises(st.StoreError, match="no finished heads 'nope'"):
+        score.run(compose("score", [f"store={store}", f"heads={bench}:nope", "pictures=0"]))
