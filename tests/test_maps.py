@@ -114,3 +114,13 @@ def test_bad_maps_are_refused_by_name(tmp_path):
         cut_tiles([open_map_file(rgb_map(tmp_path / "m.tif"))], [5], 0.5)
     with pytest.raises(MapError, match="no GeoTIFF"):
         open_map(tmp_path / "empty_folder" if (tmp_path / "empty_folder").mkdir() is None else None)
+
+
+def test_a_vrt_of_a_map_is_cut_exactly_as_the_map(tmp_path):
+    from rasterio.shutil import copy
+    tif = rgb_map(tmp_path / "m.tif")
+    copy(tif, tmp_path / "m.vrt", driver="VRT")
+    a, b = (cut_tiles(open_map(p), [100], 0.5) for p in (tif, tmp_path / "m.vrt"))
+    assert np.array_equal(a.window, b.window) and np.array_equal(a.centre_latlon, b.centre_latlon)
+    with open_grid(open_map(tmp_path / "m.vrt")[0]) as grid, open_grid(open_map(tif)[0]) as direct:
+        assert np.array_equal(read_window(grid, a.window[5], (32, 32)), read_window(direct, a.window[5], (32, 32)))
