@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 
 TILE_COLOURS = ("#ffd400", "#ff8c00", "#ff4fa0", "#b84dff", "#4d7dff")
 
