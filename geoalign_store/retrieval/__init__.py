@@ -1,8 +1,9 @@
 """retrieval: heads' embeddings -> answers. The direction sets a score reads (D2S, S2D, per
 altitude), stored descriptors embedded in bounded chunks, raw or through the store's heads (the
 embedder), the official University-1652 metrics computed in blocks and streamed, distances in
-metres, FAISS indices and the store's cached ones, and `Locator` (where was this photo taken?).
-Metrics are pure functions of arrays.
+metres, FAISS indices and the store's cached ones (IVF-PQ at any size: parameters chosen from the
+gallery, built shard by shard as dask tasks, merged into memory-mapped lists, re-ranked), and
+`Locator` (where was this photo taken?). Metrics are pure functions of arrays.
 
 May import: config, datasets, store, features (locate encodes new photos), method (the heads).
 """
@@ -23,6 +24,9 @@ __getattr__, __dir__, __all__ = face(__name__, {
                  "inputs_staleness", "open_direction", "resolve_embedder", "side_embeddings"),
     "index": ("INDEX_TYPES", "build_index", "gpu_available", "gpu_for", "load_index", "resolve_params",
               "save_index", "search"),
-    "indices": ("ensure_index", "index_name"),
+    "indices": ("ensure_index", "index_name", "load_built"),
+    "ivf_rule": ("IVFPQ_KEYS", "choose_ivfpq", "factory_string"),
+    "sharded": ("ShardedIndex", "load_merged", "plan_shards", "rerank_exact"),
+    "sharded_build": ("SHARD_ROWS", "ensure_sharded", "rebuild_command", "shard_task"),
     "locator": ("LocateError", "Locator", "add_truth"),
 })
