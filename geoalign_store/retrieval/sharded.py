@@ -77,9 +77,9 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None):
     # the rule (ivf_rule) already sized the codebooks to the sample; FAISS's "at least 39 points
     # a centroid" warnings would only repeat it for galleries of a few hundred
     inner.cp.min_points_per_centroid = pq_index.pq.cp.min_points_per_centroid = 1
+    resources = faiss.StandardGpuResources() if gpu is not None else None
     if gpu is not None:  # k-means assignment on the GPU (faiss-gpu); the index stays on the CPU
-        inner.clustering_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu,
-                                                        faiss.IndexFlatL2(p["d_out"]))
+        inner.clustering_index = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(p["d_out"]))
     ivf.train(sample)
     inner.clustering_index = None
     return ivf if vt is None else faiss.IndexPreTransform(vt, ivf)
@@ -101,23 +101,21 @@ def write_atomic(index, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def add_shard(folder: Path, start: int, stop: int, gallery, gpu: int | None = None) -> dict:
+def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
     """Rows [start, stop) of `gallery` embedded a chunk at a time, added (ids = positions) to a
     copy of trained.faiss and copied into vectors.npy; the shard written whole, then its mark
     (.json: size and sha256). Re-running it rewrites the same bytes: a task may run twice."""
     folder = Path(folder)
     t0 = time.perf_counter()
     index = faiss.read_index(str(folder / "trained.faiss"))
-    target = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index) if gpu is not None else index
     vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
     for a in range(start, stop, READ_ROWS):
         b = min(a + READ_ROWS, stop)
         x = _read(gallery, slice(a, b))
         vectors[a:b] = x
-        target.add_with_ids(x, np.arange(a, b, dtype=np.int64))
+        index.add_with_ids(x, np.arange(a, b, dtype=np.int64))
     vectors.flush()
     del vectors
-    index = faiss.index_gpu_to_cpu(target) if gpu is not None else target
     path = shard_path(folder, start, stop)
     write_atomic(index, path)
     mark = {"start": start, "stop": stop, "ntotal": int(index.ntotal), "bytes": path.stat().st_size,

@@ -108,7 +108,7 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
                   "fusion": bool(cfg.get("fusion", True)), "fusion_weight": cfg.get("fusion_weight", "auto")}
         added = _on_cluster(cfg.cluster, folder, pending, source)
     else:
-        added = [sh.add_shard(folder, a, b, gallery, gpu) for a, b in pending]
+        added = [sh.add_shard(folder, a, b, gallery) for a, b in pending]
     timings["add_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     files = sh.merge(folder, plan)
@@ -116,7 +116,7 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     workers = {}
     for item in added:
         workers[str(item["pid"])] = max(workers.get(str(item["pid"]), 0), item["rss_mb"])
-    return {"files": files, "timings": timings, "worker_rss_mb": workers,
+    return {"files": files, "timings": timings, "worker_rss_mb": workers, "driver_rss_mb": sh.peak_rss_mb(),
             "shards": {"n": len(plan), "built": len(added), "reused": len(plan) - len(added),
                        "rows": int(cfg.get("shard_rows", SHARD_ROWS))}}
 
