@@ -1,7 +1,7 @@
 """A sharded IVF-PQ index in FAISS's own terms: trained once on a seeded sample (the reduction
 first, then the coarse quantizer and the PQ on the reduced sample), filled shard by shard (a copy
 of the trained index holding rows [start, stop), ids = gallery positions), merged into on-disk
-inverted lists (faiss.contrib.ondisk.merge_ondisk, as faiss's demos/demo_ondisk_ivf.py) that a
+inverted lists (faiss.contrib.ondisk.merge_ondisk's steps, as faiss's demos/demo_ondisk_ivf.py) that a
 search memory-maps, and searched with an optional exact re-ranking of the top R by the full
 embeddings (a float32 memory-map beside the index).
 
@@ -38,6 +38,10 @@ KMEANS_NITER = 10          # coarse k-means iterations (FAISS's default is 25; a
 REDUCTION_TRAIN = 65536    # rows the OPQ / PCA is trained on (OPQ's own cap is 256 x 256)
 READ_ROWS = 32768          # rows embedded at a time (a 768-d float32 chunk: 100 MB)
 RERANK_QUERIES = 128       # queries re-ranked at a time (R x d float32 each)
+# IVF-PQ's L2 search table (nlist x m x 256 floats: 268 MB at IVF4096,PQ64) is rebuilt by every
+# read_index; only a search needs it, and only while it fits this (FAISS's own cap is 2 GB)
+TABLE_MAX_BYTES = 1 << 29
+NO_TABLE = faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE
 
 
 def shard_path(folder: Path, start: int, stop: int) -> Path:
@@ -74,6 +78,7 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None):
     inner.cp.niter = KMEANS_NITER
     pq_index = faiss.downcast_index(inner)
     pq_index.do_polysemous_training = False  # Hamming filtering: never used
+    pq_index.use_precomputed_table = -1      # no search table: training and adding do not use it
     # the rule (ivf_rule) already sized the codebooks to the sample; FAISS's "at least 39 points
     # a centroid" warnings would only repeat it for galleries of a few hundred
     inner.cp.min_points_per_centroid = pq_index.pq.cp.min_points_per_centroid = 1
@@ -107,7 +112,7 @@ def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
     (.json: size and sha256). Re-running it rewrites the same bytes: a task may run twice."""
     folder = Path(folder)
     t0 = time.perf_counter()
-    index = faiss.read_index(str(folder / "trained.faiss"))
+    index = faiss.read_index(str(folder / "trained.faiss"), NO_TABLE)
     vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
     for a in range(start, stop, READ_ROWS):
         b = min(a + READ_ROWS, stop)
@@ -127,16 +132,36 @@ def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
 def merge(folder: Path, shards: list[tuple[int, int]]) -> dict:
     """The shards' inverted lists merged (in shard order) into index.ivfdata; index.faiss
     written last. -> the merged files' sizes and sha256 (what a later load checks)."""
-    from faiss.contrib.ondisk import merge_ondisk
     folder = Path(folder)
     for name in ("index.faiss", "index.ivfdata"):
         (folder / name).unlink(missing_ok=True)
-    trained = faiss.read_index(str(folder / "trained.faiss"))
+    trained = faiss.read_index(str(folder / "trained.faiss"), NO_TABLE)
     with stdout_to_stderr():  # OnDiskInvertedLists printf()s its resizing: keep --json's stdout clean
-        merge_ondisk(trained, [str(shard_path(folder, a, b)) for a, b in shards], str(folder / "index.ivfdata"))
+        merge_ondisk(trained, [shard_path(folder, a, b) for a, b in shards], folder / "index.ivfdata")
     write_atomic(trained, folder / "index.faiss")
     return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
             for name in ("index.faiss", "index.ivfdata")}
+
+
+def merge_ondisk(trained, shard_files: list[Path], ivfdata: Path) -> None:
+    """faiss.contrib.ondisk.merge_ondisk, reading the shards without their search tables (it
+    reads them with IO_FLAG_MMAP only: 8 shards of IVF4096,PQ64 rebuilt 2.1 GB of tables)."""
+    lists = []
+    for path in shard_files:
+        shard = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | NO_TABLE)
+        ivf = faiss.extract_index_ivf(shard)
+        lists.append(ivf.invlists)
+        ivf.own_invlists = False  # the lists outlive their index (freed with `shard`, next turn)
+    target = faiss.extract_index_ivf(trained)
+    assert trained.ntotal == 0, "merges into an empty trained index only"
+    ondisk = faiss.OnDiskInvertedLists(target.nlist, target.code_size, str(ivfdata))
+    vector = faiss.InvertedListsPtrVector()
+    for item in lists:
+        vector.push_back(item)
+    ntotal = ondisk.merge_from_multiple(vector.data(), vector.size(), False)
+    trained.ntotal = target.ntotal = ntotal
+    target.replace_invlists(ondisk, True)
+    ondisk.this.disown()
 
 
 @contextlib.contextmanager
@@ -157,8 +182,11 @@ def load_merged(folder: Path, nprobe: int, rerank: int = 0) -> "ShardedIndex":
     same folder (wherever the store has moved since), nprobe set; with rerank > 0 the full
     embeddings (vectors.npy, memory-mapped) re-rank the top `rerank` exactly."""
     folder = Path(folder)
-    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_SKIP_IVF_DATA)
+    index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_SKIP_IVF_DATA | NO_TABLE)
     ivf = faiss.extract_index_ivf(index)
+    pq_index = faiss.downcast_index(ivf)
+    if ivf.nlist * pq_index.pq.M * pq_index.pq.ksub * 4 <= TABLE_MAX_BYTES:
+        pq_index.precompute_table()   # faster L2 scans
     lists = faiss.downcast_InvertedLists(ivf.invlists)
     lists.filename = str(folder / "index.ivfdata")
     lists.read_only = True
