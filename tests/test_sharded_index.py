@@ -238,5 +238,6 @@ def test_worker_killed_mid_build_changes_nothing(tmp_path):
     queries = _unit(np.concatenate([queries, queries], 1))
     for x, y in zip(search(a, queries, 10), search(b, queries, 10)):
         np.testing.assert_array_equal(x, y)
-    assert built["built"] and len(built["worker_rss_mb"]) >= 2
+    # a killed worker's finished results are lost with it and recomputed (same bytes) elsewhere
+    assert built["built"] and built["shards"]["built"] == 48 and built["worker_rss_mb"]
     shutil.rmtree(killed)
