@@ -26,16 +26,16 @@ def available_heads(store_url) -> dict[str, dict]:
     return found
 
 
-def claim_heads_folder(folder: Path, wanted: str, overwrite: bool, other: str) -> dict | None:
-    """heads/<name>/ for heads of fingerprint `wanted`: its heads.json when it already holds
-    them; None when empty, or emptied with `overwrite` (so no leftover - centring means, logs -
-    mixes with new weights). Other heads (`other` says how they differ) are never replaced
-    silently."""
+def claim_heads_folder(folder: Path, wanted, overwrite: bool, other: str) -> dict | None:
+    """heads/<name>/ for heads of fingerprint `wanted` (one, or a tuple of those that describe
+    the same heads): its heads.json when it already holds them; None when empty, or emptied with
+    `overwrite` (so no leftover - centring means, logs - mixes with new weights). Other heads
+    (`other` says how they differ) are never replaced silently."""
     meta_path = folder / "heads.json"
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
-    if meta.get("fingerprint") == wanted:
+    if meta.get("fingerprint") in ((wanted,) if isinstance(wanted, str) else tuple(wanted)):
         return meta
     if not overwrite:
         raise st.StoreError(f"{folder} holds {other}; add overwrite=true to replace them, or name=OTHER")
