@@ -95,6 +95,12 @@ def _render_index(result: dict) -> None:
     for item in result["indices"]:
         verb = f"built in {item['build_s']:.2f} s" if item["built"] else "up to date"
         console.print(f"index {item['name']}: {item['n']} x {item['dim']} ({verb})")
+        if item.get("factory"):  # ivfpq: what the rule chose, and where the time went
+            shards, t = item["shards"], item["timings"]
+            size = sum(f["bytes"] for f in item["files"].values()) / 1e6
+            console.print(f"  {item['factory']} nprobe={item['params']['nprobe']}: {shards['n']} shard(s) "
+                          f"({shards['built']} built, {shards['reused']} reused), train {t['train_s']:.1f} s, "
+                          f"add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s, {size:.1f} MB", highlight=False)
 
 
 def _render_score(result: dict) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from pathlib import Path
 
@@ -14,8 +12,8 @@ from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.datasets import (CoordinatesError, coordinates_for, list_dataset, read_locations_csv,
                                      resolve_data_root)
 from geoalign_store.features import (ARCH_KEYS, SKIPPED, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
-                                     MapInputs, auto_workers, block_task, device_name, image_hw,
-                                     load_backbone, plan_jobs, plan_tile_jobs, resolve_backbone,
+                                     MapInputs, auto_workers, block_task, dask_client, device_name, image_hw,
+                                     load_backbone, local_workers, plan_jobs, plan_tile_jobs, resolve_backbone,
                                      resolve_layers, run_in_process, weights_fingerprint)
 from geoalign_store.report import console, progress_bar
 
@@ -171,51 +169,19 @@ def _run_jobs(cfg, root, jobs: list[BlockJob], backbone_args: dict, opts: Encode
                               workers, lambda path: root[path], on_block, str(cfg.decode))
 
 
-@contextlib.contextmanager
-def _environment_kept():
-    """distributed's LocalCluster sets OMP/MKL/OPENBLAS_NUM_THREADS=1 in *this* process's
-    environment for its workers; left there, they would silently single-thread every later
-    subprocess (and change its floating-point results). Put the environment back."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def _run_on_cluster(cfg, jobs, backbone_args, opts, on_block) -> None:
-    with _environment_kept():
-        _submit_blocks(cfg, jobs, backbone_args, opts, on_block)
-
-
-def _submit_blocks(cfg, jobs, backbone_args, opts, on_block) -> None:
     """Each block is an independent task that writes its own chunks: no locks, any worker."""
-    from distributed import Client, LocalCluster, as_completed
-    from geoalign_store.features import DevicePerWorker
-    address = str(cfg.cluster)
-    if address.startswith("local:"):
-        n = int(address.split(":", 1)[1])
-        devices = local_worker_devices(n, cfg.device)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client, threads = Client(cluster), max(1, (os.cpu_count() or 1) // n)
-        if devices:
-            client.register_plugin(DevicePerWorker(devices))
-    else:
-        cluster, client, threads = None, Client(address), None
+    from distributed import as_completed
+    n = local_workers(cfg.cluster)
+    devices = local_worker_devices(n, cfg.device) if n else None
     store_url = str(cfg.store)
     if "://" not in store_url:
         store_url = str(Path(store_url).resolve())
-    try:
+    with dask_client(cfg.cluster, devices) as (client, threads):
         futures = {client.submit(block_task, store_url, job, backbone_args, opts,
                                  int(cfg.batch_size), threads, pure=False): job for job in jobs}
         for future in as_completed(futures):
             on_block(futures[future], future.result())
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _summary(cfg, groups, n_images, n_bytes, wall_s) -> dict:

@@ -1,5 +1,7 @@
 """Stage `index`: FAISS indices over a direction's gallery embeddings, in `indices/<name>/`
-(retrieval/indices.py: reused while up to date, refused with overwrite=true when stale)."""
+(retrieval/indices.py: reused while up to date, refused with overwrite=true when stale).
+`index=ivfpq` is sharded (retrieval/sharded_build.py): its parameters chosen from the gallery's
+size, its shards added in-process or on `cluster=`, resumed where a previous run stopped."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ def run(cfg) -> dict:
     for ds in sets:
         _, meta = ensure_index(cfg, root, dataset, embedder, ds, device)
         built.append({"name": meta["name"], "subset": ds.subset, "n": meta["n"], "dim": meta["dim"],
-                      "built": meta["built"], "build_s": meta["build_s"]})
+                      "built": meta["built"], "build_s": meta["build_s"],
+                      **{k: meta[k] for k in ("factory", "params", "timings", "shards", "files",
+                                              "worker_rss_mb", "driver_rss_mb") if k in meta}})
     return {"stage": "index", "store": str(cfg.store), "dataset": dataset, "mode": cfg.mode,
             "heads": embedder.name, "index": cfg.index, "indices": built}

@@ -33,7 +33,7 @@ def locator_from(cfg) -> Locator:
     return Locator(cfg.store, dataset=cfg.dataset, heads=cfg.heads, weights=cfg.weights,
                    device=cfg.device, k=int(cfg.k), fusion=bool(cfg.fusion),
                    fusion_weight=cfg.fusion_weight, layers=cfg.layers, precision=cfg.precision,
-                   batch_size=int(cfg.batch_size))
+                   batch_size=int(cfg.batch_size), rerank=int(cfg.rerank))
 
 
 def run(cfg, images=None, locator: Locator | None = None) -> dict:

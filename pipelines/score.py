@@ -6,7 +6,10 @@ gallery: a gallery smaller than the queries (University-1652 D2S) is held and th
 prefetched slabs (query_streaming); otherwise the queries are held and the gallery read chunk by
 chunk. `device=` puts the similarity blocks and rank counting on a GPU.
 `index=ivfpq|hnsw` ranks with the approximate FAISS index (built if missing): goods it does not
-return count as ranked past the gallery's end, and the metrics are marked approximate.
+return count as ranked past the gallery's end, and the metrics are marked approximate. They are
+written beside the exact ones (`scores/<name>-<index>/`), and when an exact score of the same
+inputs is there its figures are reported next to them (`exact`). ivfpq re-ranks its top
+`rerank` candidates by the exact inner product of the full embeddings.
 """
 
 from __future__ import annotations
@@ -93,6 +96,21 @@ def distance_figures(root, dataset, ds, top_i) -> dict:
     return top1_distance_metrics(root, dataset, ds, top_i) or {}
 
 
+def _beside_exact(result: dict, path) -> None:
+    """result["exact"]: the Recall@K and AP of the exact score of the same inputs, if there is one."""
+    import json
+    try:
+        exact = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if exact.get("approximate") is False and exact.get("inputs") == result["inputs"] and \
+            exact.get("gallery_protocol") == result["gallery_protocol"]:
+        result["exact"] = {"recall": exact["recall"], "ap": exact["ap"], "metrics": str(path)}
+        console.print(f"{result['index']}: R@1 {100 * result['recall']['1']:.2f}, R@10 "
+                      f"{100 * result['recall']['10']:.2f} (exact: {100 * exact['recall']['1']:.2f}, "
+                      f"{100 * exact['recall']['10']:.2f})", highlight=False)
+
+
 def run(cfg) -> dict:
     t0 = time.perf_counter()
     mode = str(cfg.mode).upper()
@@ -104,6 +122,8 @@ def run(cfg) -> dict:
                       "better than domain centring)")
     name = f"{dataset}-{embedder.name}" + ("" if cfg.fusion or embedder.name == "none" else "-stream1") \
         + ("" if cfg.gallery_protocol == "official" else f"-{cfg.gallery_protocol}")
+    exact = None if cfg.index == "flat" else st.artefact_dir(cfg.store, "scores", name, mode) / "metrics.json"
+    name += "" if cfg.index == "flat" else f"-{cfg.index}"   # approximate figures beside the exact ones
     folder = st.artefact_dir(cfg.store, "scores", name, mode)
     subsets, pictures = {}, []
     for ds in sets:
@@ -127,6 +147,10 @@ def run(cfg) -> dict:
     if len(subsets) > 1:
         result["subsets"] = subsets
     result["inputs"] = embedder_inputs(embedder)  # extra: what `geoalign check` compares to the store
+    if cfg.index == "ivfpq":
+        result["rerank"] = int(cfg.rerank)
+    if exact is not None:
+        _beside_exact(result, exact)
     st.write_json(folder / "metrics.json", result)
     write_report(folder / "report.md", result, subsets, to_plain(cfg), [p for p in pictures if p])
     outputs = {"metrics": str(folder / "metrics.json"), "report": str(folder / "report.md"),

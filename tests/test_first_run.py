@@ -123,7 +123,7 @@ def test_scored_store_reads_with_plain_zarr_without_warnings(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         found = _walk(zarr.open_group(str(store), mode="r"))
-    assert "scores/mine-geoalign/D2S/all/topk_ids" in found and "artefacts" in found
+    assert "scores/mine-geoalign-hnsw/D2S/all/topk_ids" in found and "artefacts" in found
 
 
 def test_legacy_artefact_folders_are_moved_on_first_use(tmp_path):

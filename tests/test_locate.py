@@ -120,3 +120,19 @@ def test_refusals_are_clear_with_exit_code_2(located_store, folder_dataset, tmp_
                                                      "dataset.views=[drone]")))
     code, out = run_locate(photo, f"store={drones_only}")
     assert code == 2 and "has no satellite gallery" in out
+
+
+def test_a_sharded_ivfpq_index_answers_as_the_exact_scan(located_store, tmp_path):
+    """issue 23: Locator searches the store's sharded ivfpq index (memory-mapped), its top R
+    re-ranked by the full embeddings: on a gallery smaller than R, the exact scan's answers."""
+    data, store, weights = located_store
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(store, copy, ignore=shutil.ignore_patterns("indices"))
+    exact = Locator(copy, heads="none", k=3, weights=weights)
+    assert exact.index is None
+    index.run(compose("index", [f"store={copy}", "heads=none", "index=ivfpq", "shard_rows=2"]))
+    sharded = Locator(copy, heads="none", k=3, weights=weights, rerank=100)
+    assert sharded.index_name.endswith("-ivfpq") and type(sharded.index).__name__ == "ShardedIndex"
+    paths = drone_images(data)
+    assert [a["top"] for a in sharded.locate(paths)] == [
+        [{**t, "score": pytest.approx(t["score"], abs=1e-5)} for t in a["top"]] for a in exact.locate(paths)]

@@ -3,7 +3,8 @@ rasterio windows resampled on the fly (no tile file written), decoding ahead of 
 forward pass, the DINOv3 ViT forward and its weights (a Hugging Face folder, or the official
 `.pth` converted key by key), the paper's pooling (per-position L2, GeM p=3, L2; CLS), the
 extraction engine that writes whole blocks to the store in-process or as dask tasks (one GPU per
-worker), and where computation runs (`device=`).
+worker), the dask client those tasks (and the index's shards) run on (`cluster=`), and where
+computation runs (`device=`).
 
 May import: config, datasets, store.
 """
@@ -27,4 +28,5 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "map_tiles": ("SKIPPED", "MapSource", "MapTiles", "open_grid", "read_window", "tile_pixels"),
     "devices": ("device_name", "resolve_device"),
     "worker_devices": ("DevicePerWorker", "worker_device"),
+    "cluster": ("dask_client", "environment_kept", "local_workers"),
 })

@@ -4,7 +4,8 @@ embedder; or another store's, `heads=STORE:NAME`, when both stores' features wer
 the official University-1652 metrics computed in blocks and streamed, distances in metres, a map
 gallery's geometric truth (a tile is right when its footprint holds the photo's position; Dis@1,
 within-N-metres, SDM@K) and positions finer than a tile, FAISS indices and the store's cached
-ones, and `Locator` (where was this photo taken?).
+ones (IVF-PQ at any size: parameters chosen from the gallery, built shard by shard as dask tasks,
+merged into memory-mapped lists, re-ranked), and `Locator` (where was this photo taken?).
 Metrics are pure functions of arrays.
 
 May import: config, datasets, store, features (locate encodes new photos), method (the heads).
@@ -26,9 +27,12 @@ __getattr__, __dir__, __all__ = face(__name__, {
                  "inputs_staleness", "open_direction", "resolve_embedder", "side_embeddings"),
     "index": ("INDEX_TYPES", "build_index", "gpu_available", "gpu_for", "load_index", "resolve_params",
               "save_index", "search"),
-    "indices": ("ensure_index", "index_name"),
+    "indices": ("ensure_index", "index_name", "load_built"),
     "map_scoring": ("MAP_THRESHOLDS_M", "SDM_KS", "footprint_goods", "map_distance_metrics",
                     "photo_positions", "sdm_at_k"),
     "map_locate": ("REFINE_K", "agreeing", "map_around", "refine_position"),
+    "ivf_rule": ("IVFPQ_KEYS", "choose_ivfpq", "factory_string"),
+    "sharded": ("ShardedIndex", "load_merged", "plan_shards", "rerank_exact"),
+    "sharded_build": ("SHARD_ROWS", "ensure_sharded", "rebuild_command", "shard_task"),
     "locator": ("LocateError", "Locator", "add_truth"),
 })

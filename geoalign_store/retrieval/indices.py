@@ -2,7 +2,8 @@
 they hold the embeddings asked for. An index is reused while the fingerprint of the embeddings it
 holds (features' fingerprint and content digest, heads, layers, gallery rows) and its
 type/parameters are unchanged. When they changed, it is refused with the flag that rebuilds it
-(overwrite=true), never silently redone.
+(overwrite=true), never silently redone. `index=ivfpq` is built shard by shard
+(sharded_build.py: the parameters from the gallery's size, resumable, on `cluster=`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import numpy as np
 
 from .. import store as st
-from ..config import fingerprint, to_plain
+from ..config import ConfigError, fingerprint, to_plain
 from . import index as fx
 from .embedder import embedder_inputs, gallery_fingerprint, side_embeddings
 
@@ -26,10 +27,17 @@ def index_name(dataset: str, embedder, ds, index_type: str) -> str:
 def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object, dict]:
     """The index of `ds`'s gallery: loaded when up to date, else built and saved; searched
     with faiss-gpu on `device` when it is a CUDA device and faiss has GPU support."""
-    gpu = fx.gpu_for(device)
-    params = fx.resolve_params(cfg.index, to_plain(cfg.index_params) or {})
     name = index_name(dataset, embedder, ds, cfg.index)
     folder = st.artefact_dir(cfg.store, "indices", name)
+    if cfg.index == "ivfpq":  # any size: sharded, resumable, on cluster= (sharded_build.py)
+        from .sharded_build import ensure_sharded
+        index, meta = ensure_sharded(cfg, root, dataset, embedder, ds, folder, device)
+        return index, {"name": name, **meta}
+    gpu = fx.gpu_for(device)
+    try:
+        params = fx.resolve_params(cfg.index, to_plain(cfg.index_params) or {})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     want = {"embeddings": gallery_fingerprint(embedder, ds), "type": cfg.index, "params": params}
     meta_path = folder / "index.json"
     if meta_path.exists() and (folder / "index.faiss").exists():
@@ -52,6 +60,15 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
             "build_s": round(time.perf_counter() - t0, 3)}
     st.write_json(meta_path, meta)
     return index, {"name": name, "built": True, **meta}
+
+
+def load_built(folder, meta: dict, rerank: int = 0):
+    """The index `index` built in `folder` (meta: its index.json): a sharded IVF-PQ memory-mapped
+    (re-ranking the top `rerank` exactly), any other read whole."""
+    if meta.get("sharded"):
+        from .sharded import load_merged
+        return load_merged(folder, meta["params"]["nprobe"], rerank)
+    return fx.load_index(folder / "index.faiss")
 
 
 def _stale_message(folder, old: dict, want: dict) -> str:

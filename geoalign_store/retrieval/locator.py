@@ -32,6 +32,7 @@ from . import index as fx
 from .distances import haversine_m
 from .embedder import IN_MEMORY_BYTES, gallery_fingerprint, resolve_embedder
 from .embeddings import DirectionSet, Side, StoredEmbeddings
+from .indices import load_built
 from .map_locate import REFINE_K, map_around, refine_position
 from .metrics import topk_gallery
 
@@ -42,8 +43,10 @@ class LocateError(ConfigError):
 
 class Locator:
     def __init__(self, store, dataset=None, heads="auto", weights=None, device="auto", k: int = 5,
-                 fusion=True, fusion_weight="auto", layers=None, precision="auto", batch_size: int = 16):
+                 fusion=True, fusion_weight="auto", layers=None, precision="auto", batch_size: int = 16,
+                 rerank: int = 100):
         self.store, self.k, self.batch_size = str(store), int(k), int(batch_size)
+        self.rerank = int(rerank)  # a sharded ivfpq index: its top R re-ranked exactly
         self.root = st.open_store(self.store, mode="r")
         self.dataset = st.resolve_dataset(self.root, dataset)
         self.gallery_side, self.sat_group = self._satellite_gallery()
@@ -117,7 +120,7 @@ class Locator:
             meta = json.loads(meta_path.read_text())
             if meta.get("spec", {}).get("embeddings") == want and (meta_path.parent / "index.faiss").exists():
                 self.index_name = meta_path.parent.name
-                return fx.load_index(meta_path.parent / "index.faiss")
+                return load_built(meta_path.parent, meta, self.rerank)
         return None
 
     # ----- localisation

@@ -1,0 +1,219 @@
+"""`index=ivfpq` at any size: a direction's gallery indexed shard by shard, in-process or as one
+dask task per shard on `cluster=` (local:N or a scheduler address, the engine extract uses).
+
+A build in `indices/<name>/` is resumable: `build.json` (what is being built) is written first,
+then `trained.faiss`, then each shard whole with its mark; a rerun redoes only the shards without
+a mark, so a killed driver or worker changes nothing (a task run twice writes the same bytes).
+Refused (StoreError, exit 2) and named: a build or index of other embeddings or parameters (the
+gallery changed: the rebuild command is given), a damaged shard or trained index (removed; the
+rerun rebuilds it). A merged index whose files lost their recorded size is merged again from its
+shards. No process holds the gallery: the driver holds the training sample (at d_out dimensions),
+a task one chunk of its shard.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import store as st
+from ..config import file_sha256, fingerprint, to_plain
+from . import sharded as sh
+from .embedder import embedder_inputs, gallery_fingerprint, resolve_embedder, side_embeddings
+from .embeddings import DirectionSet, Side
+from .ivf_rule import build_params, choose_ivfpq, factory_string
+
+SHARD_ROWS = 131072
+
+
+def ensure_sharded(cfg, root, dataset, embedder, ds, folder: Path, device=None):
+    """(ShardedIndex, meta) of ds's gallery: loaded when built for these embeddings and
+    parameters, else built (resuming what a previous run finished) and merged."""
+    gallery = side_embeddings(root, dataset, embedder, ds.gallery)
+    params = choose_ivfpq(len(gallery), gallery.dim, to_plain(cfg.index_params) or {})
+    want = {"embeddings": gallery_fingerprint(embedder, ds), "type": "ivfpq",
+            "params": build_params(params), "seed": int(cfg.seed)}
+    fp, rerank = fingerprint(want), int(cfg.get("rerank", 0) or 0)
+    meta = _read_json(folder / "index.json")
+    if meta.get("fingerprint") == fp and _merged_intact(folder, meta):
+        return sh.load_merged(folder, params["nprobe"], rerank), {"built": False, **meta}
+    _refuse_or_clear(cfg, folder, fp, meta, embedder, ds)
+    t0 = time.perf_counter()
+    built = _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device)
+    meta = {"fingerprint": fp, "spec": want, "sharded": True, "params": params,
+            "factory": factory_string(params, gallery.dim), "n": len(gallery), "dim": gallery.dim,
+            "gallery_view": ds.gallery.view, "config": to_plain(cfg), "dataset": dataset,
+            "inputs": embedder_inputs(embedder), "build_s": round(time.perf_counter() - t0, 3), **built}
+    st.write_json(folder / "index.json", meta)
+    return sh.load_merged(folder, params["nprobe"], rerank), {"built": True, **meta}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _merged_intact(folder: Path, meta: dict) -> bool:
+    files = meta.get("files", {})
+    return bool(files) and all((folder / name).is_file() and (folder / name).stat().st_size == f["bytes"]
+                               for name, f in files.items())
+
+
+def rebuild_command(cfg, embedder, ds) -> str:
+    dataset = f" dataset={cfg.dataset}" if cfg.get("dataset") else ""
+    return (f"geoalign index store={cfg.store}{dataset} mode={ds.mode} heads={embedder.name} "
+            "index=ivfpq overwrite=true")
+
+
+def _refuse_or_clear(cfg, folder: Path, fp: str, meta: dict, embedder, ds) -> None:
+    """A finished index or a build of something else: refused unless overwrite=true (then the
+    folder is emptied); a build of this very index is resumed."""
+    build = _read_json(folder / "build.json")
+    other = [m for m in (meta, build) if m.get("fingerprint") not in (None, fp)]
+    if not other:
+        return
+    if not cfg.overwrite:
+        old = other[0].get("spec", {})
+        what = ("its parameters changed" if old.get("embeddings") == gallery_fingerprint(embedder, ds)
+                else "the gallery changed since its shards were written (features, their content, "
+                     "heads, layers or gallery rows)")
+        raise st.StoreError(f"{folder} is stale: {what}; rebuild it with: {rebuild_command(cfg, embedder, ds)}")
+    shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) -> dict:
+    from .index import gpu_for
+    gpu = gpu_for(device)
+    n, d = gallery.shape
+    if not (folder / "build.json").exists():
+        st.write_json(folder / "build.json", {"fingerprint": fingerprint(want), "spec": want, "n": n, "dim": d})
+        np.save(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
+        st.write_json(folder / "gallery_ids.json", [str(i) for i in ds.gallery.ids])
+    timings = {"train_s": _trained(folder, gallery, params, int(cfg.seed), gpu)}
+    _vectors(folder, n, d)
+    plan = sh.plan_shards(n, int(cfg.get("shard_rows", SHARD_ROWS)))
+    pending = _pending_shards(folder, plan)
+    t0 = time.perf_counter()
+    if cfg.get("cluster") and pending:
+        source = {"folder": str(folder), "store": str(Path(str(cfg.store)).resolve()), "dataset": dataset,
+                  "view": ds.gallery.view, "mode": ds.mode, "subset": ds.subset,
+                  "embeddings": want["embeddings"], "heads": embedder.name, "layers": embedder.layers,
+                  "fusion": bool(cfg.get("fusion", True)), "fusion_weight": cfg.get("fusion_weight", "auto")}
+        added = _on_cluster(cfg.cluster, folder, pending, source)
+    else:
+        added = [sh.add_shard(folder, a, b, gallery) for a, b in pending]
+    timings["add_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    files = sh.merge(folder, plan)
+    timings["merge_s"] = round(time.perf_counter() - t0, 3)
+    workers = {}
+    for item in added:
+        workers[str(item["pid"])] = max(workers.get(str(item["pid"]), 0), item["rss_mb"])
+    return {"files": files, "timings": timings, "worker_rss_mb": workers, "driver_rss_mb": sh.peak_rss_mb(),
+            "shards": {"n": len(plan), "built": len(added), "reused": len(plan) - len(added),
+                       "rows": int(cfg.get("shard_rows", SHARD_ROWS))}}
+
+
+def _trained(folder: Path, gallery, params: dict, seed: int, gpu) -> float:
+    """Seconds spent training (0 when trained.faiss is reused: its sha256 is checked)."""
+    path, build = folder / "trained.faiss", _read_json(folder / "build.json")
+    if path.exists() and build.get("trained_sha256"):
+        if file_sha256(path) == build["trained_sha256"]:
+            return 0.0
+        for stale in [path, *(folder / "shards").glob("shard-*")]:
+            stale.unlink()
+        raise st.StoreError(f"{path} is damaged (its sha256 is not the one recorded when it was "
+                            "written); it was removed with the shards made from it: rerun the same "
+                            "command to rebuild it")
+    t0 = time.perf_counter()
+    sh.write_atomic(sh.train(gallery, params, seed, gpu), path)
+    st.write_json(folder / "build.json", {**build, "trained_sha256": file_sha256(path)})
+    return round(time.perf_counter() - t0, 3)
+
+
+def _vectors(folder: Path, n: int, d: int) -> None:
+    """vectors.npy, the full embeddings for re-ranking: created once (sparse), filled by shards."""
+    path = folder / "vectors.npy"
+    if path.exists():
+        return
+    tmp = folder / ".vectors.npy.tmp"
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d)).flush()
+    tmp.replace(path)
+
+
+def _pending_shards(folder: Path, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Shards of `plan` without a valid mark; an unmarked shard file (killed between writing it
+    and its mark) is redone; a marked one whose size or sha256 changed is removed and refused."""
+    for tmp in (folder / "shards").glob(".shard-*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+    pending = []
+    for a, b in plan:
+        path = sh.shard_path(folder, a, b)
+        mark = _read_json(path.with_suffix(".json"))
+        if not mark:
+            path.with_suffix(".json").unlink(missing_ok=True)
+            pending.append((a, b))
+            continue
+        why = _shard_damage(path, mark)
+        if why:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            raise st.StoreError(f"shard {path} is damaged ({why}); it was removed: rerun the same "
+                                f"command to rebuild it (the other finished shards are kept)")
+    return pending
+
+
+def _shard_damage(path: Path, mark: dict) -> str | None:
+    if not path.is_file():
+        return "the file is missing"
+    if path.stat().st_size != mark.get("bytes"):
+        return f"{path.stat().st_size} bytes, {mark.get('bytes')} when written"
+    if file_sha256(path) != mark.get("sha256"):
+        return "its sha256 is not the one recorded when it was written"
+    return None
+
+
+def _on_cluster(address, folder: Path, pending, source: dict) -> list[dict]:
+    from distributed import as_completed
+    from ..features import dask_client
+    with dask_client(address) as (client, threads):
+        futures = [client.submit(shard_task, source, a, b, threads, pure=False) for a, b in pending]
+        return [f.result() for f in as_completed(futures)]
+
+
+_WORKER_GALLERIES: dict = {}
+
+
+def shard_task(source: dict, start: int, stop: int, threads: int | None = None) -> dict:
+    """One dask task: rows [start, stop) of the gallery embedded (heads applied here, in the
+    worker) and added to a copy of the trained index; the shard written under the store."""
+    import faiss
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    key = (source["folder"], source["embeddings"])
+    if key not in _WORKER_GALLERIES:
+        _WORKER_GALLERIES[key] = worker_gallery(source)
+    return sh.add_shard(Path(source["folder"]), start, stop, _WORKER_GALLERIES[key])
+
+
+def worker_gallery(source: dict):
+    """The driver's gallery embeddings rebuilt in a worker from the store, checked to be the
+    very embeddings the build is for (its fingerprint)."""
+    from omegaconf import OmegaConf
+    root = st.open_store(source["store"], mode="r")
+    request = OmegaConf.create({k: source[k] for k in ("heads", "fusion", "fusion_weight", "layers")}
+                               | {"store": source["store"]})
+    embedder = resolve_embedder(root, request, source["dataset"])
+    rows = np.load(Path(source["folder"]) / "gallery_rows.npy")
+    side = Side(source["view"], rows, rows, rows)
+    if gallery_fingerprint(embedder, DirectionSet(source["mode"], source["subset"], side, side)) != source["embeddings"]:
+        raise RuntimeError(f"the store changed under the build of {source['folder']}: a worker's "
+                           "gallery embeddings are not the ones the build is for")
+    return side_embeddings(root, source["dataset"], embedder, side)
