@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from geoalign_store.config import ConfigError, compose
 from geoalign_store.datasets import DatasetLayoutError
-from geoalign_store.report import console
+from geoalign_store.report import console, crash_log
 from geoalign_store.store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,26 +27,30 @@ def _root() -> None:
     """Stages: extract, fit-heads, index, score, locate, check, demo (each takes key=value overrides)."""
 
 
-USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)
-OVERRIDES = typer.Argument(None, help="key=value config overrides, e.g. dataset=demo batch_size=8")
+USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)  # known failures: exit 2
+OVERRIDES = typer.Argument(None, help="key=value config overrides, e.g. store=geoalign-demo.zarr heads=none")
 JSON = typer.Option(False, "--json", help="print the result summary as one JSON object on stdout")
 
 
 def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
               runner: Callable[[object], dict], render: Callable[[dict], None]) -> dict:
-    cfg = None
+    """Compose, run, render. A known failure (bad config or data, a damaged store or artefact,
+    missing weights) prints its one message and exits 2; anything else is a bug: one line and
+    the path of a log holding its traceback, exit 1 (never a traceback on the terminal)."""
     try:
         cfg = compose(stage, overrides or [])
+        _find_demo_store(stage, cfg, overrides or [])
         result = runner(cfg)
     except USER_ERRORS as e:  # escaped: "[5]" in a message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    except ValueError:  # e.g. zarr's JSONDecodeError on a damaged zarr.json: name the file
-        damage = _store_damage(cfg)
-        if damage is None:
-            raise
-        console.print(f"[bold red]error:[/] {escape(str(damage))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
+    except Exception as e:  # noqa: BLE001 - the one top-level handler: a bug, reported and failed
+        log = crash_log(stage, list(overrides or []), e)
+        console.print(f"[bold red]unexpected error[/] ({escape(type(e).__name__)}: "
+                      f"{escape(str(e).splitlines()[0][:200] if str(e) else '')}); this is a bug in "
+                      f"geoalign: the full traceback is in {escape(str(log))}; please report it with "
+                      "that file", markup=True, highlight=False)
+        raise typer.Exit(1) from None
     if as_json:  # keys starting with "_" are for the terminal only
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
     else:
@@ -54,10 +58,21 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
     return result
 
 
-def _store_damage(cfg):
-    from geoalign_store.store import metadata_error
-    store = cfg.get("store") if cfg is not None else None
-    return metadata_error(str(store)) if store else None
+DEMO_STORE = "./geoalign-demo.zarr"
+READING_STAGES = ("fit-heads", "import-heads", "index", "score", "locate", "check")
+
+
+def _find_demo_store(stage: str, cfg, overrides: list[str]) -> None:
+    """After `geoalign demo`, the stages that follow find its store: when no store= was given,
+    the default ./geoalign.zarr does not exist and the demo's does, the demo's is used (said)."""
+    from pathlib import Path
+    given = any(o.split("=", 1)[0].strip() == "store" for o in overrides)
+    if given or stage not in READING_STAGES or Path(str(cfg.store)).exists():
+        return
+    if Path(DEMO_STORE).exists() and cfg.get("dataset") in (None, "demo"):
+        console.print(f"no store at {cfg.store}: using {DEMO_STORE}, the store `geoalign demo` "
+                      "wrote (pass store=PATH to choose)", highlight=False)
+        cfg.store = DEMO_STORE
 
 
 def _render_extract(result: dict) -> None:
@@ -180,15 +195,17 @@ def _render_check(result: dict) -> None:
                           highlight=False)
         if info.get("repair"):
             console.print(f"  repair {path}: {info['repair']}", highlight=False)
-    for doc in result.get("metadata_documents_damaged", []):
-        console.print(f"  damaged metadata document: {doc} (cannot be parsed; rerun the command that "
-                      "wrote it with overwrite=true)", highlight=False)
+    if result.get("metadata_documents_damaged"):
+        from geoalign_store.store import metadata_error
+        console.print(f"  damaged metadata: {metadata_error(result['store'])}", highlight=False)
+    for path, why in result.get("artefacts_damaged", {}).items():
+        console.print(f"  damaged artefact: artefacts/{path}: {why}", highlight=False)
     for item in result["stale"]:
         console.print(f"  stale: {item['artefact']}: {item['why']}; recompute: {item['recompute']}",
                       highlight=False)
     stale = f"; {len(result['stale'])} stale artefact(s) listed above" if result["stale"] else ""
     console.print(f"store OK: every block read back and its checksums verified{stale}" if result["ok"] else
-                  f"[bold red]{result['n_damaged']} damaged block(s) or array(s)[/]")
+                  f"[bold red]{result['n_damaged']} damaged block(s), array(s), document(s) or artefact(s)[/]")
 
 
 @app.command()

@@ -77,7 +77,7 @@ def run(cfg) -> dict:
     device = resolve_device(cfg.device)  # a bad name stops here, before anything is written
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
-    layers = st.stored_layers(root, dataset, list(cfg.layers))
+    layers = st.stored_layers(root, dataset, list(cfg.layers), split="train")
     if len(layers) != 2:
         raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
@@ -146,9 +146,9 @@ def _agra_trainer(cfg, folder: Path, device):
 def _epoch_logger(log, progress, task, ckpt: Path, recipe: AgraRecipe):
     def on_epoch(state, record):
         log.write(json.dumps(record) + "\n")
+        log.flush()  # whole lines reach the file as they are made (a kill tears at most the last)
         progress.update(task, advance=1, description=_describe(record))
         if state.epoch % recipe.checkpoint_every == 0 or state.epoch == recipe.epochs:
-            log.flush()
             save_training_state(ckpt, state)
     return on_epoch
 
@@ -234,9 +234,10 @@ def _truncate_log(path: Path, epoch: int) -> None:
     """Keep the log lines of the epochs a resumed run does not redo."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < epoch]
+    records = st.read_json_lines(path, "delete it (it is a log: training resumes without it)")
+    kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] < epoch]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     tmp.replace(path)
 
 

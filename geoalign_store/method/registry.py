@@ -5,7 +5,6 @@ score with. Shared by fit-heads and import-heads (claiming a folder), score, ind
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import store as st
@@ -20,10 +19,15 @@ def available_heads(store_url) -> dict[str, dict]:
         return {}
     found = {}
     for meta_path in sorted(folder.glob("*/heads.json")) if folder.is_dir() else []:
-        meta = json.loads(meta_path.read_text())
+        meta = st.read_json(meta_path, refit_hint(store_url, meta_path.parent.name))
         if meta.get("complete"):
             found[meta_path.parent.name] = meta
     return found
+
+
+def refit_hint(store_url, name: str) -> str:
+    return (f"refit them: `geoalign fit-heads store={store_url} name={name} overwrite=true` (or "
+            "import-heads with overwrite=true for imported weights)")
 
 
 def claim_heads_folder(folder: Path, wanted: str, overwrite: bool, other: str) -> dict | None:
@@ -34,7 +38,12 @@ def claim_heads_folder(folder: Path, wanted: str, overwrite: bool, other: str) -
     meta_path = folder / "heads.json"
     if not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = st.read_json(meta_path, refit_hint(folder.parent.parent.parent, folder.name))
+    except st.DamagedArtefact:
+        if not overwrite:
+            raise
+        meta = {}  # replaced below, with whatever else the folder holds
     if meta.get("fingerprint") == wanted:
         return meta
     if not overwrite:

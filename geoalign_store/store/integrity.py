@@ -28,6 +28,10 @@ from zarr.core.sync import sync  # zarr's own loop: store listing is async-only 
 
 from .errors import StoreError
 
+# What reading a damaged chunk raises: a checksum mismatch or an undecodable chunk (ValueError),
+# a codec's own error (RuntimeError), an unreadable file (OSError).
+CHUNK_FAILURES = (ValueError, RuntimeError, OSError)
+
 FEATURE_KINDS = ("desc", "cls", "tokens")
 
 
@@ -87,7 +91,7 @@ class CheckedArray:
             return self._read_rows(lo, max(lo, hi), self._message)
         try:
             return self.array[key]
-        except Exception as e:  # any decoding/storage failure: find and name the block
+        except CHUNK_FAILURES as e:  # find and name the block
             raise self._damage(e) from None
 
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
@@ -98,7 +102,7 @@ class CheckedArray:
         from zarr.core.buffer.cpu import NDBuffer
         try:  # decoded straight into `out`: no second copy of a (possibly huge) chunk
             self.array.get_basic_selection(slice(lo, hi), out=NDBuffer.from_numpy_array(out))
-        except Exception as e:  # any decoding/storage failure: find and name the block
+        except CHUNK_FAILURES as e:  # find and name the block
             raise self._damage(e) from None
         return out
 
@@ -183,7 +187,7 @@ def block_error(array: zarr.Array, block: int) -> str | None:
         reader(lo, hi, lambda _block, why: why) if reader else array[lo:hi]
     except StoreError as e:
         return str(e)
-    except Exception as e:
+    except CHUNK_FAILURES as e:
         return _reason(e)
     return None
 
@@ -220,7 +224,7 @@ def damaged_blocks(view: zarr.Group, full: bool = True) -> dict[int, str]:
         return {}
     try:
         done = view["block_done"][:]
-    except Exception:
+    except CHUNK_FAILURES:
         return {}  # metadata_errors names it; without it no block can be trusted or repaired alone
     bad: dict[int, str] = {}
     for name, array in feature_arrays(view).items():
@@ -241,7 +245,7 @@ def metadata_errors(view: zarr.Group) -> dict[str, str]:
         if isinstance(node, zarr.Array) and name not in features:
             try:
                 node[...]
-            except Exception as e:
+            except CHUNK_FAILURES as e:
                 bad[name] = _reason(e)
     return bad
 

@@ -31,7 +31,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..datasets import ViewListing
 from .errors import StoreError
-from .integrity import CheckedArray, damaged_blocks, repair_hint, view_digest
+from .metadata import check_metadata
+from .integrity import CHUNK_FAILURES, CheckedArray, damaged_blocks, repair_hint, view_digest
 
 FEATURES = "features"
 STORE_VERSION = 1
@@ -48,35 +49,13 @@ def view_path(dataset: str, split: str, view: str) -> str:
 
 
 def open_store(url: str, mode: str = "a") -> zarr.Group:
+    """The store's root group; its metadata documents are parsed first (metadata.py), so a
+    damaged one is named instead of failing somewhere inside zarr."""
+    check_metadata(url)
     try:
         return zarr.open_group(str(url), mode=mode)
     except FileNotFoundError as e:
         raise StoreError(f"no geoalign store at {url}; run `geoalign extract` first") from e
-
-
-def damaged_metadata(url: str) -> list[str]:
-    """zarr.json documents of a local store that cannot be parsed (a truncated write, a flaky
-    copy): zarr fails on them with a bare JSONDecodeError that names no file."""
-    base = Path(str(url).removeprefix("file://"))
-    if "://" in str(url) and not str(url).startswith("file://") or not base.is_dir():
-        return []
-    bad = []
-    for doc in sorted(base.rglob("zarr.json")):
-        try:
-            meta = json.loads(doc.read_text())
-            assert meta["zarr_format"] == 3 and meta["node_type"] in ("group", "array")
-        except Exception:
-            bad.append(str(doc.relative_to(base)))
-    return bad
-
-
-def metadata_error(url: str) -> StoreError | None:
-    bad = damaged_metadata(url)
-    if not bad:
-        return None
-    return StoreError(f"{url}: {len(bad)} metadata document(s) of the store are damaged and cannot "
-                      f"be parsed: {', '.join(bad[:5])}. The arrays under them cannot be read: rewrite "
-                      "them by rerunning the command that wrote them with overwrite=true")
 
 
 def prepare_dataset(root: zarr.Group, dataset: str, spec: dict, spec_hash: str,
@@ -173,7 +152,7 @@ def read_meta(group: zarr.Group, name: str) -> np.ndarray:
     (these are written once with the view, so the repair is to rewrite the view)."""
     try:
         return group[name][:]
-    except Exception as e:
+    except CHUNK_FAILURES as e:
         raise StoreError(f"{group.path}/{name} is damaged and cannot be read ({type(e).__name__}: "
                          f"{str(e)[:100]}); rewrite the view: rerun the command that wrote it with "
                          "overwrite=true (`geoalign check` lists every damaged array)") from None
@@ -292,15 +271,21 @@ def read_view_layers(root: zarr.Group, dataset: str, split: str, view: str) -> l
     return sorted(int(k.split("_", 1)[1]) for k in group.group_keys() if k.startswith("layer_"))
 
 
-def stored_layers(root, dataset: str, layers) -> list[int]:
-    """Requested layers as stored (negative indices counted from the backbone's depth)."""
+def stored_layers(root, dataset: str, layers, split: str = "test") -> list[int]:
+    """Requested layers as stored in the views of `split`, the split the stage reads
+    (negative indices counted from the backbone's depth)."""
     spec = root[f"{FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("spec", {})
     depth = (spec.get("arch") or {}).get("num_hidden_layers")
     resolved = [k + depth if (k < 0 and depth) else k for k in layers]
-    have = read_view_layers(root, dataset, "test", "drone")
+    views = [v for v in ("drone", "satellite") if view_path(dataset, split, v) in root]
+    if not views:
+        have = ", ".join(p.removeprefix(f"{FEATURES}/") for p in list_views(root)) or "nothing"
+        raise StoreError(f"the store's {dataset} features have no {split} split (it has: {have}); "
+                         f"extract it first (`geoalign extract ... split=[{split}]`)")
+    have = sorted(set.intersection(*(set(read_view_layers(root, dataset, split, v)) for v in views)))
     missing = [k for k in resolved if k not in have]
     if missing:
-        raise StoreError(f"layers {missing} are not in the store's {dataset} features "
+        raise StoreError(f"layers {missing} are not in the store's {dataset} {split} features "
                          f"(stored: {have}); pass layers= among them")
     return resolved
 
