@@ -33,7 +33,7 @@ def check_view(root, path: str) -> dict:
             "metadata_damaged": metadata_errors(group)}
     if info["damaged"] or info["metadata_damaged"]:
         info["repair"] = (repair_hint(group, st.store_location(root)) if not info["metadata_damaged"]
-                          else "the view's ids/labels are damaged: re-extract it with overwrite=true")
+                          else st.rewrite_view_hint(group))
     return info
 
 

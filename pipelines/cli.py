@@ -28,7 +28,7 @@ def _root() -> None:
 
 
 USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)  # known failures: exit 2
-OVERRIDES = typer.Argument(None, help="key=value config overrides, e.g. store=geoalign-demo.zarr heads=none")
+OVERRIDES = typer.Argument(None, help="key=value config overrides (dotted keys for nesting), e.g. store=geoalign-demo.zarr seed=1")
 JSON = typer.Option(False, "--json", help="print the result summary as one JSON object on stdout")
 
 
@@ -56,6 +56,15 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
     else:
         render(result)
     return result
+
+
+def _lazy(module: str) -> Callable:
+    """The stage's run, imported when called: after compose, so a bad value is refused before
+    torch and the rest of a stage's imports load (seconds)."""
+    def runner(*args):
+        import importlib
+        return importlib.import_module(f"pipelines.{module}").run(*args)
+    return runner
 
 
 DEMO_STORE = "./geoalign-demo.zarr"
@@ -90,8 +99,7 @@ def _render_extract(result: dict) -> None:
 @app.command()
 def extract(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Run the frozen DINOv3 backbone over a dataset into the Zarr feature store."""
-    from . import extract as stage
-    result = run_stage("extract", overrides, as_json, stage.run, _render_extract)
+    result = run_stage("extract", overrides, as_json, _lazy("extract"), _render_extract)
     if result["n_failed"]:
         for item in result["failed"][:10]:
             console.print(f"  unreadable: {item['id']}: {item['reason']}", highlight=False)
@@ -136,16 +144,14 @@ def _with_mode(overrides, mode):
 def index(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
           mode: Optional[str] = typer.Option(None, "--mode", help="D2S | S2D")) -> None:
     """Build the FAISS index of a direction's gallery (reused while its embeddings are unchanged)."""
-    from . import index as stage
-    run_stage("index", _with_mode(overrides, mode), as_json, stage.run, _render_index)
+    run_stage("index", _with_mode(overrides, mode), as_json, _lazy("index"), _render_index)
 
 
 @app.command()
 def score(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
           mode: Optional[str] = typer.Option(None, "--mode", help="D2S | S2D")) -> None:
     """Recall@K and AP of a direction, exactly as the benchmark's official evaluation."""
-    from . import score as stage
-    run_stage("score", _with_mode(overrides, mode), as_json, stage.run, _render_score)
+    run_stage("score", _with_mode(overrides, mode), as_json, _lazy("score"), _render_score)
 
 
 def _render_fit(result: dict) -> None:
@@ -159,23 +165,20 @@ def _render_fit(result: dict) -> None:
 def fit_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Fit heads on the store's train descriptors without cross-view labels: candidates chosen
     label-free (preset=improved) or the release's AGRA + ISMS (preset=paper); resumable."""
-    from . import fit_heads as stage
-    run_stage("fit-heads", overrides, as_json, stage.run, _render_fit)
+    run_stage("fit-heads", overrides, as_json, _lazy("fit_heads"), _render_fit)
 
 
 @app.command("import-heads")
 def import_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Import the paper's published AGRA/ISMS weights (agra=PATH isms=PATH) into the store."""
-    from . import import_heads as stage
-    run_stage("import-heads", overrides, as_json, stage.run,
+    run_stage("import-heads", overrides, as_json, _lazy("import_heads"),
               lambda r: console.print(f"imported heads {r['name']} (C={r['dim']}) into {r['folder']}"))
 
 
 @app.command()
 def simulate(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Write a simulated cross-view store with known ground truth (raw/centred/oracle R@1)."""
-    from . import simulate as stage
-    run_stage("simulate", overrides, as_json, stage.run,
+    run_stage("simulate", overrides, as_json, _lazy("simulate"),
               lambda r: console.print("D2S R@1 " + ", ".join(f"{k} {100 * v:.1f}" for k, v in r["d2s_r1"].items())))
 
 
@@ -193,6 +196,8 @@ def _render_check(result: dict) -> None:
         for item in info["damaged"]:
             console.print(f"  damaged: {path} block {item['block']} rows {item['rows']}: {item['reason']}",
                           highlight=False)
+        for name, why in info["metadata_damaged"].items():
+            console.print(f"  damaged: {path}/{name}: {why}", highlight=False)
         if info.get("repair"):
             console.print(f"  repair {path}: {info['repair']}", highlight=False)
     if result.get("metadata_documents_damaged"):
@@ -211,8 +216,7 @@ def _render_check(result: dict) -> None:
 @app.command()
 def check(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Read every block of every array in the store; name damaged or missing chunks (exit 1)."""
-    from . import check as stage
-    result = run_stage("check", overrides, as_json, stage.run, _render_check)
+    result = run_stage("check", overrides, as_json, _lazy("check"), _render_check)
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -259,10 +263,9 @@ def locate(args: Optional[List[str]] = typer.Argument(None, help="drone images o
                                                                  "overrides, e.g. photo.jpg store=geoalign.zarr k=5"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object per image on stdout")) -> None:
     """Where was this drone photo taken? Ranked satellite tiles of the store, with coordinates."""
-    from . import locate as stage
     images, overrides = _split_locate_args(args)
     render = (lambda r: [print(json.dumps(a), flush=True) for a in r["answers"]]) if as_json else _render_locate
-    run_stage("locate", overrides, False, lambda cfg: stage.run(cfg, images), render)
+    run_stage("locate", overrides, False, lambda cfg: _lazy("locate")(cfg, images), render)
 
 
 def _render_demo(result: dict) -> None:
@@ -283,8 +286,7 @@ def _render_demo(result: dict) -> None:
 @app.command()
 def demo(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Every stage on the bundled (generated) demo data, on a CPU, in minutes."""
-    from . import demo as stage
-    run_stage("demo", overrides, as_json, stage.run, _render_demo)
+    run_stage("demo", overrides, as_json, _lazy("demo"), _render_demo)
 
 
 def main() -> None:

@@ -82,9 +82,12 @@ def run(cfg) -> dict:
         raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
     spec = heads_spec(cfg, root, dataset, layers)
-    meta = claim_heads_folder(folder, fingerprint(spec), bool(cfg.overwrite),
-                              "heads trained for another request (features, layers, recipe or seed changed)") or {
-        "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
+    try:
+        meta = claim_heads_folder(folder, fingerprint(spec), bool(cfg.overwrite),
+                                  "heads trained for another request (features, layers, recipe or seed changed)") or {
+            "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
+    except st.StoreError as refused:  # a damaged train split also changes the fingerprint: say so
+        raise st.split_damage(root, dataset, "train") or refused from None
     st.write_json(folder / "heads.json", meta)
     if meta["complete"]:
         console.print(f"heads {cfg.name}: up to date ({folder})")

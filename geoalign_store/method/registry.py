@@ -88,6 +88,10 @@ def heads_staleness(root, dataset: str, meta: dict) -> str | None:
 
 def check_heads_current(root, store, dataset: str, name: str, meta: dict) -> None:
     why = heads_staleness(root, dataset, meta)
+    if why and "train" in why:
+        damage = st.split_damage(root, dataset, "train")
+        if damage is not None:  # not a rewrite: damage changed the digest
+            raise damage
     if why:
         raise st.StoreError(f"heads {name!r} are stale: {why}. Refit them: `geoalign fit-heads "
                             f"store={store} name={name} overwrite=true` (or score with heads=none)")

@@ -43,7 +43,8 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
                 raise
             meta = {}  # rebuilt below
         if not cfg.overwrite:
-            raise st.StoreError(_stale_message(folder, meta.get("spec", {}), want))
+            raise st.split_damage(root, dataset, "test") or st.StoreError(
+                _stale_message(folder, meta.get("spec", {}), want))
     t0 = time.perf_counter()
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     index = fx.build_index(gallery, cfg.index, params, seed=int(cfg.seed),

@@ -237,16 +237,27 @@ def damaged_blocks(view: zarr.Group, full: bool = True) -> dict[int, str]:
     return dict(sorted(bad.items()))
 
 
+LISTING_CHANGED = "a chunk is missing or was rewritten since the view was written (its digest changed)"
+
+
+def listing_changes(view: zarr.Group) -> list[str]:
+    """The arrays written once from the listing whose digest is not the one recorded then
+    (views written before digests were recorded: none)."""
+    recorded = view.attrs.get("meta_digests") or {}
+    return [name for name, digest in recorded.items()
+            if name not in view or array_digest(view[name]) != digest]
+
+
 def metadata_errors(view: zarr.Group) -> dict[str, str]:
     """The view's other arrays (ids, labels, flags, errors, block_done, extra): name -> why unreadable."""
     features = set(feature_arrays(view))
-    bad = {}
+    bad = {name: LISTING_CHANGED for name in listing_changes(view)}
     for name, node in view.members(max_depth=None):
         if isinstance(node, zarr.Array) and name not in features:
             try:
                 node[...]
             except CHUNK_FAILURES as e:
-                bad[name] = _reason(e)
+                bad[name] = _reason(e)  # a checksum mismatch says more than a changed digest
     return bad
 
 

@@ -32,7 +32,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from ..datasets import ViewListing
 from .errors import StoreError
 from .metadata import check_metadata
-from .integrity import CHUNK_FAILURES, CheckedArray, damaged_blocks, repair_hint, view_digest
+from .integrity import (CHUNK_FAILURES, LISTING_CHANGED, CheckedArray, array_digest, damaged_blocks,
+                        listing_changes, metadata_errors, repair_hint, view_digest)
 
 FEATURES = "features"
 STORE_VERSION = 1
@@ -123,11 +124,23 @@ def prepare_view(root: zarr.Group, dataset: str, listing: ViewListing, layout: V
             group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape), dtype="float16",
                                chunks=(1, *layout.token_shape), fill_value=0.0, compressors=FEATURE_CODECS)
     group.attrs.update({"n": n, "block_size": bs, "layers": list(layout.layers),
-                        "channels": layout.channels, "complete": False, "config": config})
+                        "channels": layout.channels, "complete": False, "config": config,
+                        "meta_digests": listing_digests(group)})
     return group
 
 
+def listing_digests(group: zarr.Group) -> dict[str, str]:
+    """Digests of the arrays written once from the listing: a chunk of them deleted later would
+    read as fill values (zeros, "") without any error; check_listing finds it."""
+    names = ["ids", "labels", "in_query", "in_gallery",
+             *(f"extra/{k}" for k in (group["extra"].array_keys() if "extra" in group else ()))]
+    return {name: array_digest(group[name]) for name in names}
+
+
 def _check_same_view(group, path, listing, layout) -> None:
+    changed = listing_changes(group)
+    if changed:
+        raise StoreError(f"{path}/{changed[0]}: {LISTING_CHANGED}; {rewrite_view_hint(group)}")
     attrs = group.attrs
     if attrs.get("block_size") != layout.block_size or attrs.get("layers") != list(layout.layers):
         raise StoreError(f"{path} was written with block_size={attrs.get('block_size')} and "
@@ -150,12 +163,20 @@ def pending_blocks(group: zarr.Group) -> list[int]:
 def read_meta(group: zarr.Group, name: str) -> np.ndarray:
     """A view's per-image array (ids, labels, flags, errors, block_done) whole; damage is named
     (these are written once with the view, so the repair is to rewrite the view)."""
+    if name not in group:
+        raise StoreError(f"{group.path}/{name} is missing; {rewrite_view_hint(group)}")
     try:
         return group[name][:]
     except CHUNK_FAILURES as e:
         raise StoreError(f"{group.path}/{name} is damaged and cannot be read ({type(e).__name__}: "
-                         f"{str(e)[:100]}); rewrite the view: rerun the command that wrote it with "
-                         "overwrite=true (`geoalign check` lists every damaged array)") from None
+                         f"{str(e)[:100]}); {rewrite_view_hint(group)} (`geoalign check` lists every "
+                         "damaged array)") from None
+
+
+def rewrite_view_hint(group: zarr.Group) -> str:
+    folder = Path(store_location(group)) / group.path
+    return (f"re-extract the view: delete {folder} and rerun `geoalign extract` with the arguments "
+            "that wrote it (it extracts that view again)")
 
 
 def reopen_damaged_blocks(group: zarr.Group, full: bool = True) -> dict[int, str]:
@@ -206,7 +227,10 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
         have = ", ".join(list_views(root)) or "nothing"
         raise StoreError(f"the store has no {path} (it has: {have})")
     group = root[path]
-    n = group["labels"].shape[0]
+    changed = listing_changes(group)
+    if changed:
+        raise StoreError(f"{path}/{changed[0]}: {LISTING_CHANGED}; {rewrite_view_hint(group)}")
+    n = read_meta(group, "labels").shape[0]
     out = {"ids": read_meta(group, "ids").astype(object),
            "labels": read_meta(group, "labels").astype(np.int64)}
     for flag in ("in_query", "in_gallery"):
@@ -262,6 +286,7 @@ def content_digest(root: zarr.Group, dataset: str, split: str, layers: list[int]
 
 
 def store_location(root: zarr.Group) -> str:
+    """The store's URL or folder, from any of its groups."""
     store = root.store
     return str(getattr(store, "root", store))
 
@@ -348,3 +373,22 @@ def read_coordinates(root: zarr.Group, dataset: str, split: str, view: str) -> n
     """(N, 2) lat/lon of a view's rows, or None when the store has no coordinates for it."""
     path = f"{view_path(dataset, split, view)}/latlon"
     return np.asarray(root[path][:], np.float64) if path in root else None
+
+
+def split_damage(root: zarr.Group, dataset: str, split: str) -> StoreError | None:
+    """When an artefact's recorded content digest no longer matches, damage is one cause besides
+    a rewrite: a StoreError naming the split's damaged arrays and blocks (None when intact), so a
+    damaged chunk is never reported as "changed: refit"."""
+    found = []
+    for view in ("drone", "satellite"):
+        path = view_path(dataset, split, view)
+        if path not in root:
+            continue
+        group = root[path]
+        found += [(f"{path}/{name}: {why}", rewrite_view_hint(group)) for name, why in metadata_errors(group).items()]
+        found += [(f"{path} block {block}: {why}", repair_hint(group, store_location(root)))
+                  for block, why in damaged_blocks(group, full=True).items()]
+    if not found:
+        return None
+    return StoreError(f"the store's {dataset} {split} split is damaged: "
+                      f"{'; '.join(f for f, _ in found[:4])}; {found[0][1]}")

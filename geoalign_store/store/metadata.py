@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import StoreError
 
 DOCUMENT = "zarr.json"
+LEGACY = ("heads", "indices")  # artefact folders of stores written before artefacts/ (moved on use)
 
 
 def _local_base(url) -> Path | None:
@@ -36,8 +37,9 @@ def damaged_metadata(url) -> list[str]:
 
 def _walk(base: Path, folder: Path, bad: list[str]) -> None:
     doc = folder / DOCUMENT
-    if not doc.exists():
-        if _holds_zarr(folder):
+    if not doc.exists():  # inside a group every folder is a node (pre-artefacts/ ones aside)
+        legacy = folder.parent == base and folder.name in LEGACY
+        if _holds_zarr(folder) if folder == base else not legacy:
             bad.append(str(doc.relative_to(base)))
         return
     node = _node_type(doc)
@@ -62,8 +64,8 @@ def _node_type(doc: Path) -> str | None:
 
 
 def _holds_zarr(folder: Path) -> bool:
-    """A folder without zarr.json that zarr would have written one for: it holds chunks (`c/`)
-    or nodes of its own. Plain folders (a pre-`artefacts/` heads folder) are not nodes."""
+    """A store's folder without zarr.json that zarr would have written one for: it holds chunks
+    (`c/`) or nodes of its own."""
     if (folder / "c").is_dir():
         return True
     with os.scandir(folder) as entries:
@@ -88,7 +90,12 @@ def _fix(url, doc: str) -> str:
                 "(metrics.json and report.md are kept under artefacts/).")
     if top == "artefacts":
         return f"Delete {Path(str(url)) / doc}: the next stage writes it again."
-    return (f"Features: they cannot be repaired in place; extract again into a new store "
+    parts = doc.split("/")
+    if top == "features" and len(parts) > 4:  # inside a view: that view is extracted again
+        view = Path(str(url)).joinpath(*parts[:4])
+        return (f"Delete {view} and rerun `geoalign extract` with the arguments that wrote it "
+                "(it extracts that view again).")
+    return (f"The features' own documents: extract again into a new store "
             f"(`geoalign extract store=NEW.zarr ...`), or delete {url} first.")
 
 
