@@ -107,8 +107,8 @@ def extract(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) ->
         console.print(f"[bold {'yellow' if skip else 'red'}]{result['n_failed']} image(s) could "
                       f"not be read[/] (recorded in the store's `errors` arrays)"
                       + ("" if skip else "; add skip_bad=true to accept this"))
-        if not skip:
-            raise typer.Exit(1)
+        if not skip:  # bad data is a known failure: exit 2, as every other
+            raise typer.Exit(2)
 
 
 def _render_index(result: dict) -> None:
@@ -278,6 +278,8 @@ def _render_demo(result: dict) -> None:
             table.add_row(label, mode, *(f"{100 * m['recall'][k]:.2f}" for k in ("1", "5", "10")),
                           f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
     console.print(table)
+    for path in result.get("_written", []):
+        console.print(f"wrote {path}", highlight=False)
     if result.get("locate"):
         console.print("locate: a new drone photo of a test location (not in the store)")
         _render_answer(result["locate"])

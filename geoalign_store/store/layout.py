@@ -227,9 +227,6 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
         have = ", ".join(list_views(root)) or "nothing"
         raise StoreError(f"the store has no {path} (it has: {have})")
     group = root[path]
-    changed = listing_changes(group)
-    if changed:
-        raise StoreError(f"{path}/{changed[0]}: {LISTING_CHANGED}; {rewrite_view_hint(group)}")
     n = read_meta(group, "labels").shape[0]
     out = {"ids": read_meta(group, "ids").astype(object),
            "labels": read_meta(group, "labels").astype(np.int64)}
@@ -240,6 +237,9 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
     out["errors"] = np.full(n, "", dtype=object) if no_errors else read_meta(group, "errors").astype(object)
     out["extra"] = ({k: read_meta(group, f"extra/{k}") for k in group["extra"].array_keys()}
                     if "extra" in group else {})
+    changed = listing_changes(group)  # after the reads: a checksum mismatch says more
+    if changed:
+        raise StoreError(f"{path}/{changed[0]}: {LISTING_CHANGED}; {rewrite_view_hint(group)}")
     return out
 
 
