@@ -48,7 +48,7 @@ def group_options(group: str) -> list[str]:
 
 def _load_group(group: str, name: Any) -> dict:
     path = CONFIG_DIR / group / f"{name}.yaml"
-    if not isinstance(name, str) or not path.exists():
+    if name not in group_options(group):  # never a path built from the text (too long, "../x")
         raise ConfigError(
             f"unknown {group} {name!r}; available: {', '.join(group_options(group))} "
             f"(files in {CONFIG_DIR / group})")
