@@ -41,6 +41,10 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
         cfg = compose(stage, overrides or [])
         _find_demo_store(stage, cfg, overrides or [])
         result = runner(cfg)
+        if as_json:  # keys starting with "_" are for the terminal only
+            print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
+        else:
+            render(result)
     except USER_ERRORS as e:  # escaped: "[5]" in a message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
@@ -51,10 +55,6 @@ def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
                       f"geoalign: the full traceback is in {escape(str(log))}; please report it with "
                       "that file", markup=True, highlight=False)
         raise typer.Exit(1) from None
-    if as_json:  # keys starting with "_" are for the terminal only
-        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
-    else:
-        render(result)
     return result
 
 

@@ -277,4 +277,4 @@ def test_the_library_has_no_catch_all_except():
             if re.search(r"except\s*(Exception|BaseException)?\s*(as \w+)?:", line):
                 found.append(f"{path.relative_to(root)}:{number}")
     assert found == ["geoalign_store/features/extraction.py:131", "geoalign_store/store/rows.py:93",
-                     "pipelines/cli.py:47"], found
+                     "pipelines/cli.py:51"], found
