@@ -1,6 +1,13 @@
 """Heads across the simulator family: every candidate, the label-free selection and the references.
 
     python benchmarks/heads.py --family all [--seeds 0 1 2] [--epochs N] [--no-agra] [--json OUT]
+    python benchmarks/heads.py --family random --worlds 30 [--no-agra]
+
+`--family random --worlds N`: seeds 0..N-1 of the world generator (each seed its own world), with a
+summary per world and over worlds: raw, centred (train and test means), best candidate, selected,
+oracle; worlds where the selected heads fall more than 1 point below centring and more than 10
+below the best candidate; the criterion's Spearman per world (median, worst); the criterion's bias
+(criterion minus true test R@1) per candidate kind.
 
 For each family and seed: simulate (arrays, no store), run the selection of fit-heads' default
 recipe (geoalign_store.method.selection: candidates fitted without the held-out flights, the criterion,
@@ -58,6 +65,8 @@ def run_one(family: str, seed: int, args, log) -> dict:
     if args.paper:
         rows["paper recipe (preset=paper)"] = paper_recipe(family, seed)
     rows["oracle (supervised ridge)"] = {"r1": ref["oracle"]}
+    rows["_world"] = {"sizes": {n: truth["world"][n] for n in ("dim", "train_locs", "views")},
+                      "fit_s": fit_s, "reason": sel.reason}
     if "oracle_regime" in ref:
         rows["oracle (per-regime ridge, true regime)"] = {"r1": ref["oracle_regime"]}
     log(f"{family} seed {seed}: chosen {sel.chosen} ({sel.reason}); test R@1 "
@@ -81,10 +90,62 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def kind(name: str) -> str:
+    """A candidate's kind: centre, whiten, ridge, orth, agra, or fusion."""
+    return "fusion" if " + " in name else name.split("(")[0]
+
+
+def world_row(rows: dict) -> dict:
+    """One world's summary: its references, its best candidate, its selection and its criterion."""
+    cands = {n: r for n, r in rows.items() if "criterion" in r}
+    best = max(cands, key=lambda n: cands[n]["r1"])
+    oracle = max(r["r1"] for n, r in rows.items() if n.startswith("oracle"))
+    return {"raw": rows["raw"]["r1"], "centre": rows["centre"]["r1"],
+            "centred_test": rows["centred (test means)"]["r1"], "best": cands[best]["r1"],
+            "best_name": best, "selected": rows["SELECTED"]["r1"], "chosen": rows["SELECTED"]["chosen"],
+            "oracle": oracle,
+            "spearman": spearman([r["criterion"] for r in cands.values()], [r["r1"] for r in cands.values()]),
+            "bias": {n: r["criterion"] - r["r1"] for n, r in cands.items()}}
+
+
+def worlds_report(results: dict) -> None:
+    """The per-world table and the issue's counts over every (world or family, seed)."""
+    print("\n| world | C | flights | views | raw | centre (train) | centred (test) | best candidate | "
+          "selected | oracle | chosen | Spearman |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    summary = []
+    for family, per_seed in results.items():
+        for seed, rows in enumerate(per_seed):
+            w, sz = world_row(rows), rows["_world"]["sizes"]
+            summary.append(w)
+            print(f"| {family} {seed} | {sz['dim']} | {sz['train_locs']} | {sz['views']} | "
+                  + " | ".join(f"{100 * w[k]:.1f}" for k in ("raw", "centre", "centred_test", "best", "selected", "oracle"))
+                  + f" | {w['chosen']} | {w['spearman']:.2f} |")
+    below = lambda ref: sum(w["selected"] < w[ref] - 0.01 for w in summary)  # noqa: E731
+    print(f"\nworlds: {len(summary)}; selected more than 1 point below centring: "
+          f"{below('centre')} (train means), {below('centred_test')} (test means); "
+          f"more than 10 points below the best candidate: {sum(w['selected'] < w['best'] - 0.10 for w in summary)}")
+    print("mean R@1: " + ", ".join(f"{k} {100 * np.mean([w[k] for w in summary]):.1f}"
+                                   for k in ("raw", "centre", "centred_test", "best", "selected", "oracle")))
+    gain_kept = sum(w["chosen"] == "centre" and w["best"] > w["centre"] + 0.05 for w in summary)
+    print(f"centring kept where a candidate gained > 5 points: {gain_kept}")
+    rho = np.array([w["spearman"] for w in summary if np.isfinite(w["spearman"])])
+    print(f"criterion Spearman per world: median {np.median(rho):.3f}, worst {rho.min():.3f}")
+    by_kind: dict = {}
+    for w in summary:
+        for name, b in w["bias"].items():
+            by_kind.setdefault(kind(name), []).append(b)
+    print("\n| candidate kind | n | mean bias (criterion - true R@1) | worst (most flattering) | most pessimistic |\n|---|---:|---:|---:|---:|")
+    for k, v in sorted(by_kind.items()):
+        print(f"| {k} | {len(v)} | {100 * np.mean(v):+.1f} | {100 * np.max(v):+.1f} | {100 * np.min(v):+.1f} |")
+
+
 def report(results: dict) -> None:
+    worlds_report(results)
+    if any(f == "random" for f in results):
+        return
     for family, per_seed in results.items():
         print(f"\n### {family}\n\n| variant | D2S R@1 | D2S AP | criterion |\n|---|---:|---:|---:|")
-        for name in per_seed[0]:
+        for name in [n for n in per_seed[0] if not n.startswith("_")]:
             cells = []
             for key in ("r1", "ap", "criterion"):
                 vals = [100 * s[name][key] for s in per_seed if key in s.get(name, {})]
@@ -117,19 +178,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="all", help=f"all or one of {', '.join(FAMILIES)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--worlds", type=int, default=None, help="seeds 0..N-1 (for --family random)")
     parser.add_argument("--epochs", type=int, default=None, help="AGRA epochs (default: the recipe's)")
     parser.add_argument("--no-agra", action="store_true", help="skip the AGRA candidate (fast)")
     parser.add_argument("--paper", action="store_true", help="also run preset=paper through the stages")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--report", type=Path, default=None, help="only print the report of a --json file")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="fit-heads overrides of the recipe measured (e.g. select.null_adjust=true)")
     args = parser.parse_args()
     args.recipe = compose("fit-heads", args.set) if args.set else DEFAULT
-    families = FAMILIES if args.family == "all" else [args.family]
+    families = [f for f in FAMILIES if f != "random"] if args.family == "all" else [args.family]
+    if args.worlds:
+        args.seeds = list(range(args.worlds))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    results = {f: [run_one(f, seed, args, log) for seed in args.seeds] for f in families}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+    if args.report:
+        return report(json.loads(args.report.read_text()))
+    results: dict = {}
+    for family in families:
+        for seed in args.seeds:
+            results.setdefault(family, []).append(run_one(family, seed, args, log))
+            if args.json:   # after every world, so that a long run's partial results are kept
+                args.json.write_text(json.dumps(results, indent=1, default=str))
     report(results)
 
 

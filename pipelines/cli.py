@@ -92,6 +92,9 @@ def _render_extract(result: dict) -> None:
     for name, info in result["views"].items():
         table.add_row(name, str(info["n"]), str(info["complete"]), str(info["n_failed"]))
     console.print(table)
+    skipped = {k: v["n_skipped"] for k, v in result["views"].items() if v.get("n_skipped")}
+    for name, n in skipped.items():  # map tiles mostly nodata or black: left out on purpose
+        console.print(f"{name}: {n} tile(s) skipped (mostly nodata or black)", highlight=False)
     console.print(f"{result['images_extracted']} images extracted in {result['wall_s']:.1f} s, "
                   f"{result['bytes_written'] / 1e6:.1f} MB written")
 
@@ -132,6 +135,9 @@ def _render_score(result: dict) -> None:
     if "dis@1_m" in result:
         from geoalign_store.retrieval import describe_distances
         console.print(describe_distances(result), highlight=False)
+    if "sdm" in result:  # a map gallery: Game4Loc's SDM@K in metres, and the truth the figures use
+        sdm = ", ".join(f"SDM@{k} {v:.3f}" for k, v in result["sdm"].items())
+        console.print(f"{sdm}; truth: {result.get('truth')}", highlight=False)
     outputs = result.get("_outputs", {})
     console.print(f"report: {outputs.get('report')}  pictures: {', '.join(outputs.get('pictures', [])) or 'none'}")
 
@@ -231,12 +237,15 @@ def _render_answer(answer: dict) -> None:
                       *((f"{item['lat']:.6f}", f"{item['lon']:.6f}") if "lat" in item else ("-", "-")))
     console.print(table)
     if answer.get("position"):
-        console.print(f"position (top-1): {answer['position']['lat']:.6f}, {answer['position']['lon']:.6f}",
-                      highlight=False)
+        pos = answer["position"]
+        how = (f"refined from {pos['n_tiles']} agreeing tiles, +- {pos['uncertainty_m']:.0f} m"
+               if "uncertainty_m" in pos else "top-1")
+        console.print(f"position ({how}): {pos['lat']:.6f}, {pos['lon']:.6f}", highlight=False)
     truth = answer.get("truth")
     if truth:
         where = f" ({truth['lat']:.6f}, {truth['lon']:.6f})" if "lat" in truth else ""
-        error = f"; top-1 error {truth['error_m']:.1f} m" if "error_m" in truth else ""
+        error = f"; error {truth['error_m']:.1f} m" if "error_m" in truth else ""
+        error += f" (top-1 tile centre: {truth['tile_error_m']:.1f} m)" if "tile_error_m" in truth else ""
         console.print(f"true location: {truth['location']}{where}{error}", highlight=False)
     if answer.get("picture"):
         console.print(f"picture: {answer['picture']}", highlight=False)
@@ -268,7 +277,28 @@ def locate(args: Optional[List[str]] = typer.Argument(None, help="drone images o
     run_stage("locate", overrides, False, lambda cfg: _lazy("locate")(cfg, images), render)
 
 
+def _render_map_demo(result: dict) -> None:
+    from rich.table import Table
+    tiles = ", ".join(f"{n} tiles of {s}" for s, n in result["tiles"].items())
+    console.print(f"map {result['map']}: {tiles}; {result['n_photos']} photos", highlight=False)
+    table = Table(title=f"geoalign demo map=true ({result['wall_s']:.0f} s; truth: the drone's position)")
+    for col in ("heads", "position", "R@1", "AP", "Dis@1 m", "<=25 m", "<=50 m", "<=100 m", "SDM@3"):
+        table.add_column(col, justify="right")
+    for label, r in result["results"].items():
+        s = r["score"]
+        for name in ("top1_tile", "refined"):
+            m = r["refined"][name]
+            ranks = (f"{100 * s['recall']['1']:.1f}", f"{100 * s['ap']:.1f}") if name == "top1_tile" else ("", "")
+            table.add_row(label, "tile" if name == "top1_tile" else name, *ranks, f"{m['dis@1_m']:.0f}",
+                          *(f"{100 * m['within_m'][k]:.0f}%" for k in ("25", "50", "100")),
+                          f"{s['sdm']['3']:.3f}" if name == "top1_tile" else "")
+    console.print(table)
+    console.print(f"a located photo: {result['results']['heads']['picture']}", highlight=False)
+
+
 def _render_demo(result: dict) -> None:
+    if "map" in result:
+        return _render_map_demo(result)
     from rich.table import Table
     table = Table(title=f"geoalign demo ({result['images']} images, {result['wall_s']:.0f} s)")
     for col in ("embedding", "mode", "R@1", "R@5", "R@10", "AP", "AP non-interp"):

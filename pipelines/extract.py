@@ -11,12 +11,12 @@ import torch
 
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint, to_plain
-from geoalign_store.datasets import (CoordinatesError, coordinates_for, list_dataset,
-                                     read_locations_csv, resolve_data_root)
-from geoalign_store.features import (ARCH_KEYS, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
-                                     auto_workers, block_task, device_name, image_hw,
-                                     load_backbone, plan_jobs, resolve_backbone, resolve_layers,
-                                     run_in_process, weights_fingerprint)
+from geoalign_store.datasets import (CoordinatesError, coordinates_for, list_dataset, read_locations_csv,
+                                     resolve_data_root)
+from geoalign_store.features import (ARCH_KEYS, SKIPPED, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
+                                     MapInputs, auto_workers, block_task, device_name, image_hw,
+                                     load_backbone, plan_jobs, plan_tile_jobs, resolve_backbone,
+                                     resolve_layers, run_in_process, weights_fingerprint)
 from geoalign_store.report import console, progress_bar
 
 STAGE_VERSION = 1
@@ -84,30 +84,44 @@ def run(cfg) -> dict:
     t0 = time.perf_counter()
     clock = Clock()
     dcfg = cfg.dataset
-    data_root = resolve_data_root(dcfg, cfg.data_root)
-    splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
-    listings = list_dataset(dcfg, data_root, splits)
+    if dcfg.kind != "map" and (cfg.get("map") or cfg.get("photos") or cfg.get("train_root")):
+        raise ConfigError("map=PATH, photos=FOLDER and train_root=FOLDER are read with dataset=map")
+    maps = MapInputs(cfg) if dcfg.kind == "map" else None
+    if maps is not None:
+        listings, data_root = maps.listings, None
+    else:
+        data_root = resolve_data_root(dcfg, cfg.data_root)
+        splits = cfg.split if cfg.split is None or not isinstance(cfg.split, str) else [cfg.split]
+        listings = list_dataset(dcfg, data_root, splits)
     clock.lap("listing_s")
-    coords, coords_source = coordinates_table(cfg, data_root)
+    coords, coords_source = coordinates_table(cfg, data_root) if maps is None else (None, None)
     bcfg, weights_path, arch = resolve_backbone(to_plain(cfg.backbone), cfg.weights)
     clock.lap("weights_source_s")   # a random backbone is built here the first time only
     layers = resolve_layers(list(cfg.layers), arch["num_hidden_layers"])
     if str(cfg.cluster or "").startswith("local:"):  # refuse before anything is written
         local_worker_devices(int(str(cfg.cluster).split(":", 1)[1]), cfg.device)
     spec = feature_spec(cfg, arch, weights_path, layers, bcfg["name"])
+    if maps is not None:
+        spec["map"] = maps.spec()
     clock.lap("weights_hash_s")
     root = st.open_store(cfg.store, mode="a")
     st.prepare_dataset(root, dcfg.name, spec, fingerprint(spec), bool(cfg.overwrite))
     jobs, groups, n_bytes = [], [], 0
     for listing in listings:
-        layout = _layout(cfg, listing, data_root, layers, arch)
+        view_root = data_root if maps is None else maps.data_root(listing)
+        layout = _layout(cfg, listing, view_root, layers, arch)
         group = st.prepare_view(root, dcfg.name, listing, layout, to_plain(cfg))
-        group.attrs["data_root"] = str(data_root)  # for pictures of retrievals at score time
+        group.attrs["data_root"] = str(view_root)  # for pictures of retrievals at score time
         if coords is not None:
             st.write_coordinates(group, coordinates_for(listing.ids, coords), coords_source)
+        if maps is not None:
+            maps.write(group, listing)
         _reopen_damaged(group, listing, bool(cfg.verify))
         offset = sum(len(j.paths) for j in jobs)
-        new = plan_jobs(group, data_root, st.pending_blocks(group), offset)
+        if maps is not None and listing.split == "test" and listing.view == "satellite" and not maps.web:
+            new = plan_tile_jobs(group, st.pending_blocks(group), offset)
+        else:
+            new = plan_jobs(group, view_root, st.pending_blocks(group), offset)
         n_bytes += _bytes_per_row(layout) * sum(len(j.paths) for j in new)
         jobs += new
         groups.append((listing, group))
@@ -115,7 +129,8 @@ def run(cfg) -> dict:
     console.print(f"extract {dcfg.name}: {n_images} images in {len(jobs)} blocks to write, "
                   f"{n_bytes / 1e6:.1f} MB of features -> {cfg.store}")
     opts = EncodeOptions(arch["hidden_size"], bool(cfg.store_tokens), int(cfg.token_pool),
-                         to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std))
+                         to_plain(cfg)["image_size"], tuple(cfg.backbone.mean), tuple(cfg.backbone.std),
+                         maps.source if maps is not None else None)
     backbone_args = {"bcfg": bcfg, "weights": cfg.weights, "layers": layers,
                      "device": device_name(cfg.device), "precision": cfg.precision,
                      "compile": bool(cfg.compile)}
@@ -207,9 +222,12 @@ def _summary(cfg, groups, n_images, n_bytes, wall_s) -> dict:
     views, failed = {}, []
     for listing, group in groups:
         info = st.finalize_view(group)
+        # map tiles that are mostly nodata were left out on purpose: counted, not failures
+        skipped = sum(reason.startswith(SKIPPED) for _, reason in info["failed"])
         views[f"{listing.split}/{listing.view}"] = {"n": info["n"], "complete": info["complete"],
-                                                    "n_failed": len(info["failed"])}
-        failed += info["failed"]
+                                                    "n_failed": len(info["failed"]) - skipped,
+                                                    **({"n_skipped": skipped} if skipped else {})}
+        failed += [f for f in info["failed"] if not f[1].startswith(SKIPPED)]
     return {"stage": "extract", "store": str(cfg.store), "dataset": cfg.dataset.name,
             "views": views, "images_extracted": n_images, "bytes_written": n_bytes,
             "wall_s": round(wall_s, 3), "n_failed": len(failed), "skip_bad": bool(cfg.skip_bad),

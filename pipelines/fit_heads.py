@@ -14,7 +14,7 @@ one is not retrained unless the request changed (then `overwrite=true` is needed
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 from pathlib import Path
 
@@ -52,13 +52,16 @@ def read_train(root, dataset: str, layers: list[int], center: bool = False) -> d
     return out
 
 
-# select keys added after heads were first saved, with the value that reproduces those heads:
-# SelectionConfig's field defaults (the recipe's own defaults are fit-heads.yaml's)
-SELECT_KEYS_ADDED = {f.name: f.default for f in dataclasses.fields(SelectionConfig)
-                     if f.default is not dataclasses.MISSING}
+# select keys added after heads were first saved, with the value that reproduces those heads
+SELECT_KEYS_ADDED = SelectionConfig.KEYS_ADDED
 
 
 def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
+    """What decides the heads (`full_heads_spec`), without the keys the recipe never reads."""
+    return unread_keys_removed(full_heads_spec(cfg, root, dataset, layers), cfg)
+
+
+def full_heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     """What decides the heads: the features' fingerprint (how they were made, when the store
     says), the digest of the train content read (any rewrite, reordering or regrouping shows),
     the recipe and the seed."""
@@ -67,23 +70,39 @@ def heads_spec(cfg, root, dataset: str, layers: list[int]) -> dict:
     for key, earlier in SELECT_KEYS_ADDED.items():  # at these values, heads fitted before the key existed still match
         if select.get(key) == earlier:
             select.pop(key)
-    return {"features": features, "train_content": st.content_digest(root, dataset, "train", layers),
+    spec = {"features": features, "train_content": st.content_digest(root, dataset, "train", layers),
             "dataset": dataset, "layers": layers, "center": bool(cfg.center), "agra": to_plain(cfg.agra),
             "isms": to_plain(cfg.isms), "select": select, "seed": int(cfg.seed),
             "stage_version": STAGE_VERSION}
+    return spec
+
+
+def unread_keys_removed(spec: dict, cfg) -> dict:
+    """What the selection never reads leaves its fingerprint: its candidates always centre,
+    whiten in closed form (no ISMS training) and teach AGRA with the flight teacher. (Heads
+    fitted when those keys were part of it still match: `run` accepts both fingerprints.)"""
+    spec = copy.deepcopy(spec)
+    if cfg.select.enabled:
+        del spec["center"], spec["isms"], spec["agra"]["teacher"]
+        if not cfg.select.agra:
+            del spec["agra"]
+    return spec
 
 
 def run(cfg) -> dict:
     device = resolve_device(cfg.device)  # a bad name stops here, before anything is written
+    if cfg.select.enabled:
+        SelectionConfig.from_config(to_plain(cfg.select))   # so does a bad select value
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
     layers = st.stored_layers(root, dataset, list(cfg.layers), split="train")
     if len(layers) != 2:
         raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
-    spec = heads_spec(cfg, root, dataset, layers)
+    full = full_heads_spec(cfg, root, dataset, layers)
+    spec = unread_keys_removed(full, cfg)
     try:
-        meta = claim_heads_folder(folder, fingerprint(spec), bool(cfg.overwrite),
+        meta = claim_heads_folder(folder, (fingerprint(spec), fingerprint(full)), bool(cfg.overwrite),
                                   "heads trained for another request (features, layers, recipe or seed changed)") or {
             "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
     except st.StoreError as refused:  # a damaged train split also changes the fingerprint: say so

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from geoalign_store import store as st
 from geoalign_store.datasets import IMAGE_EXTENSIONS
-from geoalign_store.report import draw_answer
+from geoalign_store.report import draw_answer, draw_map_answer
 from geoalign_store.retrieval import LocateError, Locator
 
 
@@ -47,7 +47,9 @@ def run(cfg, images=None, locator: Locator | None = None) -> dict:
         out = Path(cfg.out).expanduser() if cfg.out else st.artefact_dir(cfg.store, "locate")
         out.mkdir(parents=True, exist_ok=True)
         for answer in answers:
-            answer["picture"] = str(draw_answer(answer, locator.data_root(), out))
+            view = locator.map_view(answer)  # a map gallery: the map around the answer
+            answer["picture"] = str(draw_map_answer(answer, view, out) if view else
+                                    draw_answer(answer, locator.data_root(), out))
     return {"stage": "locate", "store": str(cfg.store), "dataset": locator.dataset,
             "heads": locator.embedder.name, "search": "index " + locator.index_name if locator.index is not None
             else "exact scan", "answers": answers,

@@ -20,7 +20,8 @@ from geoalign_store.config import to_plain
 from geoalign_store.features import device_name
 from geoalign_store.report import console, draw_retrievals, pooled_metrics, write_report
 from geoalign_store.retrieval import (IN_MEMORY_BYTES, embedder_inputs, good_counts, metrics_from_ranks,
-                                      open_direction, pool_distance_metrics, recall_1pct_index,
+                                      footprint_goods, map_distance_metrics, open_direction,
+                                      pool_distance_metrics, recall_1pct_index,
                                       score_retrieval, score_streamed_queries, side_embeddings,
                                       top1_distance_metrics)
 
@@ -52,6 +53,7 @@ def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.
     queries = side_embeddings(root, dataset, embedder, ds.query)
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     k = int(cfg.topk)
+    goods = map_goods(root, dataset, ds, cfg)
     if cfg.index != "flat":
         from geoalign_store.retrieval import ensure_index
         index, _ = ensure_index(cfg, root, dataset, embedder, ds, device)
@@ -61,12 +63,34 @@ def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.
     if g_bytes <= min(IN_MEMORY_BYTES, queries.shape[0] * queries.shape[1] * 4):
         # the smaller side is held, the larger one streamed (U1652 D2S: 951 x 37,855 queries)
         res = score_streamed_queries(queries, gallery.materialise(), ds.query.labels,
-                                     ds.gallery.labels, topk=k, device=device)
+                                     ds.gallery.labels, topk=k, device=device, goods=goods)
     else:
         gallery = gallery.materialise() if g_bytes <= IN_MEMORY_BYTES else gallery
         res = score_retrieval(queries.materialise(), gallery, ds.query.labels, ds.gallery.labels,
-                              topk=k, device=device)
+                              topk=k, device=device, goods=goods)
     return {**res.metrics, "approximate": False}, res.topk_indices, res.topk_scores
+
+
+def map_goods(root, dataset, ds, cfg):
+    """A map gallery's right tiles per photo (its footprint holds the photo); None otherwise."""
+    if not st.is_map_view(root, dataset):
+        return None
+    if ds.mode != "D2S" or cfg.index != "flat":
+        raise st.StoreError(f"{dataset} is a map gallery: score it with mode=D2S index=flat (photos "
+                            "against tiles, exact ranks)")
+    return footprint_goods(root, dataset, ds)
+
+
+def goods_rule(root, dataset) -> str:
+    return "footprint" if st.is_map_view(root, dataset) else "labels"
+
+
+def distance_figures(root, dataset, ds, top_i) -> dict:
+    """Metres beside the ranks: a map's Dis@1, within 5..100 m and SDM@K; else Dis@1 and within
+    25/50/100 m when the store has coordinates."""
+    if st.is_map_view(root, dataset):
+        return map_distance_metrics(root, dataset, ds, top_i)
+    return top1_distance_metrics(root, dataset, ds, top_i) or {}
 
 
 def run(cfg) -> dict:
@@ -85,10 +109,10 @@ def run(cfg) -> dict:
     for ds in sets:
         metrics, top_i, top_s = score_set(cfg, root, dataset, embedder, ds, device)
         # extra keys beside the schema, only when the store has coordinates: Dis@1, within 25/50/100 m
-        subsets[ds.subset] = {**metrics, **(top1_distance_metrics(root, dataset, ds, top_i) or {})}
+        subsets[ds.subset] = {**metrics, **distance_figures(root, dataset, ds, top_i)}
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
                       ds.query.ids, ds.gallery.ids, top_i, top_s)
-        if cfg.pictures:
+        if cfg.pictures and goods_rule(root, dataset) == "labels":  # a map: locate draws the map
             pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder, top_s=top_s))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,
             "heads": embedder.name, "fusion": bool(embedder.spec.get("fusion")),

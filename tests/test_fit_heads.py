@@ -3,6 +3,8 @@ label-free selection kept in heads.json and used by score."""
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import signal
@@ -265,7 +267,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
     assert "Traceback" not in result.output and not (store / "heads").exists()
 
 
-@pytest.mark.parametrize("key,earlier,other", [("null_adjust", "false", "true"), ("confirm_folds", "0", "4")])
+@pytest.mark.parametrize("key,earlier,other", [("null_adjust", "false", "true"), ("confirm_folds", "0", "4"),
+                                               ("holdout_by", "flights", "regions")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -275,3 +278,36 @@ def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeyp
     spec = {v: stage.heads_spec(compose("fit-heads", [f"select.{key}={v}"]), None, "sim", [26, 28])
             for v in (earlier, other)}
     assert key not in spec[earlier]["select"] and str(spec[other]["select"][key]).lower() == other
+
+
+def _spec(monkeypatch, overrides):
+    from pipelines import fit_heads as stage
+    monkeypatch.setattr(stage.st, "features_fingerprint", lambda root, dataset: "features")
+    monkeypatch.setattr(stage.st, "content_digest", lambda root, dataset, split, layers: "content")
+    return stage.heads_spec(compose("fit-heads", overrides), None, "sim", [26, 28])
+
+
+@pytest.mark.parametrize("key", ["center=true", "isms.epochs=5", "isms.latent_dim=64", "agra.teacher=self"])
+def test_keys_the_selection_never_reads_stay_out_of_its_fingerprint(monkeypatch, key):
+    """preset=improved: centring is always a candidate, whitening is closed-form and AGRA is
+    taught by flights, so these keys change nothing and must not force overwrite=true; under
+    preset=paper they are the recipe."""
+    from geoalign_store.config import fingerprint
+    assert fingerprint(_spec(monkeypatch, [key])) == fingerprint(_spec(monkeypatch, []))
+    paper, changed = ["preset=paper"], key.replace("teacher=self", "teacher=isms")   # paper's teacher is self
+    assert fingerprint(_spec(monkeypatch, paper + [changed])) != fingerprint(_spec(monkeypatch, paper))
+    assert fingerprint(_spec(monkeypatch, ["select.holdout=0.3"])) != fingerprint(_spec(monkeypatch, []))
+
+
+@pytest.mark.parametrize("override,named", [("select.map_kinds=[ridg]", "select.map_kinds: 'ridg'"),
+                                            ("select.confirm_folds=-1", "confirm_folds >= 0"),
+                                            ("select.fusion_weights=[1.5]", "select.fusion_weights"),
+                                            ("select.holdout_by=locations", "select.holdout_by: 'locations'"),
+                                            ("select.n_maps=[]", "select.n_maps")])
+def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
+    """Refused at the start of the stage (the store is not even opened), naming the key."""
+    from geoalign_store.config import ConfigError
+    from pipelines import fit_heads as stage
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        stage.run(compose("fit-heads", [f"store={tmp_path / 'absent.zarr'}", override]))
+    assert not (tmp_path / "absent.zarr").exists()

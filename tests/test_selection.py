@@ -67,16 +67,41 @@ def test_no_candidate_replaces_centring_when_flights_carry_no_cross_view_signal(
     assert "centring" in sel.reason
 
 
-def test_held_out_flights_never_reach_a_fitted_candidate(sim):
-    """Replacing the held-out flights' drone rows changes the criterion, not the candidates."""
+def test_held_out_locations_never_reach_a_fitted_candidate(sim, monkeypatch):
+    """Replacing the held-out regions' drone rows *and* their satellites changes the criterion,
+    not the candidates: no fitted piece (centring means, bases, maps, their shrinkage, the pairs)
+    saw a held-out location on either side."""
+    from geoalign_store.method import selection
     views = views_of(sim)
-    held = holdout_mask(views.groups, FAST.holdout, 0)
-    other = {k: np.where(held[:, None], np.roll(v, 7, axis=0), v) for k, v in views.drone.items()}
-    a = select(views, FAST, 0, log=lambda *_: None).fitted
-    b = select(TrainViews(views.sat, other, views.groups, views.layers), FAST, 0, log=lambda *_: None).fitted
+    split, folds = selection.holdouts(views, FAST, 0)
+    assert split.of_locations and split.sat.sum() >= 2 and len(np.unique(views.groups[split.drone])) >= 2
+    monkeypatch.setattr(selection, "holdouts", lambda *_: (split, folds))
+    other_drone = {k: np.where(split.drone[:, None], np.roll(v, 7, axis=0), v) for k, v in views.drone.items()}
+    other_sat = {k: np.where(split.sat[:, None], np.roll(v, 3, axis=0), v) for k, v in views.sat.items()}
+    a = select(views, FAST, 0, log=lambda *_: None)
+    b = select(TrainViews(other_sat, other_drone, views.groups, views.layers), FAST, 0, log=lambda *_: None)
     probe = {k: v[:20] for k, v in views.drone.items()}
-    for name in ("centre", "whiten(16)", "ridge(2)", "orth(1)"):
-        np.testing.assert_array_equal(a[name].embed(probe, "drone"), b[name].embed(probe, "drone"))
+    for name in ("centre", "whiten(16)", "whiten(32)"):
+        np.testing.assert_array_equal(a.fitted[name].embed(probe, "drone"), b.fitted[name].embed(probe, "drone"))
+    assert a.estimates != b.estimates
+    # the maps' pairs come from the teacher space the criterion chose: given that space, the maps
+    # too are fitted on the seen locations alone
+    chain = a.teacher.split(" -> ")
+    seen_only = [selection.candidates(split.seen(v), FAST, 0, None, None, lambda *_: None, list(chain))[0]
+                 for v in (views, TrainViews(other_sat, other_drone, views.groups, views.layers))]
+    for name in ("ridge(2)", "orth(1)"):
+        np.testing.assert_array_equal(seen_only[0][name].embed(probe, "drone"), seen_only[1][name].embed(probe, "drone"))
+        np.testing.assert_array_equal(seen_only[0][name].embed(probe, "drone"), a.fitted[name].embed(probe, "drone"))
+
+
+def test_flights_holdout_keeps_the_earlier_rule(sim):
+    """holdout_by=flights: seeded flights held out, every satellite fitted on (heads fitted before
+    regions existed are reproduced with it)."""
+    from geoalign_store.method import holdouts
+    views = views_of(sim)
+    split, _ = holdouts(views, replace(FAST, holdout_by="flights"), 0)
+    assert not split.sat.any()
+    np.testing.assert_array_equal(split.drone, holdout_mask(views.groups, FAST.holdout, 0))
 
 
 def test_holdout_is_seeded_by_flight_and_never_takes_all():
@@ -213,7 +238,7 @@ def test_confirmation_measures_the_gate_on_every_flight(sim):
     confirmed = select(views, replace(FAST, confirm_folds=3), seed=0, log=lambda *_: None)
     assert confirmed.estimates == base.estimates and confirmed.chosen == base.chosen != "centre"
     assert confirmed.gate_flights == len(np.unique(views.groups)) > base.gate_flights == base.held_out_flights
-    assert "flights, each held out once" in confirmed.reason
+    assert "flights of regions, each held out once" in confirmed.reason
     assert r1_of(confirmed.heads, sim) == r1_of(base.heads, sim)
 
 
@@ -230,3 +255,39 @@ def test_turns_reflect_along_the_principal_axes_as_an_svd_would(n, dim):
     np.testing.assert_allclose(turned, reference, atol=1e-4)
     np.testing.assert_allclose(turned.mean(0), mean, atol=1e-4)
     np.testing.assert_allclose(np.cov(turned.T), np.cov(x.T), atol=1e-3)
+
+
+def test_pick_takes_the_smallest_candidate_within_one_standard_error_of_the_best():
+    """The one-standard-error rule: a bigger model that wins by less than the noise of the
+    held-out flights loses to the smaller one; by more, it wins; centring when it is the pick."""
+    from geoalign_store.method.selection import _pick
+    flights = np.repeat(np.arange(40), 5)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.3, len(flights))
+    base = 0.5 + noise
+    jitter = [e - e.mean() for e in rng.normal(0, 0.3, (2, len(flights)))]   # mean 0: big beats small by 0.01
+    results = {"centre": (0.3, 0.3 + noise), "small": (0.0, base),
+               "big": (0.0, base + 0.01 + jitter[0]), "huge": (0.0, base + 0.005 + jitter[1])}
+    results = {n: (float(v.mean()), v) for n, (_, v) in results.items()}
+    size = {"centre": 0, "small": 10, "big": 1000, "huge": 10 ** 6}
+    pick, rule = _pick(results, flights, size)
+    assert pick == "small" and "within one standard error" in rule
+    results["big"] = (float((base + 0.5).mean()), base + 0.5)   # far beyond the noise: big wins
+    assert _pick(results, flights, size)[0] == "big"
+    only_centre = {"centre": results["centre"], "bad": (0.0, results["centre"][1] - 0.5)}
+    assert _pick(only_centre, flights, {"centre": 0, "bad": 5})[0] == "centre"
+
+
+def test_gate_keeps_centring_unless_the_gain_clears_the_margin():
+    """The do-no-harm gate at the recipe's margin (2 standard errors over flights, 0.01): a
+    gain within the noise keeps centring, a clear one passes, a loss never does."""
+    from geoalign_store.method import Gate
+    flights = np.repeat(np.arange(50), 4)
+    rng = np.random.default_rng(1)
+    per_flight = rng.normal(0, 0.2, 50)[flights]
+    noisy = Gate("m", per_flight + 0.01, flights, "held-out flights")
+    assert noisy.decide(2.0, 0.01)[0] == "centre"
+    clear = Gate("m", per_flight + 0.3, flights, "held-out flights")
+    assert clear.decide(2.0, 0.01)[0] == "m"
+    loss = Gate("m", per_flight - 0.2, flights, "held-out flights")
+    assert loss.decide(2.0, 0.01)[0] == "centre"

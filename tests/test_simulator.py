@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from geoalign_store.sim import GROUP_BASE, generate, simulate
+from geoalign_store.sim import GROUP_BASE, PRIOR, SIZES, generate, realise, simulate
 from geoalign_store.store import StoreError
 
 SMALL = {"dim": 64, "train_locs": 12, "test_locs": 10, "views": 3, "distractors": 4}
@@ -176,3 +176,39 @@ def test_family_defaults_are_hard_for_raw_and_easy_for_the_oracle(family):
     r1 = baselines(data, truth)
     assert r1["raw"] < 0.4 and r1["centred"] < 0.6
     assert max(r1["oracle"], r1.get("oracle_regime", 0)) > 0.9
+
+
+def test_random_family_draws_a_world_per_seed_within_its_prior(tmp_path):
+    """family=random: each seed its own sizes and structure, inside the prior's bounds (C a
+    multiple of 40 for AGRA, train flights per dimension 0.1-10, drone rows bounded), the same
+    world for the same seed, a size the user gives kept, and a store written like any family's."""
+    drawn = [realise(seed, {n: PRIOR[n] for n in SIZES}, PRIOR) for seed in range(40)]
+    dims = {s["dim"] for s, _ in drawn}
+    assert len(dims) > 5 and all(d % 40 == 0 and 40 <= d <= PRIOR["dim_max"] for d in dims)
+    assert all(PRIOR["train_locs_min"] <= s["train_locs"] <= PRIOR["train_locs_max"] for s, _ in drawn)
+    assert all(s["train_locs"] * s["views"] <= max(PRIOR["drone_rows_max"], 2 * s["train_locs"])
+               for s, _ in drawn)
+    per_dim = [s["train_locs"] / s["dim"] for s, _ in drawn]
+    assert min(per_dim) < 0.5 and max(per_dim) > 3        # where maps can and cannot be fitted
+    assert {w["distortion"] for _, w in drawn} == {0, 1, 2} and {w["nonlinear"] for _, w in drawn} == {0, 1}
+    assert realise(7, {n: PRIOR[n] for n in SIZES}, PRIOR) == drawn[7]
+    small = {"dim": 80, "train_locs": 30, "test_locs": 20, "views": 4, "distractors": 5}
+    summary = simulate(str(tmp_path / "r.zarr"), family="random", seed=3, **small)
+    assert summary["world"]["dim"] == 80 and summary["world"]["views"] == 4
+    x = _view(str(tmp_path / "r.zarr"), "test", "drone")["layer_28/desc"][:]
+    assert x.shape == (80, 80)
+    again, _ = generate(family="random", seed=3, **small)
+    np.testing.assert_array_equal(again["test", "drone"]["layer_28/desc"], x)
+
+
+def test_random_worlds_test_region_differs_from_the_train_region():
+    """The test split's locations come from another region: its satellites' mean content is
+    further from the train satellites' than two draws of one region would be."""
+    from geoalign_store.sim import RandomWorld
+    sizes, world = realise(4, {n: PRIOR[n] for n in SIZES}, PRIOR)
+    world = {**world, "test_shift": 1.0}
+    model = RandomWorld(np.random.default_rng(0), sizes["dim"], world)
+    rng = np.random.default_rng(1)
+    mean = lambda split: model.clean(model.latents(rng, 2000, split))[28].mean(0)  # noqa: E731
+    a, b, test = mean("train"), mean("train"), mean("test")
+    assert np.linalg.norm(test - a) > 3 * np.linalg.norm(b - a)

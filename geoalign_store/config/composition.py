@@ -131,6 +131,8 @@ KEY_TYPES: dict[str, tuple] = {
     "agra": (None, str, dict),
     "isms": (None, str, dict),
     "heads": (None, str),
+    "tile_m": (list, int, float),
+    "web_scheme": ("xyz", "tms"),
 }
 
 

@@ -1,4 +1,5 @@
-"""features: images -> descriptors. Image reading and normalisation, decoding ahead of the
+"""features: images -> descriptors. Image reading and normalisation, map tiles read as
+rasterio windows resampled on the fly (no tile file written), decoding ahead of the
 forward pass, the DINOv3 ViT forward and its weights (a Hugging Face folder, or the official
 `.pth` converted key by key), the paper's pooling (per-position L2, GeM p=3, L2; CLS), the
 extraction engine that writes whole blocks to the store in-process or as dask tasks (one GPU per
@@ -21,7 +22,9 @@ __getattr__, __dir__, __all__ = face(__name__, {
                  "layer_tokens", "load_backbone", "pool_tokens", "read_arch", "resolve_backbone",
                  "resolve_layers", "weights_fingerprint", "weights_source"),
     "extraction": ("BlockJob", "BlockWriter", "Clock", "EncodeOptions", "block_task", "encode_stack",
-                   "job_batches", "plan_jobs", "run_in_process"),
+                   "job_batches", "pixel_source", "plan_jobs", "plan_tile_jobs", "run_in_process"),
+    "map_inputs": ("MAP_TILE_PX", "MapInputs"),
+    "map_tiles": ("SKIPPED", "MapSource", "MapTiles", "open_grid", "read_window", "tile_pixels"),
     "devices": ("device_name", "resolve_device"),
     "worker_devices": ("DevicePerWorker", "worker_device"),
 })

@@ -7,11 +7,13 @@ distributed run computes every image in exactly the batch it would have had unin
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,7 @@ from ..config import ConfigError
 from .backbone import Backbone, gem_descriptor, layer_tokens, load_backbone, pool_tokens
 from .decoding import auto_workers, decoded_batches
 from .images import ImageFiles, normalise
+from .map_tiles import MapSource, MapTiles
 
 
 @dataclass
@@ -31,6 +34,7 @@ class BlockJob:
     block: int
     paths: list[str]              # absolute image paths of the block's rows, in row order
     offset: int = 0               # flat index of the job's first image in a multi-job run
+    windows: np.ndarray | None = None  # map tiles: (n, 5) file, col_off, row_off, width, height
 
 
 @dataclass
@@ -41,6 +45,7 @@ class EncodeOptions:
     image_size: object = None
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
+    map_source: MapSource | None = None  # set: the jobs are map tiles read from these files
 
 
 def plan_jobs(group, data_root: Path, pending: list[int], offset: int = 0) -> list[BlockJob]:
@@ -53,6 +58,49 @@ def plan_jobs(group, data_root: Path, pending: list[int], offset: int = 0) -> li
         jobs.append(BlockJob(group.path, block, paths, offset))
         offset += len(paths)
     return jobs
+
+
+def plan_tile_jobs(group, pending: list[int], offset: int = 0) -> list[BlockJob]:
+    """Jobs of the pending blocks of a map's tile view: each row a window (store/map_tiles.py)."""
+    ids = st.read_meta(group, "ids")
+    windows = np.concatenate([st.read_meta(group, "tiles/file")[:, None].astype(np.int64),
+                              st.read_meta(group, "tiles/window")], axis=1)
+    jobs = []
+    for block in pending:
+        rows = st.block_rows(group, block)
+        jobs.append(BlockJob(group.path, block, [str(i) for i in ids[rows]], offset, windows[rows]))
+        offset += rows.stop - rows.start
+    return jobs
+
+
+def pixel_source(jobs: list[BlockJob], opts: EncodeOptions):
+    """What decodes the jobs' rows by flat index: image files, a map's windows, or (a map with
+    its photos) both, each job read by its own kind."""
+    parts, start = [], 0
+    for tiles, group in itertools.groupby(jobs, key=lambda j: j.windows is not None):
+        group = list(group)
+        if tiles:
+            part = MapTiles(opts.map_source, np.concatenate([j.windows for j in group]), opts.image_size)
+        else:
+            part = ImageFiles([p for j in group for p in j.paths], opts.image_size)
+        parts.append((start, part))
+        start += len(part)
+    return parts[0][1] if len(parts) == 1 else _JobRows(parts)
+
+
+class _JobRows(torch.utils.data.Dataset):
+    """Consecutive row sources as one, by flat index."""
+
+    def __init__(self, parts: list[tuple[int, object]]):
+        self.parts, self.starts = parts, [s for s, _ in parts]
+
+    def __len__(self) -> int:
+        return self.starts[-1] + len(self.parts[-1][1])
+
+    def __getitem__(self, index: int):
+        start, part = self.parts[bisect.bisect_right(self.starts, index) - 1]
+        _, pixels, error = part[index - start]
+        return index, pixels, error
 
 
 def job_batches(jobs: list[BlockJob], batch_size: int) -> list[list[int]]:
@@ -219,7 +267,7 @@ def run_in_process(load: Callable[[], Backbone], jobs: list[BlockJob], opts: Enc
     -> where the time went (seconds; `steady_*`: every batch after the first)."""
     clock = Clock()
     paths = [p for j in jobs for p in j.paths]
-    batches = decoded_batches(ImageFiles(paths, opts.image_size), job_batches(jobs, batch_size),
+    batches = decoded_batches(pixel_source(jobs, opts), job_batches(jobs, batch_size),
                               num_workers, decode, pin=torch.cuda.is_available())
     clock.lap("workers_start_s")
     bb = load()
@@ -290,8 +338,8 @@ def block_task(store_url: str, job: BlockJob, backbone_args: dict, opts: EncodeO
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES[key] = load_backbone(**backbone_args)
     bb = _WORKER_BACKBONES[key]
-    job = BlockJob(job.view_path, job.block, job.paths, 0)
-    files = ImageFiles(job.paths, opts.image_size)
+    job = replace(job, offset=0)
+    files = pixel_source([job], opts)
     failed = []
     root = st.open_store(store_url, mode="r+")
     assembler = BlockAssembler([job], batch_size, lambda p: root[p],

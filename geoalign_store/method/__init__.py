@@ -27,7 +27,8 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "criterion": ("Rows", "adjusted", "read", "stream_order"),
     "turns": ("SatelliteSets", "Turns"),
     "confirmation": ("Gate", "confirm_folds"),
-    "selection": ("Selection", "SelectionConfig", "holdout_mask", "select"),
+    "selection": ("Selection", "SelectionConfig", "holdout_mask", "holdouts", "select"),
+    "holdout": ("Holdout", "REGIONS", "region_folds", "region_holdout", "regions"),
     "registry": ("available_heads", "check_heads_current", "claim_heads_folder", "heads_recipe",
                  "heads_staleness", "pick_heads"),
 })

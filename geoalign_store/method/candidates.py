@@ -133,7 +133,7 @@ def maps(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, n_maps:
         fit_one = lambda a, b: ridge(a, b, lam * len(a))  # noqa: E731
     else:
         raise ValueError(f"map kind must be ridge or orth, got {kind!r}")
-    label = _kmeans(xq, n_maps, seed)
+    label = kmeans(xq, n_maps, seed)
     xt, yt = torch.from_numpy(xq), torch.from_numpy(l2n(yq))
     for _ in range(em_iters if n_maps > 1 else 1):
         mats = np.stack([fit_one(xq[label == j], yq[label == j]) for j in range(n_maps)])
@@ -200,8 +200,9 @@ def _procrustes(x: np.ndarray, y: np.ndarray, r: int) -> np.ndarray:
     return (u @ vt).astype(np.float32)
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int, iters: int = 10) -> np.ndarray:
-    """Seeded Lloyd iterations: the EM's starting split of the drone images."""
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 10) -> np.ndarray:
+    """Seeded Lloyd iterations: the EM's starting split of the drone images, the regions of the
+    satellites (holdout.py)."""
     if k == 1:
         return np.zeros(len(x), int)
     centres = x[np.random.default_rng(seed).choice(len(x), k, replace=False)]

@@ -59,13 +59,15 @@ def confirm_folds(groups: np.ndarray, held: np.ndarray, n: int, seed: int) -> li
     return [np.isin(groups, p) for p in parts]
 
 
-def confirm(first: Gate, views, held: np.ndarray, n: int, seed: int, refit: Callable, rank: Callable) -> Gate:
-    """`first` (the pick's gain on its own held-out flights) joined by its gain on every fold of
-    `confirm_folds`: refit(seen views) -> (fitted {"centre", pick}, pairing space) without the
-    fold; rank(that, fold rows) -> {name: (criterion, per image)} on the fold's flights."""
+def confirm(first: Gate, views, folds: list, refit: Callable, rank: Callable) -> Gate:
+    """`first` (the pick's gain on its own held-out part) joined by its gain on every fold
+    (holdout.Holdout: flights, or whole regions with their satellites): refit(seen views) ->
+    (fitted {"centre", pick}, pairing space) without the fold; rank(that, fold) -> {name:
+    (criterion, per image)} on the fold's flights."""
     diffs, groups = [first.diff], [first.groups]
-    for fold in confirm_folds(views.groups, held, n, seed):
-        results = rank(refit(views.drones(~fold)), fold)
+    for fold in folds:
+        results = rank(refit(fold.seen(views)), fold)
         diffs.append(results[first.pick][1] - results["centre"][1])
-        groups.append(views.groups[fold])
-    return Gate(first.pick, np.concatenate(diffs), np.concatenate(groups), "flights, each held out once")
+        groups.append(views.groups[fold.drone])
+    where = "flights of regions, each held out once" if folds and folds[0].of_locations else "flights, each held out once"
+    return Gate(first.pick, np.concatenate(diffs), np.concatenate(groups), where)

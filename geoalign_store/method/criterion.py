@@ -1,7 +1,11 @@
 """The label-free criterion of a candidate space (issue 8; selection.py's step 3), and the rows
 it embeds.
 
-The seen flights are assigned one-to-one to satellites, which they claim; the held-out flights
+Held-out locations (holdout.py, the default): the satellites the fits saw are claimed; the
+held-out flights are assigned one-to-one to the held-out satellites from half of their images,
+and each image of the other half, retrieving among *all* satellites, counts as right when it
+picks its flight's satellite. Held-out flights only (`holdout_by=flights`, the earlier rule):
+the seen flights are assigned one-to-one to satellites, which they claim; the held-out flights
 are assigned one-to-one to the unclaimed satellites from half of their images, and each image of
 the other half, retrieving among *all* satellites, counts as right when it picks its flight's
 satellite. With turns (select.null_adjust) the same score against the satellites reflected at
@@ -23,6 +27,7 @@ import torch
 
 from . import candidates as cand
 from .headset import Heads
+from .holdout import Holdout, flights_only
 from .turns import SatelliteSets, Turns
 
 
@@ -33,10 +38,14 @@ class Rows:
     (a stream is reused by the fusions that follow it: see `stream_order`). At University-1652
     size a held-out part is ~80 MB per entry."""
 
-    def __init__(self, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8, keep: int = 2):
+    def __init__(self, views: cand.TrainViews, held, per_flight: int = 8, keep: int = 2):
+        split = held if isinstance(held, Holdout) else flights_only(views, np.asarray(held, bool))
+        held = split.drone
         held_rows = np.flatnonzero(held)
         seen_rows = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
         self.views, self.keep = views, keep
+        # held-out locations: the satellites the fits saw are the claimed ones, in every space
+        self.fixed_claims = np.flatnonzero(~split.sat) if split.of_locations else None
         self.rows = {"held": held_rows, "seen": seen_rows}
         self.groups = {part: views.groups[r] for part, r in self.rows.items()}
         self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
@@ -124,6 +133,8 @@ def read(heads: Heads, rows: Rows, turns: list[Turns] = (), own_claims: bool = F
     drone, groups = rows.embed(heads, "held"), rows.groups["held"]
     picks = [sim.argmax(1) for sim in sets.similarities(drone)]
     halves = [(voters, scored, sets.similarities(means)) for means, voters, scored in _halves(drone, groups)]
+    if rows.fixed_claims is not None:
+        return Reading(len(sets.sat), groups, picks, halves, [rows.fixed_claims] * len(sets))
     return Reading(len(sets.sat), groups, picks, halves, claimed(heads, rows, sets) if own_claims else None)
 
 

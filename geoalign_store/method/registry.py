@@ -30,11 +30,11 @@ def refit_hint(store_url, name: str) -> str:
             "import-heads with overwrite=true for imported weights)")
 
 
-def claim_heads_folder(folder: Path, wanted: str, overwrite: bool, other: str) -> dict | None:
-    """heads/<name>/ for heads of fingerprint `wanted`: its heads.json when it already holds
-    them; None when empty, or emptied with `overwrite` (so no leftover - centring means, logs -
-    mixes with new weights). Other heads (`other` says how they differ) are never replaced
-    silently."""
+def claim_heads_folder(folder: Path, wanted, overwrite: bool, other: str) -> dict | None:
+    """heads/<name>/ for heads of fingerprint `wanted` (one, or a tuple of those that describe
+    the same heads): its heads.json when it already holds them; None when empty, or emptied with
+    `overwrite` (so no leftover - centring means, logs - mixes with new weights). Other heads
+    (`other` says how they differ) are never replaced silently."""
     meta_path = folder / "heads.json"
     if not meta_path.exists():
         return None
@@ -44,7 +44,7 @@ def claim_heads_folder(folder: Path, wanted: str, overwrite: bool, other: str) -
         if not overwrite:
             raise
         meta = {}  # replaced below, with whatever else the folder holds
-    if meta.get("fingerprint") == wanted:
+    if meta.get("fingerprint") in ((wanted,) if isinstance(wanted, str) else tuple(wanted)):
         return meta
     if not overwrite:
         raise st.StoreError(f"{folder} holds {other}; add overwrite=true to replace them, or name=OTHER")

@@ -29,7 +29,8 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from . import candidates as cand
-from .confirmation import Gate, confirm, flight_se
+from .confirmation import Gate, confirm, confirm_folds, flight_se
+from .holdout import Holdout, flights_only, region_folds
 from .criterion import Rows, adjusted, read, seen_claims, stream_order
 from .turns import NULL_TURNS, Turns
 from .headset import Heads
@@ -49,11 +50,32 @@ class SelectionConfig(FitHeadsSection):
     min_gain: float
     map_rank: int
     rounds: int
-    # keys added later: a default here is how heads were fitted before the key existed (their
-    # fingerprint leaves the key out at that value); the recipe's defaults are fit-heads.yaml's
-    null_adjust: bool = False
-    confirm_folds: int = 0
+    null_adjust: bool
+    confirm_folds: int
+    holdout_by: str
     SECTION: ClassVar[str] = "select"
+    # keys added after heads were first saved, at the value that reproduces heads fitted before
+    # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
+    # recipe's defaults are fit-heads.yaml's.
+    KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights"}
+    CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights")}
+
+    def __post_init__(self):
+        """Values checked when the recipe is composed, not minutes into a fit."""
+        from ..config import ConfigError
+        for key, valid in self.CHOICES.items():
+            given = getattr(self, key)
+            for value in (given if isinstance(given, tuple) else (given,)):
+                if value not in valid:
+                    raise ConfigError(f"select.{key}: {value!r} is not one of {', '.join(valid)}")
+        for key in ("latents", "n_maps"):
+            if not getattr(self, key) or any(int(v) < 1 for v in getattr(self, key)):
+                raise ConfigError(f"select.{key}: a non-empty list of integers >= 1, got {list(getattr(self, key))}")
+        if any(not 0 < float(w) < 1 for w in self.fusion_weights):
+            raise ConfigError(f"select.fusion_weights: weights strictly between 0 and 1, got {list(self.fusion_weights)}")
+        if self.confirm_folds < 0 or not 0 < self.holdout < 1 or self.rounds < 1 or self.map_rank < 1:
+            raise ConfigError("select: confirm_folds >= 0, 0 < holdout < 1, rounds >= 1 and map_rank >= 1 "
+                              f"(got {self.confirm_folds}, {self.holdout}, {self.rounds}, {self.map_rank})")
 
     @classmethod
     def from_config(cls, section: dict) -> "SelectionConfig":
@@ -107,9 +129,12 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
     rounds = cfg.rounds if score is not None else len(chain)
     for round_ in range(rounds):
         maps = {}
+        # a later round's maps are other models (paired in another space): other names, so the
+        # map that paired the flights is never overwritten by its refit
+        tag = "" if round_ == 0 else f" r{round_ + 1}"
         for kind in cfg.map_kinds:
             for k in cfg.n_maps:
-                names = {"lda": f"{kind}({k})", "subspace": f"{kind}({k}, subspace gate)"}
+                names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}"}
                 if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
                     fitted = cand.maps(centre, basis, views, out[chain[round_]], k, seed, kind, cfg.map_rank)
                     maps.update({names[gate]: heads for gate, heads in fitted.items()})
@@ -125,9 +150,11 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
         # AGRA learns from every satellite it is given, unpaired ones too: it gets only those
         # the seen flights claim, so that a held-out flight's satellite is as new to it as a
         # test location's (otherwise the criterion flatters it)
-        claimed = seen_claims(out[chain[-1]], views, np.zeros(len(views.groups), bool))
-        sub = cand.TrainViews({k: v[claimed] for k, v in views.sat.items()}, views.drone, views.groups,
-                              views.layers)
+        sub = views
+        if cfg.holdout_by == "flights":   # held-out regions' satellites are out of `views` already
+            claimed = seen_claims(out[chain[-1]], views, np.zeros(len(views.groups), bool))
+            sub = cand.TrainViews({k: v[claimed] for k, v in views.sat.items()}, views.drone, views.groups,
+                                  views.layers)
         out["agra"] = train_agra(centre, out[chain[-1]], sub)
     teacher = chain[0]
     for name in [n for n in out if n.startswith((*cfg.map_kinds, "agra"))]:
@@ -138,18 +165,35 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
 
 
 def _needed(name: str, round_: int, rounds: int, chain: list, score, only: str | None) -> bool:
-    """A refit fits only the maps that pair flights for a later round and the one it returns."""
-    if score is not None:
+    """A refit fits only the maps that pair flights for a later round and those the candidate
+    it returns is made of (by name, exactly)."""
+    if score is not None or only is None:
         return True
-    if round_ + 1 < rounds:
-        return name == chain[round_ + 1]
-    return only is None or name in only
+    return (round_ + 1 < rounds and name == chain[round_ + 1]) or name in components(only)
+
+
+def components(name: str) -> set[str]:
+    """The candidates a fused candidate's name (`"w A + w' B"`) is made of; else the name."""
+    if " + " not in name:
+        return {name}
+    first, second = name.split(" + ", 1)
+    return {first.split(" ", 1)[1], second.split(" ", 1)[1]}
+
+
+def holdouts(views: cand.TrainViews, cfg: SelectionConfig, seed: int) -> tuple[Holdout, list[Holdout]]:
+    """What the selection holds out and, for the gate's confirmation, the folds of the rest."""
+    if cfg.holdout_by == "regions":
+        return region_folds(views, cfg.holdout, cfg.confirm_folds, seed)
+    held = holdout_mask(views.groups, cfg.holdout, seed)
+    folds = confirm_folds(views.groups, held, cfg.confirm_folds, seed) if cfg.confirm_folds else []
+    return flights_only(views, held), [flights_only(views, f) for f in folds]
 
 
 def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: Callable | None = None,
            log: Callable = print) -> Selection:
-    held = holdout_mask(views.groups, cfg.holdout, seed)
-    rows = Rows(views, held)
+    split, folds = holdouts(views, cfg, seed)
+    held = split.drone
+    rows = Rows(views, split)
     turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else []
     readings: dict = {}   # id(heads) -> (heads, its Reading, its criterion in its own space)
 
@@ -159,13 +203,14 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
             readings[id(heads)] = (heads, reading, adjusted(reading))
         return readings[id(heads)][2][0]
 
-    fitted, chain = candidates(views.drones(~held), cfg, seed, train_agra, score, log)
+    fitted, chain = candidates(split.seen(views), cfg, seed, train_agra, score, log)
     results = ranked(fitted, fitted[chain[-1]], rows, turns, {k: v[1] for k, v in readings.items()})
     readings.clear()   # the readings hold ~8 MB each at University-1652 size
     pick, rule = _pick(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
-    gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], "held-out flights")
-    if pick != "centre" and cfg.confirm_folds and not _trained_once(pick):
-        gate = confirm(gate, views, held, cfg.confirm_folds, seed,
+    where = "held-out regions' flights" if split.of_locations else "held-out flights"
+    gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)
+    if pick != "centre" and folds and not _trained_once(pick):
+        gate = confirm(gate, views, folds,
                        lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
                        lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold), turns))
     chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)

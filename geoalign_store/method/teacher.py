@@ -62,15 +62,17 @@ class FlightTeacher:
     """Builds the plan at the start (ISMS space) and at every refresh (fused AGRA + ISMS space)
     from fixed rows: every satellite and `per_flight` drones of every flight."""
 
-    def __init__(self, sat, drone, sat_isms, drone_isms, groups, epsilon: float, n_iter: int,
+    def __init__(self, sat, drone, sat_teacher, drone_teacher, groups, epsilon: float, n_iter: int,
                  per_flight: int = 8):
+        """`sat`, `drone`: AGRA's inputs; `sat_teacher`, `drone_teacher`: the same rows embedded
+        in the teacher space (whichever the selection chose: ISMS whitening, or a map's)."""
         rows = flight_rows(groups, per_flight)
         self.sat, self.drone = sat, drone[torch.from_numpy(rows)]
-        self.sat_isms, self.drone_isms = torch.as_tensor(sat_isms), torch.as_tensor(drone_isms[rows])
+        self.sat_teacher, self.drone_teacher = torch.as_tensor(sat_teacher), torch.as_tensor(drone_teacher[rows])
         self.groups, self.epsilon, self.n_iter = groups[rows], epsilon, n_iter
 
     def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return flight_plan(self.sat_isms.numpy(), self.drone_isms.numpy(), self.groups,
+        return flight_plan(self.sat_teacher.numpy(), self.drone_teacher.numpy(), self.groups,
                            self.epsilon, self.n_iter)
 
     @torch.no_grad()
@@ -80,8 +82,8 @@ class FlightTeacher:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        sat = fuse(model.embed(self.sat.to(device), "satellite").cpu(), self.sat_isms, FUSION_WEIGHT)
-        drone = fuse(model.embed(self.drone.to(device), "drone").cpu(), self.drone_isms, FUSION_WEIGHT)
+        sat = fuse(model.embed(self.sat.to(device), "satellite").cpu(), self.sat_teacher, FUSION_WEIGHT)
+        drone = fuse(model.embed(self.drone.to(device), "drone").cpu(), self.drone_teacher, FUSION_WEIGHT)
         model.train(was_training)
         return flight_plan(sat.numpy(), drone.numpy(), self.groups, self.epsilon, self.n_iter)
 

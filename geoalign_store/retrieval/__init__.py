@@ -1,7 +1,10 @@
 """retrieval: heads' embeddings -> answers. The direction sets a score reads (D2S, S2D, per
 altitude), stored descriptors embedded in bounded chunks, raw or through the store's heads (the
-embedder), the official University-1652 metrics computed in blocks and streamed, distances in
-metres, FAISS indices and the store's cached ones, and `Locator` (where was this photo taken?).
+embedder; or another store's, `heads=STORE:NAME`, when both stores' features were made alike),
+the official University-1652 metrics computed in blocks and streamed, distances in metres, a map
+gallery's geometric truth (a tile is right when its footprint holds the photo's position; Dis@1,
+within-N-metres, SDM@K) and positions finer than a tile, FAISS indices and the store's cached
+ones, and `Locator` (where was this photo taken?).
 Metrics are pure functions of arrays.
 
 May import: config, datasets, store, features (locate encodes new photos), method (the heads).
@@ -19,11 +22,14 @@ __getattr__, __dir__, __all__ = face(__name__, {
                   "top1_distance_metrics"),
     "embeddings": ("DirectionSet", "MODES", "PROTOCOLS", "Side", "StoredEmbeddings", "direction_sets",
                    "raw_embedding"),
-    "embedder": ("IN_MEMORY_BYTES", "Embedder", "embedder_inputs", "gallery_fingerprint",
+    "embedder": ("FEATURE_FIELDS", "IN_MEMORY_BYTES", "Embedder", "features_differ", "foreign_heads", "embedder_inputs", "gallery_fingerprint",
                  "inputs_staleness", "open_direction", "resolve_embedder", "side_embeddings"),
     "index": ("INDEX_TYPES", "IndexConfigError", "build_index", "gpu_available", "gpu_for",
               "load_index", "resolve_params",
               "save_index", "search"),
     "indices": ("ensure_index", "index_name"),
+    "map_scoring": ("MAP_THRESHOLDS_M", "SDM_KS", "footprint_goods", "map_distance_metrics",
+                    "photo_positions", "sdm_at_k"),
+    "map_locate": ("REFINE_K", "agreeing", "map_around", "refine_position"),
     "locator": ("LocateError", "Locator", "add_truth"),
 })

@@ -5,6 +5,7 @@ both (to know when the store has moved on since)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from .. import store as st
@@ -24,8 +25,58 @@ class Embedder:
     description: str = "raw descriptors"        # what the heads are (e.g. "centre", "ridge(1)")
 
 
+# What decides a descriptor's values (extract's feature_spec): heads fitted on one store's
+# features serve another's only when all of these are equal.
+FEATURE_FIELDS = ("backbone", "arch", "weights_sha256", "layers", "image_size", "normalisation", "pooling",
+                  "stage_version")
+
+
+def foreign_heads(heads) -> tuple[str, str] | None:
+    """(store, name) of `heads=STORE:NAME`: heads fitted in another store; None otherwise."""
+    text = "" if heads is None else str(heads)
+    store, sep, name = text.rpartition(":")
+    return (store, name) if sep and store and name and "/" not in name else None
+
+
+def features_differ(root, dataset: str, other_root, other_dataset: str) -> list[str]:
+    """The fields of how features were made that differ between two stores' datasets."""
+    spec = lambda r, d: r[f"{st.FEATURES}/{d}"].attrs.get("fingerprint", {}).get("spec", {})  # noqa: E731
+    ours, theirs = spec(root, dataset), spec(other_root, other_dataset)
+    return [f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} here)" for k in FEATURE_FIELDS if ours.get(k) != theirs.get(k)]
+
+
+def _foreign_embedder(root, cfg, dataset: str, other: str, name: str) -> Embedder:
+    """Heads fitted on another store's train split (e.g. a benchmark's), refused unless both
+    stores' features were made the same way (FEATURE_FIELDS) and the heads are current there."""
+    meta = available_heads(other).get(name)
+    if meta is None:
+        raise st.StoreError(f"heads={cfg.heads}: no finished heads {name!r} in {other} "
+                            f"(found: {', '.join(available_heads(other)) or 'none'})")
+    other_root, other_dataset = st.open_store(other, mode="r"), meta["spec"]["dataset"]
+    differ = features_differ(root, dataset, other_root, other_dataset)
+    if differ:
+        raise st.StoreError(f"heads={cfg.heads} were fitted on features made differently from {dataset}'s: "
+                            + "; ".join(differ) + ". Extract both the same way, or use heads=none")
+    check_heads_current(other_root, other, other_dataset, name, meta)
+    layers = list(meta["spec"]["layers"])
+    st.stored_layers(root, dataset, layers)
+    from ..method import Heads  # torch: only when heads are used
+    folder = st.artefact_dir(other, "heads", name)
+    recipe = heads_recipe(folder, meta, bool(cfg.fusion), cfg.fusion_weight)
+    spec = {"features": st.features_fingerprint(root, dataset), "heads": name, "heads_store": str(other),
+            "heads_fingerprint": meta["fingerprint"], "layers": layers, "recipe": recipe,
+            "fusion": len(recipe["streams"]) > 1, "test_content": st.content_digest(root, dataset, "test", layers)}
+    if spec["fusion"]:
+        spec["fusion_weight"] = recipe["weights"][0]
+    heads = Heads.load(folder, recipe)   # named for folders: the other store's folder name, then the heads'
+    label = f"{Path(str(other).rstrip('/')).name}.{name}"
+    return Embedder(label, layers, heads.embed, spec, heads.describe() + f" (from {other})")
+
+
 def resolve_embedder(root, cfg, dataset: str) -> Embedder:
     features = st.features_fingerprint(root, dataset)
+    if (foreign := foreign_heads(cfg.heads)) is not None:
+        return _foreign_embedder(root, cfg, dataset, *foreign)
     name, meta = pick_heads(cfg, dataset)
     if meta is None:
         layers = st.stored_layers(root, dataset, list(cfg.layers))
@@ -49,7 +100,10 @@ def resolve_embedder(root, cfg, dataset: str) -> Embedder:
 
 def embedder_inputs(embedder: Embedder) -> dict:
     """What an index or a score was computed from, recorded beside it for `geoalign check`."""
-    return {k: embedder.spec.get(k) for k in ("features", "test_content", "heads", "heads_fingerprint", "layers")}
+    inputs = {k: embedder.spec.get(k) for k in ("features", "test_content", "heads", "heads_fingerprint", "layers")}
+    if "heads_store" in embedder.spec:  # heads=STORE:NAME
+        inputs["heads_store"] = embedder.spec["heads_store"]
+    return inputs
 
 
 def inputs_staleness(root, store, dataset: str, inputs: dict) -> str | None:
@@ -61,10 +115,15 @@ def inputs_staleness(root, store, dataset: str, inputs: dict) -> str | None:
         return "the test descriptors changed"
     heads = inputs.get("heads")
     if heads and heads != "none":
+        store = inputs.get("heads_store", store)   # heads=STORE:NAME: looked up where they live
         meta = available_heads(store).get(heads)
         if meta is None or meta.get("fingerprint") != inputs.get("heads_fingerprint"):
             return f"heads {heads!r} were refitted or removed"
-        if heads_staleness(root, dataset, meta):
+        if "heads_store" in inputs:
+            other = st.open_store(store, mode="r")
+            if heads_staleness(other, meta["spec"]["dataset"], meta):
+                return f"heads {heads!r} of {store} are stale"
+        elif heads_staleness(root, dataset, meta):
             return f"heads {heads!r} are stale"
     return None
 

@@ -31,6 +31,7 @@ from . import index as fx
 from .distances import haversine_m
 from .embedder import IN_MEMORY_BYTES, gallery_fingerprint, resolve_embedder
 from .embeddings import DirectionSet, Side, StoredEmbeddings
+from .map_locate import REFINE_K, map_around, refine_position
 from .metrics import topk_gallery
 
 
@@ -66,6 +67,10 @@ class Locator:
         latlon = st.read_coordinates(self.root, self.dataset, "test", "satellite")
         self.gallery_latlon = None if latlon is None else latlon[self.gallery_side.rows]
         self._truths = None
+        # a map gallery: the tiles' geometry, for a position finer than a tile (map_locate.py)
+        self.map_tiles = (st.read_tile_table(self.root, self.dataset, self.gallery_side.rows)
+                          if st.is_map_view(self.root, self.dataset) else None)
+        self.map_files = st.read_map_files(self.root, self.dataset) if self.map_tiles is not None else None
 
     # ----- construction
     def _satellite_gallery(self):
@@ -137,7 +142,7 @@ class Locator:
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(gallery positions, scores) of the top k per query; junk satellites never returned."""
-        k = min(self.k, len(self.gallery_side.rows))
+        k = min(self.k if self.map_tiles is None else max(self.k, REFINE_K), len(self.gallery_side.rows))
         if self.index is not None:
             scores, found = fx.search(self.index, queries, k)
             return found, scores
@@ -155,16 +160,23 @@ class Locator:
 
     def _answer(self, path: Path, found: np.ndarray, scores: np.ndarray) -> dict:
         top = []
-        for rank, (g, s) in enumerate(zip(found, scores), start=1):
+        for rank, (g, s) in enumerate(zip(found[:self.k], scores[:self.k]), start=1):
             if g < 0:
                 continue
             sat_id = str(self.gallery_side.ids[g])
-            item = {"rank": rank, "satellite_id": sat_id, "location": location_of(sat_id), "score": float(s)}
+            item = {"rank": rank, "satellite_id": sat_id, "score": float(s),
+                    "location": location_of(sat_id) if self.map_tiles is None else sat_id}
             if self.gallery_latlon is not None and np.isfinite(self.gallery_latlon[g]).all():
                 item["lat"], item["lon"] = (float(v) for v in self.gallery_latlon[g])
+            if self.map_tiles is not None:
+                item["ground_m"] = float(self.map_tiles["ground_m"][g])
+                item["footprint"] = self.map_tiles["footprint"][g].tolist()
             top.append(item)
         answer = {"image": str(path), "heads": self.embedder.name, "top": top,
                   "position": ({"lat": top[0]["lat"], "lon": top[0]["lon"]} if top and "lat" in top[0] else None)}
+        if self.map_tiles is not None and top:
+            answer["tile_position"] = answer["position"]
+            answer["position"] = refine_position(self.map_tiles, self.map_files, found, scores)
         truth = self._truth(path)
         return answer if truth is None else add_truth(answer, truth)
 
@@ -195,6 +207,22 @@ class Locator:
                 "rows": dict(zip(ids, range(len(ids)))), "ids": ids,
                 "latlon": st.read_coordinates(self.root, self.dataset, "test", "drone")}
 
+    def map_view(self, answer: dict) -> dict | None:
+        """The map around a map answer, and where its top tiles, position and truth fall on it."""
+        if self.map_tiles is None or not answer.get("position") or self.map_files[0].web_tiles:
+            return None  # web tiles: the answer sheet shows the tile images themselves
+        points = [[answer["position"]["lat"], answer["position"]["lon"]]]
+        points += [corner for item in answer["top"] for corner in item["footprint"]]
+        truth = answer.get("truth") or {}
+        points += [[truth["lat"], truth["lon"]]] if "lat" in truth else []
+        half = max(2 * max(item["ground_m"] for item in answer["top"]), 1.5 * answer["position"]["uncertainty_m"],
+                   min(1.2 * truth.get("error_m", 0) + 50, 2000))  # the truth in view when not too far
+        view = map_around(self.map_files[answer["position"]["file"]], np.array(points), half)
+        xy = view.pop("xy")
+        view.update(answer_xy=xy[0], tiles_xy=xy[1:1 + 4 * len(answer["top"])].reshape(-1, 4, 2),
+                    truth_xy=xy[-1] if "lat" in truth else None)
+        return view
+
     def data_root(self) -> Path | None:
         root = self.sat_group.attrs.get("data_root")
         return Path(root) if root else None
@@ -217,6 +245,9 @@ def add_truth(answer: dict, truth: dict) -> dict:
         a = np.array([truth["lat"], truth["lon"]])
         b = np.array([answer["position"]["lat"], answer["position"]["lon"]])
         truth["error_m"] = float(haversine_m(a, b))
+        if answer.get("tile_position"):  # a map answer: the top-1 tile centre's error beside it
+            t = answer["tile_position"]
+            truth["tile_error_m"] = float(haversine_m(a, np.array([t["lat"], t["lon"]])))
     return answer
 
 

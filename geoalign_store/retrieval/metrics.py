@@ -88,18 +88,22 @@ def topk_gallery(query_emb, gallery_emb, k, *, gallery_labels=None, chunk_size=N
 
 def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=None, *,
                     ks=(1, 5, 10), topk=0, chunk_size=None, gallery_chunk_size=None,
-                    memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu", backend=None) -> RetrievalResult:
-    """One streamed pass over the gallery giving the metrics (if query_labels) and the top-k.
-    device: where the similarity blocks, the top-k and the rank counting run (a torch.device or
-    its name); the gallery is read on the CPU and each chunk moved there. backend="torch" runs
-    the GPU code path on the CPU (tests)."""
+                    memory_budget=DEFAULT_MEMORY_BUDGET, device="cpu", backend=None,
+                    goods=None) -> RetrievalResult:
+    """One streamed pass over the gallery giving the metrics (if query_labels or goods) and the
+    top-k. device: where the similarity blocks, the top-k and the rank counting run (a
+    torch.device or its name); the gallery is read on the CPU and each chunk moved there.
+    backend="torch" runs the GPU code path on the CPU (tests). goods: (gallery positions per
+    query, padded; count per query) when right answers are not a shared label (a map's tiles)."""
     ops = ops_for(device, backend)
     q, n_gal, dtype = _check_inputs(query_emb, gallery_emb, ks, topk)
     gallery_emb = to_numpy(gallery_emb) if hasattr(gallery_emb, "detach") else gallery_emb
     n_q = q.shape[0]
     gl = np.zeros(n_gal, np.int64) if gallery_labels is None else _labels(gallery_labels, n_gal, "gallery")
-    with_metrics = query_labels is not None
-    if with_metrics:
+    with_metrics = query_labels is not None or goods is not None
+    if goods is not None:
+        gidx, n_good = goods
+    elif with_metrics:
         gidx, n_good = _good_table(_labels(query_labels, n_q, "query"), gl)
     else:
         gidx, n_good = np.zeros((n_q, 0), np.int64), None

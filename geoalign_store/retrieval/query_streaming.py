@@ -19,10 +19,12 @@ from ..store import DEFAULT_SLAB_BYTES, prefetched_slabs, slab_rows
 
 def score_streamed_queries(queries, gallery, query_labels, gallery_labels, *, ks=(1, 5, 10),
                            topk: int = 0, device="cpu", slab_bytes: int = DEFAULT_SLAB_BYTES,
-                           memory_budget: int = DEFAULT_MEMORY_BUDGET, backend=None) -> RetrievalResult:
+                           memory_budget: int = DEFAULT_MEMORY_BUDGET, backend=None,
+                           goods=None) -> RetrievalResult:
     """score_retrieval's metrics and top-k. queries: lazy rows with `.shape`,
     `.read_into(slice, out)` and optionally `.chunks` (e.g. StoredEmbeddings); gallery: a
-    (n, d) array or tensor, computed in float64 if it is float64, else float32."""
+    (n, d) array or tensor, computed in float64 if it is float64, else float32. goods: as
+    score_retrieval's (right answers per query given, not labels)."""
     ops = ops_for(device, backend)
     g_host = to_numpy(gallery)
     dtype = np.float64 if g_host.dtype == np.float64 else np.float32
@@ -30,7 +32,7 @@ def score_streamed_queries(queries, gallery, query_labels, gallery_labels, *, ks
     (n_q, dim), n_gal = queries.shape, g.shape[0]
     _check(dim, g, n_q, ks, topk)
     gl = _labels(gallery_labels, n_gal, "gallery")
-    gidx, n_good = _good_table(_labels(query_labels, n_q, "query"), gl)
+    gidx, n_good = goods if goods is not None else _good_table(_labels(query_labels, n_q, "query"), gl)
     junk = ops.index(np.flatnonzero(gl == -1))
     counts = ops.full((n_q, gidx.shape[1]), 0, np.int64)
     best = _empty_topk(ops, n_q, topk, dtype)

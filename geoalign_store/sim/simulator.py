@@ -49,12 +49,15 @@ from ..config import ConfigError, fingerprint
 from ..datasets import ViewListing
 from ..method import ridge_path
 from . import families as fam
+from . import worlds
 
 SIMULATOR_VERSION = 2
 LAYERS = fam.LAYERS
 BLOCK_SIZE = 512
 GROUP_BASE = 100000
-FAMILIES = tuple(fam.FAMILIES)
+MODELS = {**fam.FAMILIES, "random": worlds.RandomWorld}
+PARAMS = {**fam.DEFAULTS, "random": worlds.PRIOR}   # each family's defaults (random: its prior)
+FAMILIES = tuple(MODELS)
 DEFAULT_FAMILY = "manifold"
 DEFAULT_KNOBS = {k: v for k, v in fam.DEFAULTS[DEFAULT_FAMILY].items() if k not in fam.SIZES}
 _l2 = fam.l2
@@ -67,9 +70,9 @@ def _cls(rng, desc: np.ndarray, noise: float) -> np.ndarray:
 def resolve(family: str = DEFAULT_FAMILY, **params) -> tuple[str, dict, dict]:
     """(family, sizes, knobs) with the family's defaults filled in; None means the default.
     Unknown names are refused with the valid ones listed."""
-    if family not in fam.FAMILIES:
-        raise ConfigError(f"unknown simulator family {family!r}; valid: {', '.join(fam.FAMILIES)}")
-    defaults = fam.DEFAULTS[family]
+    if family not in MODELS:
+        raise ConfigError(f"unknown simulator family {family!r}; valid: {', '.join(FAMILIES)}")
+    defaults = PARAMS[family]
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown simulator parameter(s) {unknown} for family {family}; valid: "
@@ -83,15 +86,18 @@ def resolve(family: str = DEFAULT_FAMILY, **params) -> tuple[str, dict, dict]:
 def generate(*, family: str = DEFAULT_FAMILY, seed=0, **params) -> tuple[dict, dict]:
     """All arrays, keyed (split, view) -> {ids, labels, in_query, in_gallery, layer_k/...}, and
     the ground truth the store never holds: "<split>_drone_loc" (the satellite row of each drone
-    row) and "<split>_drone_expert" (its viewing regime)."""
+    row), "<split>_drone_expert" (its viewing regime) and "world" (the sizes and knobs drawn)."""
     family, sizes, k = resolve(family, **params)
+    if family == "random":   # the seed draws the world's sizes and structure from the prior
+        sizes, k = worlds.realise(seed, sizes, k)
     views = sizes["views"]
     streams = np.random.default_rng(seed).spawn(3)
-    model = fam.FAMILIES[family](streams[0], sizes["dim"], k)
+    model = MODELS[family](streams[0], sizes["dim"], k)
+    split_latents = family == "random"   # its test region differs from the train region
     out, truth = {}, {}
     for split, rng, n_loc, n_dis in (("train", streams[1], sizes["train_locs"], 0),
                                      ("test", streams[2], sizes["test_locs"], sizes["distractors"])):
-        z = model.latents(rng, n_loc + n_dis)
+        z = model.latents(rng, n_loc + n_dis, split) if split_latents else model.latents(rng, n_loc + n_dis)
         first = 0 if split == "train" else sizes["train_locs"]
         sat_labels = np.arange(first, first + n_loc + n_dis, dtype=np.int64)
         sat = model.satellite(rng, z)
@@ -121,6 +127,7 @@ def generate(*, family: str = DEFAULT_FAMILY, seed=0, **params) -> tuple[dict, d
                 arrays[f"layer_{layer}/desc"] = feats[layer]
                 arrays[f"layer_{layer}/cls"] = _cls(rng, feats[layer], k["cls_noise"])
             out[split, view] = arrays
+    truth["world"] = {**sizes, **k}
     return out, truth
 
 
@@ -131,7 +138,7 @@ def simulate(store_url: str, *, dataset="sim", family: str = DEFAULT_FAMILY, see
     spec = {"backbone": "simulator", "simulator_version": SIMULATOR_VERSION, "family": family,
             "layers": list(LAYERS), "seed": int(seed), **sizes, **k}
     data, truth = generate(family=family, seed=int(seed), **sizes, **k)
-    dim = sizes["dim"]
+    dim = truth["world"]["dim"]
     root = st.open_store(store_url, mode="a")
     st.prepare_dataset(root, dataset, spec, fingerprint(spec), bool(overwrite))
     written = {}
@@ -149,7 +156,8 @@ def simulate(store_url: str, *, dataset="sim", family: str = DEFAULT_FAMILY, see
         info = st.finalize_view(group)
         written[f"{split}/{view}"] = {"n": info["n"], "complete": info["complete"]}
     return {"stage": "simulate", "store": str(store_url), "dataset": dataset, "family": family,
-            "params": {"seed": int(seed), **sizes}, "knobs": k, "store_views": written,
+            "params": {"seed": int(seed), **sizes}, "knobs": k, "world": truth["world"],
+            "store_views": written,
             "d2s_r1": baselines(data, truth)}
 
 

@@ -1,5 +1,5 @@
 """store: the Zarr v3 feature store and the files beside it. The one owner of the layout
-(`features/<dataset>/<split>/<view>/...`), of block writes and their completion marks, of the
+(`features/<dataset>/<split>/<view>/...`), of block writes and their completion marks, of a map gallery's tile geometry (map_tiles), of the
 `artefacts/` folder beside the arrays (head weights, indices, scores), of checksummed reads that
 name damaged blocks (integrity), of bounded row reads (rows), of tensor files written
 atomically and read safely (safetensors; torch files only with weights_only=True), and of the
@@ -25,6 +25,7 @@ __getattr__, __dir__, __all__ = face(__name__, {
                "view_path", "write_block", "write_coordinates", "write_topk"),
     "metadata": ("check_metadata", "damaged_metadata", "metadata_error"),
     "documents": ("DamagedArtefact", "damaged_artefacts", "read_faiss_index", "read_json", "read_json_lines", "read_npy"),
+    "map_tiles": ("TILE_ARRAYS", "is_map_view", "read_map_files", "read_tile_table", "write_tile_table"),
     "artefacts": ("ARTEFACTS", "artefact_dir", "write_json", "write_npy"),
     "integrity": ("CheckedArray", "damaged_blocks", "metadata_errors", "repair_hint", "view_digest"),
     "rows": ("DEFAULT_READ_BYTES", "DEFAULT_SLAB_BYTES", "prefetched_slabs", "read_rows", "row_chunk",
