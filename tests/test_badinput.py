@@ -275,6 +275,6 @@ def test_the_library_has_no_catch_all_except():
     for path in sorted([*(root / "geoalign_store").rglob("*.py"), *(root / "pipelines").rglob("*.py")]):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"except\s*(Exception|BaseException)?\s*(as \w+)?:", line):
-                found.append(f"{path.relative_to(root)}:{number}")
-    assert found == ["geoalign_store/features/extraction.py:131", "geoalign_store/store/rows.py:93",
-                     "pipelines/cli.py:51"], found
+                found.append(str(path.relative_to(root)))
+    assert found == ["geoalign_store/features/extraction.py", "geoalign_store/store/rows.py",
+                     "pipelines/cli.py"], found
