@@ -8,7 +8,6 @@ view and block and the command that repairs it. Nothing is written.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ def check_view(root, path: str) -> dict:
     group = root[path]
     n, block_size = group.attrs.get("n"), group.attrs.get("block_size")
     try:
-        done = group["block_done"][:] if "block_done" in group else None
-    except Exception:
+        done = st.read_meta(group, "block_done") if "block_done" in group else None
+    except st.StoreError:
         done = None   # reported below with the other damaged metadata arrays
     damaged = damaged_blocks(group, full=True)
     info = {"n": n, "blocks": None if done is None else int(len(done)),
@@ -34,7 +33,7 @@ def check_view(root, path: str) -> dict:
             "metadata_damaged": metadata_errors(group)}
     if info["damaged"] or info["metadata_damaged"]:
         info["repair"] = (repair_hint(group, st.store_location(root)) if not info["metadata_damaged"]
-                          else "the view's ids/labels are damaged: re-extract it with overwrite=true")
+                          else st.rewrite_view_hint(group))
     return info
 
 
@@ -44,9 +43,20 @@ def _rows(block: int, block_size, n) -> list[int] | None:
     return [block * block_size, min((block + 1) * block_size, n) - 1]
 
 
-def stale_artefacts(root, store, datasets: list[str]) -> list[dict]:
+def artefacts_folder(store) -> Path | None:
+    try:
+        base = st.artefact_dir(store, create=False)
+    except st.StoreError:  # not a local store: its artefacts are elsewhere
+        return None
+    return base if base.is_dir() else None
+
+
+def stale_artefacts(root, store, datasets: list[str], damaged: dict) -> list[dict]:
     """Heads, indices and scores whose inputs changed since they were computed, with the command
-    that recomputes each (stages refuse them until then)."""
+    that recomputes each (stages refuse them until then). Damaged ones are listed apart."""
+    base = artefacts_folder(store)
+    if base is None or any(p.startswith("heads/") for p in damaged):
+        return []  # which heads exist is unknown until their damaged files are replaced
     stale = []
     for name, meta in available_heads(store).items():
         dataset = meta.get("spec", {}).get("dataset")
@@ -54,12 +64,10 @@ def stale_artefacts(root, store, datasets: list[str]) -> list[dict]:
         if why:
             stale.append({"artefact": f"heads/{name}", "why": why,
                           "recompute": f"geoalign fit-heads store={store} name={name} overwrite=true"})
-    try:
-        base = st.artefact_dir(store, create=False)
-    except st.StoreError:  # not a local store: its artefacts are elsewhere
-        return stale
     for meta_path in sorted(base.glob("indices/*/index.json")) + sorted(base.glob("scores/*/*/metrics.json")):
-        meta = json.loads(meta_path.read_text())
+        if str(meta_path.relative_to(base)) in damaged:
+            continue
+        meta = st.read_json(meta_path, "")
         dataset, inputs = meta.get("dataset"), meta.get("inputs")
         if dataset not in datasets or not inputs:
             continue  # written before inputs were recorded: nothing to compare
@@ -79,16 +87,18 @@ def _recompute(store, meta_path: Path, meta: dict) -> str:
 
 def run(cfg) -> dict:
     t0 = time.perf_counter()
+    base = artefacts_folder(cfg.store)
+    artefacts = st.damaged_artefacts(base) if base is not None else {}
     bad_metadata = st.damaged_metadata(str(cfg.store))
-    if bad_metadata:  # zarr cannot open what lies under them: report them first, alone
-        return {"stage": "check", "store": str(cfg.store), "views": {}, "metadata_documents_damaged":
-                bad_metadata, "n_damaged": len(bad_metadata), "stale": [], "ok": False,
-                "wall_s": round(time.perf_counter() - t0, 3)}
-    root = st.open_store(cfg.store, mode="r")
-    datasets = [st.resolve_dataset(root, cfg.dataset)] if cfg.dataset else st.list_datasets(root)
-    views = {path: check_view(root, path) for path in st.list_views(root)
-             if path.split("/")[1] in datasets}
-    n_damaged = sum(len(v["damaged"]) + len(v["metadata_damaged"]) for v in views.values())
-    stale = stale_artefacts(root, cfg.store, datasets)
-    return {"stage": "check", "store": str(cfg.store), "views": views, "n_damaged": n_damaged,
-            "stale": stale, "ok": n_damaged == 0, "wall_s": round(time.perf_counter() - t0, 3)}
+    out = {"stage": "check", "store": str(cfg.store), "views": {}, "artefacts_damaged": artefacts,
+           "metadata_documents_damaged": bad_metadata, "stale": []}
+    if not bad_metadata:  # zarr cannot open what lies under damaged ones: they are reported alone
+        root = st.open_store(cfg.store, mode="r")
+        datasets = [st.resolve_dataset(root, cfg.dataset)] if cfg.dataset else st.list_datasets(root)
+        out["views"] = {path: check_view(root, path) for path in st.list_views(root)
+                        if path.split("/")[1] in datasets}
+        out["stale"] = stale_artefacts(root, cfg.store, datasets, artefacts)
+    n_damaged = (sum(len(v["damaged"]) + len(v["metadata_damaged"]) for v in out["views"].values())
+                 + len(bad_metadata) + len(artefacts))
+    return {**out, "n_damaged": n_damaged, "ok": n_damaged == 0,
+            "wall_s": round(time.perf_counter() - t0, 3)}

@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from geoalign_store.config import ConfigError, compose
 from geoalign_store.datasets import DatasetLayoutError
-from geoalign_store.report import console
+from geoalign_store.report import console, crash_log
 from geoalign_store.store import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,37 +27,61 @@ def _root() -> None:
     """Stages: extract, fit-heads, index, score, locate, check, demo (each takes key=value overrides)."""
 
 
-USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)
-OVERRIDES = typer.Argument(None, help="key=value config overrides, e.g. dataset=demo batch_size=8")
+USER_ERRORS = (ConfigError, StoreError, DatasetLayoutError)  # known failures: exit 2
+OVERRIDES = typer.Argument(None, help="key=value config overrides (dotted keys for nesting), e.g. store=geoalign-demo.zarr seed=1")
 JSON = typer.Option(False, "--json", help="print the result summary as one JSON object on stdout")
 
 
 def run_stage(stage: str, overrides: Optional[List[str]], as_json: bool,
               runner: Callable[[object], dict], render: Callable[[dict], None]) -> dict:
-    cfg = None
+    """Compose, run, render. A known failure (bad config or data, a damaged store or artefact,
+    missing weights) prints its one message and exits 2; anything else is a bug: one line and
+    the path of a log holding its traceback, exit 1 (never a traceback on the terminal)."""
     try:
         cfg = compose(stage, overrides or [])
+        _find_demo_store(stage, cfg, overrides or [])
         result = runner(cfg)
+        if as_json:  # keys starting with "_" are for the terminal only
+            print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
+        else:
+            render(result)
     except USER_ERRORS as e:  # escaped: "[5]" in a message is text, not rich markup
         console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    except ValueError:  # e.g. zarr's JSONDecodeError on a damaged zarr.json: name the file
-        damage = _store_damage(cfg)
-        if damage is None:
-            raise
-        console.print(f"[bold red]error:[/] {escape(str(damage))}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-    if as_json:  # keys starting with "_" are for the terminal only
-        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}), flush=True)
-    else:
-        render(result)
+    except Exception as e:  # noqa: BLE001 - the one top-level handler: a bug, reported and failed
+        log = crash_log(stage, list(overrides or []), e)
+        console.print(f"[bold red]unexpected error[/] ({escape(type(e).__name__)}: "
+                      f"{escape(str(e).splitlines()[0][:200] if str(e) else '')}); this is a bug in "
+                      f"geoalign: the full traceback is in {escape(str(log))}; please report it with "
+                      "that file", markup=True, highlight=False)
+        raise typer.Exit(1) from None
     return result
 
 
-def _store_damage(cfg):
-    from geoalign_store.store import metadata_error
-    store = cfg.get("store") if cfg is not None else None
-    return metadata_error(str(store)) if store else None
+def _lazy(module: str) -> Callable:
+    """The stage's run, imported when called: after compose, so a bad value is refused before
+    torch and the rest of a stage's imports load (seconds)."""
+    def runner(*args):
+        import importlib
+        return importlib.import_module(f"pipelines.{module}").run(*args)
+    return runner
+
+
+DEMO_STORE = "./geoalign-demo.zarr"
+READING_STAGES = ("fit-heads", "import-heads", "index", "score", "locate", "check")
+
+
+def _find_demo_store(stage: str, cfg, overrides: list[str]) -> None:
+    """After `geoalign demo`, the stages that follow find its store: when no store= was given,
+    the default ./geoalign.zarr does not exist and the demo's does, the demo's is used (said)."""
+    from pathlib import Path
+    given = any(o.split("=", 1)[0].strip() == "store" for o in overrides)
+    if given or stage not in READING_STAGES or Path(str(cfg.store)).exists():
+        return
+    if Path(DEMO_STORE).exists() and cfg.get("dataset") in (None, "demo"):
+        console.print(f"no store at {cfg.store}: using {DEMO_STORE}, the store `geoalign demo` "
+                      "wrote (pass store=PATH to choose)", highlight=False)
+        cfg.store = DEMO_STORE
 
 
 def _render_extract(result: dict) -> None:
@@ -78,8 +102,7 @@ def _render_extract(result: dict) -> None:
 @app.command()
 def extract(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Run the frozen DINOv3 backbone over a dataset into the Zarr feature store."""
-    from . import extract as stage
-    result = run_stage("extract", overrides, as_json, stage.run, _render_extract)
+    result = run_stage("extract", overrides, as_json, _lazy("extract"), _render_extract)
     if result["n_failed"]:
         for item in result["failed"][:10]:
             console.print(f"  unreadable: {item['id']}: {item['reason']}", highlight=False)
@@ -87,8 +110,8 @@ def extract(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) ->
         console.print(f"[bold {'yellow' if skip else 'red'}]{result['n_failed']} image(s) could "
                       f"not be read[/] (recorded in the store's `errors` arrays)"
                       + ("" if skip else "; add skip_bad=true to accept this"))
-        if not skip:
-            raise typer.Exit(1)
+        if not skip:  # bad data is a known failure: exit 2, as every other
+            raise typer.Exit(2)
 
 
 def _render_index(result: dict) -> None:
@@ -133,16 +156,14 @@ def _with_mode(overrides, mode):
 def index(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
           mode: Optional[str] = typer.Option(None, "--mode", help="D2S | S2D")) -> None:
     """Build the FAISS index of a direction's gallery (reused while its embeddings are unchanged)."""
-    from . import index as stage
-    run_stage("index", _with_mode(overrides, mode), as_json, stage.run, _render_index)
+    run_stage("index", _with_mode(overrides, mode), as_json, _lazy("index"), _render_index)
 
 
 @app.command()
 def score(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON,
           mode: Optional[str] = typer.Option(None, "--mode", help="D2S | S2D")) -> None:
     """Recall@K and AP of a direction, exactly as the benchmark's official evaluation."""
-    from . import score as stage
-    run_stage("score", _with_mode(overrides, mode), as_json, stage.run, _render_score)
+    run_stage("score", _with_mode(overrides, mode), as_json, _lazy("score"), _render_score)
 
 
 def _render_fit(result: dict) -> None:
@@ -156,23 +177,20 @@ def _render_fit(result: dict) -> None:
 def fit_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Fit heads on the store's train descriptors without cross-view labels: candidates chosen
     label-free (preset=improved) or the release's AGRA + ISMS (preset=paper); resumable."""
-    from . import fit_heads as stage
-    run_stage("fit-heads", overrides, as_json, stage.run, _render_fit)
+    run_stage("fit-heads", overrides, as_json, _lazy("fit_heads"), _render_fit)
 
 
 @app.command("import-heads")
 def import_heads(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Import the paper's published AGRA/ISMS weights (agra=PATH isms=PATH) into the store."""
-    from . import import_heads as stage
-    run_stage("import-heads", overrides, as_json, stage.run,
+    run_stage("import-heads", overrides, as_json, _lazy("import_heads"),
               lambda r: console.print(f"imported heads {r['name']} (C={r['dim']}) into {r['folder']}"))
 
 
 @app.command()
 def simulate(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Write a simulated cross-view store with known ground truth (raw/centred/oracle R@1)."""
-    from . import simulate as stage
-    run_stage("simulate", overrides, as_json, stage.run,
+    run_stage("simulate", overrides, as_json, _lazy("simulate"),
               lambda r: console.print("D2S R@1 " + ", ".join(f"{k} {100 * v:.1f}" for k, v in r["d2s_r1"].items())))
 
 
@@ -190,24 +208,27 @@ def _render_check(result: dict) -> None:
         for item in info["damaged"]:
             console.print(f"  damaged: {path} block {item['block']} rows {item['rows']}: {item['reason']}",
                           highlight=False)
+        for name, why in info["metadata_damaged"].items():
+            console.print(f"  damaged: {path}/{name}: {why}", highlight=False)
         if info.get("repair"):
             console.print(f"  repair {path}: {info['repair']}", highlight=False)
-    for doc in result.get("metadata_documents_damaged", []):
-        console.print(f"  damaged metadata document: {doc} (cannot be parsed; rerun the command that "
-                      "wrote it with overwrite=true)", highlight=False)
+    if result.get("metadata_documents_damaged"):
+        from geoalign_store.store import metadata_error
+        console.print(f"  damaged metadata: {metadata_error(result['store'])}", highlight=False)
+    for path, why in result.get("artefacts_damaged", {}).items():
+        console.print(f"  damaged artefact: artefacts/{path}: {why}", highlight=False)
     for item in result["stale"]:
         console.print(f"  stale: {item['artefact']}: {item['why']}; recompute: {item['recompute']}",
                       highlight=False)
     stale = f"; {len(result['stale'])} stale artefact(s) listed above" if result["stale"] else ""
     console.print(f"store OK: every block read back and its checksums verified{stale}" if result["ok"] else
-                  f"[bold red]{result['n_damaged']} damaged block(s) or array(s)[/]")
+                  f"[bold red]{result['n_damaged']} damaged block(s), array(s), document(s) or artefact(s)[/]")
 
 
 @app.command()
 def check(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Read every block of every array in the store; name damaged or missing chunks (exit 1)."""
-    from . import check as stage
-    result = run_stage("check", overrides, as_json, stage.run, _render_check)
+    result = run_stage("check", overrides, as_json, _lazy("check"), _render_check)
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -257,10 +278,9 @@ def locate(args: Optional[List[str]] = typer.Argument(None, help="drone images o
                                                                  "overrides, e.g. photo.jpg store=geoalign.zarr k=5"),
            as_json: bool = typer.Option(False, "--json", help="print one JSON object per image on stdout")) -> None:
     """Where was this drone photo taken? Ranked satellite tiles of the store, with coordinates."""
-    from . import locate as stage
     images, overrides = _split_locate_args(args)
     render = (lambda r: [print(json.dumps(a), flush=True) for a in r["answers"]]) if as_json else _render_locate
-    run_stage("locate", overrides, False, lambda cfg: stage.run(cfg, images), render)
+    run_stage("locate", overrides, False, lambda cfg: _lazy("locate")(cfg, images), render)
 
 
 def _render_map_demo(result: dict) -> None:
@@ -294,6 +314,8 @@ def _render_demo(result: dict) -> None:
             table.add_row(label, mode, *(f"{100 * m['recall'][k]:.2f}" for k in ("1", "5", "10")),
                           f"{100 * m['ap']:.2f}", f"{100 * m['ap_noninterp']:.2f}")
     console.print(table)
+    for path in result.get("_written", []):
+        console.print(f"wrote {path}", highlight=False)
     if result.get("locate"):
         console.print("locate: a new drone photo of a test location (not in the store)")
         _render_answer(result["locate"])
@@ -302,8 +324,7 @@ def _render_demo(result: dict) -> None:
 @app.command()
 def demo(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> None:
     """Every stage on the bundled (generated) demo data, on a CPU, in minutes."""
-    from . import demo as stage
-    run_stage("demo", overrides, as_json, stage.run, _render_demo)
+    run_stage("demo", overrides, as_json, _lazy("demo"), _render_demo)
 
 
 def main() -> None:

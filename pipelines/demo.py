@@ -29,15 +29,17 @@ def run(cfg) -> dict:
     heads = fit_heads.run(compose("fit-heads", [*common, "dataset=demo", *epochs,
                                                 f"isms.epochs={cfg.isms_epochs}"]))
     results: dict = {}
+    written: list[str] = []  # reports and retrieval grids, for the terminal
     for label, heads_name in (("raw", "none"), ("heads", heads["name"])):
         for mode in ("D2S", "S2D"):
             metrics = score.run(compose("score", [f"store={cfg.store}", "dataset=demo", f"mode={mode}",
                                                   f"heads={heads_name}"]))
-            metrics.pop("_outputs", None)
+            outputs = metrics.pop("_outputs", {})
+            written += [outputs.get("report"), *outputs.get("pictures", [])]
             results.setdefault(label, {})[mode] = metrics
     return {"stage": "demo", "store": str(cfg.store), "images": sum(v["n"] for v in extracted["views"].values()),
             "heads": heads["name"], "results": results, "locate": locate_new_photo(cfg, heads["name"]),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+            "wall_s": round(time.perf_counter() - t0, 1), "_written": [w for w in written if w]}
 
 
 def locate_new_photo(cfg, heads_name: str) -> dict:

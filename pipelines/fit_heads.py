@@ -95,15 +95,18 @@ def run(cfg) -> dict:
         SelectionConfig.from_config(to_plain(cfg.select))   # so does a bad select value
     root = st.open_store(cfg.store, mode="r+")
     dataset = st.resolve_dataset(root, cfg.dataset)
-    layers = st.stored_layers(root, dataset, list(cfg.layers))
+    layers = st.stored_layers(root, dataset, list(cfg.layers), split="train")
     if len(layers) != 2:
         raise st.StoreError(f"fit-heads needs layers=[a, b] (ISMS reads a and b, AGRA b), got {layers}")
     folder = st.artefact_dir(cfg.store, "heads", str(cfg.name))
     full = full_heads_spec(cfg, root, dataset, layers)
     spec = unread_keys_removed(full, cfg)
-    meta = claim_heads_folder(folder, (fingerprint(spec), fingerprint(full)), bool(cfg.overwrite),
-                              "heads trained for another request (features, layers, recipe or seed changed)") or {
-        "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
+    try:
+        meta = claim_heads_folder(folder, (fingerprint(spec), fingerprint(full)), bool(cfg.overwrite),
+                                  "heads trained for another request (features, layers, recipe or seed changed)") or {
+            "fingerprint": fingerprint(spec), "spec": spec, "config": to_plain(cfg), "complete": False}
+    except st.StoreError as refused:  # a damaged train split also changes the fingerprint: say so
+        raise st.split_damage(root, dataset, "train") or refused from None
     st.write_json(folder / "heads.json", meta)
     if meta["complete"]:
         console.print(f"heads {cfg.name}: up to date ({folder})")
@@ -165,9 +168,9 @@ def _agra_trainer(cfg, folder: Path, device):
 def _epoch_logger(log, progress, task, ckpt: Path, recipe: AgraRecipe):
     def on_epoch(state, record):
         log.write(json.dumps(record) + "\n")
+        log.flush()  # whole lines reach the file as they are made (a kill tears at most the last)
         progress.update(task, advance=1, description=_describe(record))
         if state.epoch % recipe.checkpoint_every == 0 or state.epoch == recipe.epochs:
-            log.flush()
             save_training_state(ckpt, state)
     return on_epoch
 
@@ -253,9 +256,10 @@ def _truncate_log(path: Path, epoch: int) -> None:
     """Keep the log lines of the epochs a resumed run does not redo."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] < epoch]
+    records = st.read_json_lines(path, "delete it (it is a log: training resumes without it)")
+    kept = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] < epoch]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     tmp.replace(path)
 
 

@@ -133,7 +133,7 @@ def run(cfg) -> dict:
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
                       ds.query.ids, ds.gallery.ids, top_i, top_s)
         if cfg.pictures and goods_rule(root, dataset) == "labels":  # a map: locate draws the map
-            pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder))
+            pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder, top_s=top_s))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,
             "heads": embedder.name, "fusion": bool(embedder.spec.get("fusion")),
             "layers": embedder.layers, "gallery_protocol": cfg.gallery_protocol, "index": cfg.index}

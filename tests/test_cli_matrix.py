@@ -106,14 +106,14 @@ def test_import_heads_names_foreign_checkpoints(clean, tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["empty image", "image that is a directory"])
-def test_extract_records_unusable_images_and_exits_1(folder_dataset, tmp_path, kind):
+def test_extract_records_unusable_images_and_exits_2(folder_dataset, tmp_path, kind):
     data = tmp_path / "data"
     shutil.copytree(folder_dataset, data)
     bad = data / "test/drone/0101/zz-bad.png"
     bad.mkdir() if kind == "image that is a directory" else bad.write_bytes(b"")
     out = cli("extract", *extract_overrides(tmp_path / "s.zarr", data, "split=test"))
     text = " ".join(out.output.split())
-    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert out.exit_code == 2 and "Traceback" not in out.output
     assert "unreadable: test/drone/0101/zz-bad.png" in text and "skip_bad=true" in text
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -47,7 +48,7 @@ def group_options(group: str) -> list[str]:
 
 def _load_group(group: str, name: Any) -> dict:
     path = CONFIG_DIR / group / f"{name}.yaml"
-    if not isinstance(name, str) or not path.exists():
+    if name not in group_options(group):  # never a path built from the text (too long, "../x")
         raise ConfigError(
             f"unknown {group} {name!r}; available: {', '.join(group_options(group))} "
             f"(files in {CONFIG_DIR / group})")
@@ -59,10 +60,25 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
     pairs = []
     for item in overrides or ():
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw != "" else None))
+        pairs.append((key.strip(), _parse_value(key.strip(), raw)))
     return pairs
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    if raw == "":
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        why = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{key}={raw!r}: the value is not valid YAML ({why}); quote text, write "
+                          "lists as [1, 2] and mappings as {a: 1}") from None
+    if isinstance(value, dict) and any(v is None and ":" in str(k) for k, v in value.items()):
+        raise ConfigError(f"{key}={raw!r}: YAML needs a space after ':' in a mapping, as in "
+                          f"{{m: 4}}; or set one entry: {key}.m=4")
+    return value
 
 
 def valid_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -75,9 +91,18 @@ def valid_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+# Mappings whose entries are free (checked by their stage): dotted keys may add entries.
+OPEN_MAPPINGS = ("index_params",)
+# Integer keys that must be at least 1 (every integer key is at least 0 and below 2^31).
+POSITIVE = ("block_size", "batch_size", "token_pool", "k", "topk", "agra.checkpoint_every",
+            "isms.batch_size")
+INT_MAX = 2 ** 31 - 1
+
+
 def _check_key(cfg: DictConfig, key: str) -> None:
     keys = valid_keys(cfg)
-    if key in keys:
+    head, _, rest = key.partition(".")
+    if key in keys or head in OPEN_MAPPINGS and rest and "." not in rest and head in keys:
         return
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     hint = f" Did you mean {near[0]!r}?" if near else ""
@@ -115,6 +140,8 @@ def _expected(key: str, default: Any) -> tuple | None:
     """What `key` accepts: KEY_TYPES' entry, else its default's type (None: anything)."""
     if key in KEY_TYPES:
         return KEY_TYPES[key]
+    if key.partition(".")[0] in OPEN_MAPPINGS and "." in key:
+        return (int,)  # index parameters are counts (nlist, m, nbits, nprobe, M, ef*)
     if default is None or isinstance(default, str):
         return None  # free text or a path: its stage checks it where it is used
     if isinstance(default, ListConfig):
@@ -169,8 +196,24 @@ def check_types(cfg: DictConfig, defaults: DictConfig, prefix: str = "") -> None
         if not ok:
             raise ConfigError(f"{dotted}={value!r} is not valid: {dotted} takes {_describe(allowed)}"
                               + (f" (default {default!r})" if default is not None else ""))
+        _check_range(dotted, coerced)
         if coerced is not value:
             cfg[key] = coerced
+
+
+def _check_range(key: str, value: Any) -> None:
+    """Numbers a stage could not use are refused here, before any work: NaN, infinities,
+    negative counts, 0 where at least one is needed, integers beyond 2^31. `select.*` values are
+    checked by the selection's own config, which names the rule each breaks."""
+    if key.startswith("select."):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not valid: {key} takes a finite number")
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = 1 if key in POSITIVE else 0
+        if not low <= value <= INT_MAX:
+            raise ConfigError(f"{key}={value!r} is out of range: {key} takes an integer in "
+                              f"[{low}, {INT_MAX}]")
 
 
 def compose(stage: str, overrides: Iterable[str] = ()) -> DictConfig:

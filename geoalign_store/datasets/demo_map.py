@@ -21,7 +21,7 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from ..config import fingerprint
+from ..config import ConfigError, fingerprint
 from .demo_scenes import _photometric, _render_world, _rng, default_demo_root
 from .maps import to_latlon
 
@@ -43,11 +43,15 @@ def generate_demo_map(root=None, **params) -> pathlib.Path:
     root = pathlib.Path(root)
     meta = root / "_demo_map.json"
     if meta.exists():
-        theirs = json.loads(meta.read_text())
+        try:
+            theirs = json.loads(meta.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            theirs = {"params": f"none readable: {meta} is damaged"}
         if theirs == {"format_version": FORMAT_VERSION, "params": params}:
             return root
-        raise ValueError(f"{root} holds a demo map made with other parameters ({theirs.get('params')}); "
-                         "use another folder or delete it")
+        raise ConfigError(f"{root} holds a demo map made with other parameters "
+                          f"({theirs.get('params') if isinstance(theirs, dict) else theirs}); "
+                          "use another folder or delete it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

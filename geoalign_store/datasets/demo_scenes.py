@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..config import ConfigError  # a bad demo parameter or folder is the user's to fix: exit 2
+
 __all__ = ["generate_demo", "default_demo_root", "demo_coordinates", "render_drone_view"]
 
 FORMAT_VERSION = 1
@@ -84,11 +86,11 @@ def _validate(**params: int) -> dict[str, int]:
     minimum = dict(seed=0, n_train=1, n_test=1, n_distractors=0, drone_views=1, image_size=32)
     for name, low in minimum.items():
         if params[name] < low:
-            raise ValueError(f"{name} must be >= {low}, got {params[name]}")
+            raise ConfigError(f"{name} must be >= {low}, got {params[name]}")
     if params["image_size"] % 16:
-        raise ValueError(f"image_size must be a multiple of 16, got {params['image_size']}")
+        raise ConfigError(f"image_size must be a multiple of 16, got {params['image_size']}")
     if params["n_train"] + params["n_test"] + params["n_distractors"] > 10_000:
-        raise ValueError("at most 10000 locations in total (4-digit location folders)")
+        raise ConfigError("at most 10000 locations in total (4-digit location folders)")
     return params
 
 
@@ -100,12 +102,12 @@ def _existing_matches(root: pathlib.Path, params: dict[str, int]) -> bool:
         meta = json.loads((root / "_demo.json").read_text())
         theirs = dict(meta["params"], format_version=meta["format_version"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(f"{root} exists but is not a geoalign demo dataset (no valid _demo.json); "
+        raise ConfigError(f"{root} exists but is not a geoalign demo dataset (no valid _demo.json); "
                          "choose another root or remove it") from None
     ours = dict(params, format_version=FORMAT_VERSION)
     diff = [f"{k}: {theirs.get(k)!r} there, {v!r} requested" for k, v in ours.items() if theirs.get(k) != v]
     if diff:
-        raise ValueError(f"{root} holds a demo dataset generated with different parameters "
+        raise ConfigError(f"{root} holds a demo dataset generated with different parameters "
                          f"({'; '.join(diff)}); use another root or delete it")
     return True
 

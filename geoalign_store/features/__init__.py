@@ -13,7 +13,7 @@ from ..faces import face
 
 IMPORTS = ("config", "datasets", "store")
 __getattr__, __dir__, __all__ = face(__name__, {
-    "images": ("IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles", "collate_by_shape", "image_hw",
+    "images": ("DECODE_FAILURES", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFiles", "collate_by_shape", "image_hw",
                "load_image", "normalise", "read_rgb"),
     "decoding": ("auto_workers", "decoded_batches"),
     "vit": ("DinoV3ViT", "load_vit", "read_folder_weights"),

@@ -3,12 +3,17 @@ fast and never inherit the store's async machinery (they are spawned, not forked
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+# What decoding a file that is not a (whole, sane) image raises: PIL's UnidentifiedImageError and
+# "image file is truncated" (OSError), bad headers (SyntaxError, struct.error, ValueError, EOFError),
+# a decompression bomb, a directory (IsADirectoryError), a mode that cannot become RGB (ValueError).
+DECODE_FAILURES = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -74,7 +79,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         try:
             return index, read_rgb(self.paths[index], self.image_size), ""
-        except Exception as e:  # noqa: BLE001 - any decoding failure is recorded, not raised
+        except DECODE_FAILURES as e:  # recorded, not raised: one bad file never stops a run
             return index, None, f"{type(e).__name__}: {e}"
 
 

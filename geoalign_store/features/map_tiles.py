@@ -84,7 +84,7 @@ class MapTiles(torch.utils.data.Dataset):
         try:
             bands = read_window(self._dataset(file), window, self.out_hw, self.source.resampling)
             pixels, why = tile_pixels(bands, self.source.max_invalid)
-        except Exception as e:  # noqa: BLE001 - a read failure is recorded for this tile, not raised
+        except tile_read_failures() as e:  # recorded for this tile, not raised
             return index, None, f"{type(e).__name__}: {e}"
         return index, (None if pixels is None else torch.from_numpy(pixels)), why
 
@@ -94,3 +94,11 @@ class MapTiles(torch.utils.data.Dataset):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.local = threading.local()
+
+
+def tile_read_failures() -> tuple:
+    """What reading a window of a damaged or unreadable map raises: rasterio's errors (I/O ones
+    are also OSErrors), GDAL's own (CPLE_*), a bad window (ValueError)."""
+    import rasterio._err
+    import rasterio.errors
+    return (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError, OSError, ValueError, RuntimeError)

@@ -5,7 +5,6 @@ score with. Shared by fit-heads and import-heads (claiming a folder), score, ind
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import store as st
@@ -20,10 +19,15 @@ def available_heads(store_url) -> dict[str, dict]:
         return {}
     found = {}
     for meta_path in sorted(folder.glob("*/heads.json")) if folder.is_dir() else []:
-        meta = json.loads(meta_path.read_text())
+        meta = st.read_json(meta_path, refit_hint(store_url, meta_path.parent.name))
         if meta.get("complete"):
             found[meta_path.parent.name] = meta
     return found
+
+
+def refit_hint(store_url, name: str) -> str:
+    return (f"refit them: `geoalign fit-heads store={store_url} name={name} overwrite=true` (or "
+            "import-heads with overwrite=true for imported weights)")
 
 
 def claim_heads_folder(folder: Path, wanted, overwrite: bool, other: str) -> dict | None:
@@ -34,7 +38,12 @@ def claim_heads_folder(folder: Path, wanted, overwrite: bool, other: str) -> dic
     meta_path = folder / "heads.json"
     if not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = st.read_json(meta_path, refit_hint(folder.parent.parent.parent, folder.name))
+    except st.DamagedArtefact:
+        if not overwrite:
+            raise
+        meta = {}  # replaced below, with whatever else the folder holds
     if meta.get("fingerprint") in ((wanted,) if isinstance(wanted, str) else tuple(wanted)):
         return meta
     if not overwrite:
@@ -79,6 +88,10 @@ def heads_staleness(root, dataset: str, meta: dict) -> str | None:
 
 def check_heads_current(root, store, dataset: str, name: str, meta: dict) -> None:
     why = heads_staleness(root, dataset, meta)
+    if why and "train" in why:
+        damage = st.split_damage(root, dataset, "train")
+        if damage is not None:  # not a rewrite: damage changed the digest
+            raise damage
     if why:
         raise st.StoreError(f"heads {name!r} are stale: {why}. Refit them: `geoalign fit-heads "
                             f"store={store} name={name} overwrite=true` (or score with heads=none)")

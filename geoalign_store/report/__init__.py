@@ -10,7 +10,7 @@ from ..faces import face
 
 IMPORTS = ("config", "store", "retrieval")
 __getattr__, __dir__, __all__ = face(__name__, {
-    "terminal": ("console", "progress_bar"),
+    "terminal": ("console", "crash_log", "progress_bar"),
     "scores": ("METRIC_KEYS", "pooled_metrics", "table_rows", "write_report"),
     "pictures": ("draw_answer", "draw_retrievals"),
     "map_pictures": ("draw_map_answer",),

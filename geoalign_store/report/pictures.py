@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 
 
-def draw_retrievals(cfg, root, dataset, ds, top_i, folder: Path, k: int = 5, size: int = 96):
-    """PNG grid: a seeded sample of queries, each with its top-k (green = correct, red = wrong).
-    None when the images cannot be found (a store written without them)."""
+LEGEND = "blue: query   green: a correct match (same location)   red: a wrong one   (#rank, location, cosine score)"
+# what opening an image file that is not a (whole) image raises: a grey cell is drawn instead
+PICTURE_FAILURES = (OSError, ValueError, SyntaxError, EOFError)
+
+
+def draw_retrievals(cfg, root, dataset, ds, top_i, folder: Path, k: int = 5, size: int = 96, top_s=None):
+    """PNG grid: a seeded sample of queries, each with its top-k (green = correct, red = wrong),
+    a caption under each cell (query id; rank, location, score) and a legend on top. None when
+    the images cannot be found (a store written without them)."""
     from PIL import Image, ImageDraw, ImageOps
     from ..store import view_path
     data_root = cfg.data_root or root[view_path(dataset, "test", ds.query.view)].attrs.get("data_root")
@@ -19,19 +25,27 @@ def draw_retrievals(cfg, root, dataset, ds, top_i, folder: Path, k: int = 5, siz
     rng = np.random.default_rng(int(cfg.seed))
     picks = np.sort(rng.choice(len(ds.query.rows), min(int(cfg.pictures), len(ds.query.rows)), replace=False))
     k = min(k, top_i.shape[1])
-    sheet = Image.new("RGB", ((k + 1) * (size + 8) + 8, len(picks) * (size + 8) + 8), "white")
+    row_h, top = size + 34, 24
+    sheet = Image.new("RGB", (max((k + 1) * (size + 8) + 8, 6 * len(LEGEND) + 16), top + len(picks) * row_h + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 6), f"{dataset} {ds.mode} {ds.subset}: " + LEGEND, fill="black")
     for r, q in enumerate(picks):
-        cells = [(ds.query.ids[q], None)] + [
-            (ds.gallery.ids[g], ds.gallery.labels[g] == ds.query.labels[q]) for g in top_i[q, :k] if g >= 0]
-        for c, (image_id, correct) in enumerate(cells):
+        cells = [(ds.query.ids[q], None, [str(ds.query.ids[q]).split("/")[-2:][0][:15], "query"])] + [
+            (ds.gallery.ids[g], ds.gallery.labels[g] == ds.query.labels[q],
+             [f"#{rank + 1} {str(ds.gallery.ids[g]).split('/')[-2:][0][:12]}",
+              f"{float(top_s[q, rank]):.3f}" if top_s is not None else ""])
+            for rank, g in enumerate(top_i[q, :k]) if g >= 0]
+        for c, (image_id, correct, caption) in enumerate(cells):
             try:
                 thumb = ImageOps.fit(Image.open(Path(data_root) / str(image_id)).convert("RGB"), (size, size))
-            except OSError:
+            except PICTURE_FAILURES:
                 thumb = Image.new("RGB", (size, size), "grey")
-            x, y = 8 + c * (size + 8), 8 + r * (size + 8)
+            x, y = 8 + c * (size + 8), top + 8 + r * row_h
             sheet.paste(thumb, (x, y))
             colour = "blue" if correct is None else ("green" if correct else "red")
-            ImageDraw.Draw(sheet).rectangle([x - 3, y - 3, x + size + 2, y + size + 2], outline=colour, width=3)
+            draw.rectangle([x - 3, y - 3, x + size + 2, y + size + 2], outline=colour, width=3)
+            for line, text in enumerate(caption):
+                draw.text((x, y + size + 4 + 12 * line), text, fill="black")
     path = folder / f"retrievals-{ds.subset.replace('=', '')}.png"
     sheet.save(path)
     return path

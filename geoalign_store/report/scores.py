@@ -65,12 +65,24 @@ def _distance_line(result: dict) -> str:
             "location to the query's, as Game4Loc's Dis@1).\n")
 
 
+def _fusion_words(result: dict, config: dict) -> str:
+    """What was fused, in the words of the config's request (`fusion: true` asks for fusion;
+    whether it happened depends on the heads)."""
+    if result["fusion"]:
+        return f"streams fused (weight of stream 1: {result.get('fusion_weight')})"
+    if result["heads"] == "none":
+        return "no fusion (heads=none: raw descriptors)"
+    if not config.get("fusion", True):
+        return "no fusion (fusion=false: stream 1 alone)"
+    return "no fusion (fusion=true asked for it, but these heads have one stream)"
+
+
 def write_report(path: Path, result: dict, subsets: dict, config: dict, pictures: list) -> None:
     text = f"""# {result['dataset']} {result['mode']} - heads: {result['heads']}
 
 {_markdown_table(result)}
 {_heads_line(result)}{_distance_line(result)}
-- Direction: {result['mode']} ({'drone queries -> satellite gallery' if result['mode'] == 'D2S' else 'satellite queries -> drone gallery'}), layers {result['layers']}, fusion {result['fusion']}{' (weight of stream 1: ' + str(result['fusion_weight']) + ')' if 'fusion_weight' in result else ''}, index `{result['index']}`{' (approximate metrics: goods outside the ANN top-k count as ranked last)' if result.get('approximate') else ' (exact)'}.
+- Direction: {result['mode']} ({'drone queries -> satellite gallery' if result['mode'] == 'D2S' else 'satellite queries -> drone gallery'}), layers {result['layers']}, {_fusion_words(result, config)}, index `{result['index']}`{' (approximate metrics: goods outside the ANN top-k count as ranked last)' if result.get('approximate') else ' (exact)'}.
 - Gallery protocol `{result['gallery_protocol']}`: {PROTOCOLS[result['gallery_protocol']]}.
 - Metrics are University-1652's official `evaluate_gpu.py` definitions: gallery ranked by cosine similarity, junk (label -1) dropped; R@K = share of queries whose first correct item is in the top K (queries without any correct item count as misses: {result['n_queries_without_match']} here); R@1% = CMC at 0-based index round(0.01 x gallery size).
 - **AP** is the benchmark's trapezoidal AP (sum over correct items of (p_prev + p_i) / 2n): what EM-CVGL and the other baselines report. **AP (non-interp.)** is the mean of precision at each correct item, (i+1)/(r_i+1): what the GeoAlign release computes, so the paper's AP column compares with this one.

@@ -15,6 +15,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ..config import ConfigError
+
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 DEFAULT_PARAMS = {
     "flat": {},
@@ -22,6 +24,11 @@ DEFAULT_PARAMS = {
     "hnsw": {"M": 32, "efConstruction": 200, "efSearch": 128},
 }
 _GPU_RESOURCES = None  # one StandardGpuResources per process, kept alive with its indices
+
+
+class IndexConfigError(ConfigError):
+    """An index type or parameters that cannot be built over this gallery (exit 2); the message
+    says what fits."""
 
 
 def gpu_available() -> bool:
@@ -41,16 +48,16 @@ def gpu_for(device) -> int | None:
 def resolve_params(index_type: str, params: dict | None = None) -> dict:
     """Defaults of `index_type` overridden by `params`; ValueError naming the valid choices."""
     if index_type not in INDEX_TYPES:
-        raise ValueError(f"unknown index type {index_type!r}; valid types: {', '.join(INDEX_TYPES)}")
+        raise IndexConfigError(f"unknown index type {index_type!r}; valid types: {', '.join(INDEX_TYPES)}")
     merged = dict(DEFAULT_PARAMS[index_type])
     unknown = sorted(set(params or {}) - set(merged))
     if unknown:
         valid = ", ".join(merged) or "none"
-        raise ValueError(f"unknown {index_type} parameter(s) {unknown}; valid: {valid}")
+        raise IndexConfigError(f"unknown {index_type} parameter(s) {unknown}; valid: {valid}")
     merged.update(params or {})
     for key, value in merged.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{index_type} parameter {key} must be a positive integer, got {value!r}")
+            raise IndexConfigError(f"{index_type} parameter {key} must be a positive integer, got {value!r}")
     return merged
 
 
@@ -81,13 +88,19 @@ def build_index(embeddings, index_type: str = "flat", params: dict | None = None
 
 def _trained_ivfpq(embeddings, n, dim, p, train_size, seed):
     if dim % p["m"]:
-        raise ValueError(f"ivfpq: dim {dim} is not divisible by m={p['m']} (sub-quantizers)")
+        fits = [m for m in range(1, min(dim, 64) + 1) if dim % m == 0]
+        raise IndexConfigError(f"ivfpq: the embeddings' dim {dim} is not divisible by m={p['m']} "
+                               f"(sub-quantizers); m must divide {dim}: index_params.m={fits[-1]} "
+                               f"(or {', '.join(map(str, fits[:-1]))}), or index=flat")
     if p["nbits"] > 16:
-        raise ValueError(f"ivfpq: nbits must be <= 16, got {p['nbits']}")
+        raise IndexConfigError(f"ivfpq: nbits must be <= 16, got {p['nbits']}")
     need = max(p["nlist"], 2 ** p["nbits"])
     if n < need:
-        raise ValueError(f"ivfpq: {n} embeddings cannot train nlist={p['nlist']} lists and "
-                         f"2^{p['nbits']} PQ centroids (need >= {need}); use index=flat")
+        lists, bits = 1 << max(0, n.bit_length() - 1), min(8, max(1, n.bit_length() - 1))
+        raise IndexConfigError(
+            f"ivfpq: {n} embeddings cannot train nlist={p['nlist']} lists and 2^{p['nbits']} PQ "
+            f"centroids (need >= {need}); for {n}, e.g. index_params.nlist={lists} "
+            f"index_params.nbits={bits}, or index=flat (exact, and fast at this size)")
     # the factory makes the index own its coarse quantizer (no dangling Python reference)
     index = faiss.index_factory(dim, f"IVF{p['nlist']},PQ{p['m']}x{p['nbits']}", faiss.METRIC_INNER_PRODUCT)
     # polysemous training only serves Hamming pre-filtering, which we never use; it costs ~20x
@@ -108,7 +121,7 @@ def to_device(index, use_gpu: bool | None = None, gpu_id: int = 0):
     if not want or isinstance(index, faiss.IndexHNSW):
         return index
     if not gpu_available():
-        raise ValueError("use_gpu=True but faiss has no GPU support or sees no CUDA device")
+        raise IndexConfigError("use_gpu=True but faiss has no GPU support or sees no CUDA device")
     if _GPU_RESOURCES is None:
         _GPU_RESOURCES = faiss.StandardGpuResources()
     nprobe = getattr(index, "nprobe", None)
@@ -132,12 +145,15 @@ def save_index(index, path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_index(path, *, use_gpu: bool | None = None, gpu_id: int = 0):
-    """Read an index written by save_index (search parameters such as nprobe/efSearch persist)."""
+def load_index(path, *, use_gpu: bool | None = None, gpu_id: int = 0,
+               rebuild: str = "rebuild it with `geoalign index ... overwrite=true`"):
+    """Read an index written by save_index (search parameters such as nprobe/efSearch persist);
+    a damaged file is a DamagedArtefact naming it and `rebuild`."""
+    from .. import store as st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no FAISS index at {path}")
-    return to_device(faiss.read_index(str(path)), use_gpu, gpu_id)
+    return to_device(st.read_faiss_index(path, rebuild), use_gpu, gpu_id)
 
 
 def search(index, queries, k: int, *, chunk_size: int = 4096):

@@ -8,10 +8,7 @@ type/parameters are unchanged. When they changed, it is refused with the flag th
 
 from __future__ import annotations
 
-import json
 import time
-
-import numpy as np
 
 from .. import store as st
 from ..config import ConfigError, fingerprint, to_plain
@@ -41,18 +38,27 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
     want = {"embeddings": gallery_fingerprint(embedder, ds), "type": cfg.index, "params": params}
     meta_path = folder / "index.json"
     if meta_path.exists() and (folder / "index.faiss").exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint(want):
-            index = fx.load_index(folder / "index.faiss", use_gpu=gpu is not None, gpu_id=gpu or 0)
-            return index, {"name": name, "built": False, **meta}
+        rebuild = (f"rebuild it: `geoalign index store={cfg.store} mode={ds.mode} index={cfg.index} "
+                   "overwrite=true`")
+        try:
+            meta = st.read_json(meta_path, rebuild)
+            if meta.get("fingerprint") == fingerprint(want):
+                index = fx.load_index(folder / "index.faiss", use_gpu=gpu is not None, gpu_id=gpu or 0,
+                                      rebuild=rebuild)
+                return index, {"name": name, "built": False, **meta}
+        except st.DamagedArtefact:
+            if not cfg.overwrite:
+                raise
+            meta = {}  # rebuilt below
         if not cfg.overwrite:
-            raise st.StoreError(_stale_message(folder, meta.get("spec", {}), want))
+            raise st.split_damage(root, dataset, "test") or st.StoreError(
+                _stale_message(folder, meta.get("spec", {}), want))
     t0 = time.perf_counter()
     gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     index = fx.build_index(gallery, cfg.index, params, seed=int(cfg.seed),
                            use_gpu=gpu is not None, gpu_id=gpu or 0)
     fx.save_index(index, folder / "index.faiss")
-    np.save(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
+    st.write_npy(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
     st.write_json(folder / "gallery_ids.json", [str(i) for i in ds.gallery.ids])
     meta = {"fingerprint": fingerprint(want), "spec": want, "n": len(gallery), "dim": gallery.dim,
             "gallery_view": ds.gallery.view, "config": to_plain(cfg), "dataset": dataset,
@@ -62,13 +68,13 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
     return index, {"name": name, "built": True, **meta}
 
 
-def load_built(folder, meta: dict, rerank: int = 0):
+def load_built(folder, meta: dict, rerank: int = 0, rebuild: str | None = None):
     """The index `index` built in `folder` (meta: its index.json): a sharded IVF-PQ memory-mapped
-    (re-ranking the top `rerank` exactly), any other read whole."""
+    (re-ranking the top `rerank` exactly), any other read whole (a damaged file names `rebuild`)."""
     if meta.get("sharded"):
         from .sharded import load_merged
         return load_merged(folder, meta["params"]["nprobe"], rerank)
-    return fx.load_index(folder / "index.faiss")
+    return fx.load_index(folder / "index.faiss", **({"rebuild": rebuild} if rebuild else {}))
 
 
 def _stale_message(folder, old: dict, want: dict) -> str:

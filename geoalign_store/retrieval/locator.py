@@ -15,7 +15,6 @@ very embeddings, else with the exact streamed scan score uses.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +25,8 @@ from PIL import Image
 from .. import store as st
 from ..config import ConfigError
 from ..datasets import location_of
-from ..features import (AUTO, EncodeOptions, ImageFiles, auto_workers, decoded_batches, encode_stack,
-                        load_backbone, resolve_device, weights_fingerprint, weights_source)
+from ..features import (AUTO, DECODE_FAILURES, EncodeOptions, ImageFiles, auto_workers,
+                        decoded_batches, encode_stack, load_backbone, resolve_device, weights_fingerprint, weights_source)
 from . import index as fx
 from .distances import haversine_m
 from .embedder import IN_MEMORY_BYTES, gallery_fingerprint, resolve_embedder
@@ -117,10 +116,12 @@ class Locator:
         except st.StoreError:
             return None
         for meta_path in sorted(folder.glob("*/index.json"), key=lambda p: "-flat" not in p.parent.name):
-            meta = json.loads(meta_path.read_text())
+            rebuild = (f"rebuild it: `geoalign index store={self.store} mode=D2S "
+                       f"index={meta_path.parent.name.rsplit('-', 1)[-1]} overwrite=true` (or delete {meta_path.parent})")
+            meta = st.read_json(meta_path, rebuild)
             if meta.get("spec", {}).get("embeddings") == want and (meta_path.parent / "index.faiss").exists():
                 self.index_name = meta_path.parent.name
-                return load_built(meta_path.parent, meta, self.rerank)
+                return load_built(meta_path.parent, meta, self.rerank, rebuild)
         return None
 
     # ----- localisation
@@ -261,5 +262,5 @@ def check_images(paths: list[Path]) -> None:
         try:
             with Image.open(path) as img:
                 img.size  # noqa: B018 - reading the header is the check
-        except Exception as e:  # noqa: BLE001 - any reason PIL gives is the user's answer
+        except DECODE_FAILURES as e:  # the reason PIL gives is the user's answer
             raise LocateError(f"{path} is not an image ({type(e).__name__}: {e})") from None

@@ -29,9 +29,9 @@ def artefact_dir(store_url: str, *parts: str, create: bool = True) -> Path:
         raise StoreError(f"{'/'.join(parts)} needs a local store path, not {store_url}")
     base = Path(str(store_url).removeprefix("file://"))
     path = base.joinpath(ARTEFACTS, *parts)
+    if create and (base / "zarr.json").exists() and not (base / ARTEFACTS / "zarr.json").exists():
+        _artefacts_node(base)  # also when it was deleted: plain zarr would warn about the folder
     if create and not path.is_dir():
-        if (base / "zarr.json").exists() and not (base / ARTEFACTS / "zarr.json").exists():
-            _artefacts_node(base)
         path.mkdir(parents=True, exist_ok=True)
         _adopt_legacy(base, base.joinpath(*parts), path)
     return path
@@ -62,4 +62,12 @@ def _adopt_legacy(base: Path, old: Path, new: Path) -> None:
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def write_npy(path: Path, array) -> None:
+    """np.save to a temp file moved into place (a kill never leaves a torn .npy)."""
+    import numpy as np
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+    np.save(tmp, array, allow_pickle=False)
     os.replace(tmp, path)

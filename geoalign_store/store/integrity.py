@@ -28,6 +28,10 @@ from zarr.core.sync import sync  # zarr's own loop: store listing is async-only 
 
 from .errors import StoreError
 
+# What reading a damaged chunk raises: a checksum mismatch or an undecodable chunk (ValueError),
+# a codec's own error (RuntimeError), an unreadable file (OSError).
+CHUNK_FAILURES = (ValueError, RuntimeError, OSError)
+
 FEATURE_KINDS = ("desc", "cls", "tokens")
 
 
@@ -87,7 +91,7 @@ class CheckedArray:
             return self._read_rows(lo, max(lo, hi), self._message)
         try:
             return self.array[key]
-        except Exception as e:  # any decoding/storage failure: find and name the block
+        except CHUNK_FAILURES as e:  # find and name the block
             raise self._damage(e) from None
 
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
@@ -98,7 +102,7 @@ class CheckedArray:
         from zarr.core.buffer.cpu import NDBuffer
         try:  # decoded straight into `out`: no second copy of a (possibly huge) chunk
             self.array.get_basic_selection(slice(lo, hi), out=NDBuffer.from_numpy_array(out))
-        except Exception as e:  # any decoding/storage failure: find and name the block
+        except CHUNK_FAILURES as e:  # find and name the block
             raise self._damage(e) from None
         return out
 
@@ -183,7 +187,7 @@ def block_error(array: zarr.Array, block: int) -> str | None:
         reader(lo, hi, lambda _block, why: why) if reader else array[lo:hi]
     except StoreError as e:
         return str(e)
-    except Exception as e:
+    except CHUNK_FAILURES as e:
         return _reason(e)
     return None
 
@@ -220,7 +224,7 @@ def damaged_blocks(view: zarr.Group, full: bool = True) -> dict[int, str]:
         return {}
     try:
         done = view["block_done"][:]
-    except Exception:
+    except CHUNK_FAILURES:
         return {}  # metadata_errors names it; without it no block can be trusted or repaired alone
     bad: dict[int, str] = {}
     for name, array in feature_arrays(view).items():
@@ -233,16 +237,27 @@ def damaged_blocks(view: zarr.Group, full: bool = True) -> dict[int, str]:
     return dict(sorted(bad.items()))
 
 
+LISTING_CHANGED = "a chunk is missing or was rewritten since the view was written (its digest changed)"
+
+
+def listing_changes(view: zarr.Group) -> list[str]:
+    """The arrays written once from the listing whose digest is not the one recorded then
+    (views written before digests were recorded: none)."""
+    recorded = view.attrs.get("meta_digests") or {}
+    return [name for name, digest in recorded.items()
+            if name not in view or array_digest(view[name]) != digest]
+
+
 def metadata_errors(view: zarr.Group) -> dict[str, str]:
     """The view's other arrays (ids, labels, flags, errors, block_done, extra): name -> why unreadable."""
     features = set(feature_arrays(view))
-    bad = {}
+    bad = {name: LISTING_CHANGED for name in listing_changes(view)}
     for name, node in view.members(max_depth=None):
         if isinstance(node, zarr.Array) and name not in features:
             try:
                 node[...]
-            except Exception as e:
-                bad[name] = _reason(e)
+            except CHUNK_FAILURES as e:
+                bad[name] = _reason(e)  # a checksum mismatch says more than a changed digest
     return bad
 
 

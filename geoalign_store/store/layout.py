@@ -31,7 +31,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..datasets import ViewListing
 from .errors import StoreError
-from .integrity import CheckedArray, damaged_blocks, repair_hint, view_digest
+from .metadata import check_metadata
+from .integrity import (CHUNK_FAILURES, LISTING_CHANGED, CheckedArray, array_digest, damaged_blocks,
+                        listing_changes, metadata_errors, repair_hint, view_digest)
 
 FEATURES = "features"
 STORE_VERSION = 1
@@ -48,35 +50,13 @@ def view_path(dataset: str, split: str, view: str) -> str:
 
 
 def open_store(url: str, mode: str = "a") -> zarr.Group:
+    """The store's root group; its metadata documents are parsed first (metadata.py), so a
+    damaged one is named instead of failing somewhere inside zarr."""
+    check_metadata(url)
     try:
         return zarr.open_group(str(url), mode=mode)
     except FileNotFoundError as e:
         raise StoreError(f"no geoalign store at {url}; run `geoalign extract` first") from e
-
-
-def damaged_metadata(url: str) -> list[str]:
-    """zarr.json documents of a local store that cannot be parsed (a truncated write, a flaky
-    copy): zarr fails on them with a bare JSONDecodeError that names no file."""
-    base = Path(str(url).removeprefix("file://"))
-    if "://" in str(url) and not str(url).startswith("file://") or not base.is_dir():
-        return []
-    bad = []
-    for doc in sorted(base.rglob("zarr.json")):
-        try:
-            meta = json.loads(doc.read_text())
-            assert meta["zarr_format"] == 3 and meta["node_type"] in ("group", "array")
-        except Exception:
-            bad.append(str(doc.relative_to(base)))
-    return bad
-
-
-def metadata_error(url: str) -> StoreError | None:
-    bad = damaged_metadata(url)
-    if not bad:
-        return None
-    return StoreError(f"{url}: {len(bad)} metadata document(s) of the store are damaged and cannot "
-                      f"be parsed: {', '.join(bad[:5])}. The arrays under them cannot be read: rewrite "
-                      "them by rerunning the command that wrote them with overwrite=true")
 
 
 def prepare_dataset(root: zarr.Group, dataset: str, spec: dict, spec_hash: str,
@@ -144,11 +124,23 @@ def prepare_view(root: zarr.Group, dataset: str, listing: ViewListing, layout: V
             group.create_array(f"layer_{k}/tokens", shape=(n, *layout.token_shape), dtype="float16",
                                chunks=(1, *layout.token_shape), fill_value=0.0, compressors=FEATURE_CODECS)
     group.attrs.update({"n": n, "block_size": bs, "layers": list(layout.layers),
-                        "channels": layout.channels, "complete": False, "config": config})
+                        "channels": layout.channels, "complete": False, "config": config,
+                        "meta_digests": listing_digests(group)})
     return group
 
 
+def listing_digests(group: zarr.Group) -> dict[str, str]:
+    """Digests of the arrays written once from the listing: a chunk of them deleted later would
+    read as fill values (zeros, "") without any error; check_listing finds it."""
+    names = ["ids", "labels", "in_query", "in_gallery",
+             *(f"extra/{k}" for k in (group["extra"].array_keys() if "extra" in group else ()))]
+    return {name: array_digest(group[name]) for name in names}
+
+
 def _check_same_view(group, path, listing, layout) -> None:
+    changed = listing_changes(group)
+    if changed:
+        raise StoreError(f"{path}/{changed[0]}: {LISTING_CHANGED}; {rewrite_view_hint(group)}")
     attrs = group.attrs
     if attrs.get("block_size") != layout.block_size or attrs.get("layers") != list(layout.layers):
         raise StoreError(f"{path} was written with block_size={attrs.get('block_size')} and "
@@ -171,12 +163,20 @@ def pending_blocks(group: zarr.Group) -> list[int]:
 def read_meta(group: zarr.Group, name: str) -> np.ndarray:
     """A view's per-image array (ids, labels, flags, errors, block_done) whole; damage is named
     (these are written once with the view, so the repair is to rewrite the view)."""
+    if name not in group:
+        raise StoreError(f"{group.path}/{name} is missing; {rewrite_view_hint(group)}")
     try:
         return group[name][:]
-    except Exception as e:
+    except CHUNK_FAILURES as e:
         raise StoreError(f"{group.path}/{name} is damaged and cannot be read ({type(e).__name__}: "
-                         f"{str(e)[:100]}); rewrite the view: rerun the command that wrote it with "
-                         "overwrite=true (`geoalign check` lists every damaged array)") from None
+                         f"{str(e)[:100]}); {rewrite_view_hint(group)} (`geoalign check` lists every "
+                         "damaged array)") from None
+
+
+def rewrite_view_hint(group: zarr.Group) -> str:
+    folder = Path(store_location(group)) / group.path
+    return (f"re-extract the view: delete {folder} and rerun `geoalign extract` with the arguments "
+            "that wrote it (it extracts that view again)")
 
 
 def reopen_damaged_blocks(group: zarr.Group, full: bool = True) -> dict[int, str]:
@@ -227,7 +227,7 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
         have = ", ".join(list_views(root)) or "nothing"
         raise StoreError(f"the store has no {path} (it has: {have})")
     group = root[path]
-    n = group["labels"].shape[0]
+    n = read_meta(group, "labels").shape[0]
     out = {"ids": read_meta(group, "ids").astype(object),
            "labels": read_meta(group, "labels").astype(np.int64)}
     for flag in ("in_query", "in_gallery"):
@@ -237,6 +237,9 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
     out["errors"] = np.full(n, "", dtype=object) if no_errors else read_meta(group, "errors").astype(object)
     out["extra"] = ({k: read_meta(group, f"extra/{k}") for k in group["extra"].array_keys()}
                     if "extra" in group else {})
+    changed = listing_changes(group)  # after the reads: a checksum mismatch says more
+    if changed:
+        raise StoreError(f"{path}/{changed[0]}: {LISTING_CHANGED}; {rewrite_view_hint(group)}")
     return out
 
 
@@ -283,6 +286,7 @@ def content_digest(root: zarr.Group, dataset: str, split: str, layers: list[int]
 
 
 def store_location(root: zarr.Group) -> str:
+    """The store's URL or folder, from any of its groups."""
     store = root.store
     return str(getattr(store, "root", store))
 
@@ -292,15 +296,21 @@ def read_view_layers(root: zarr.Group, dataset: str, split: str, view: str) -> l
     return sorted(int(k.split("_", 1)[1]) for k in group.group_keys() if k.startswith("layer_"))
 
 
-def stored_layers(root, dataset: str, layers) -> list[int]:
-    """Requested layers as stored (negative indices counted from the backbone's depth)."""
+def stored_layers(root, dataset: str, layers, split: str = "test") -> list[int]:
+    """Requested layers as stored in the views of `split`, the split the stage reads
+    (negative indices counted from the backbone's depth)."""
     spec = root[f"{FEATURES}/{dataset}"].attrs.get("fingerprint", {}).get("spec", {})
     depth = (spec.get("arch") or {}).get("num_hidden_layers")
     resolved = [k + depth if (k < 0 and depth) else k for k in layers]
-    have = read_view_layers(root, dataset, "test", "drone")
+    views = [v for v in ("drone", "satellite") if view_path(dataset, split, v) in root]
+    if not views:
+        have = ", ".join(p.removeprefix(f"{FEATURES}/") for p in list_views(root)) or "nothing"
+        raise StoreError(f"the store's {dataset} features have no {split} split (it has: {have}); "
+                         f"extract it first (`geoalign extract ... split=[{split}]`)")
+    have = sorted(set.intersection(*(set(read_view_layers(root, dataset, split, v)) for v in views)))
     missing = [k for k in resolved if k not in have]
     if missing:
-        raise StoreError(f"layers {missing} are not in the store's {dataset} features "
+        raise StoreError(f"layers {missing} are not in the store's {dataset} {split} features "
                          f"(stored: {have}); pass layers= among them")
     return resolved
 
@@ -363,3 +373,22 @@ def read_coordinates(root: zarr.Group, dataset: str, split: str, view: str) -> n
     """(N, 2) lat/lon of a view's rows, or None when the store has no coordinates for it."""
     path = f"{view_path(dataset, split, view)}/latlon"
     return np.asarray(root[path][:], np.float64) if path in root else None
+
+
+def split_damage(root: zarr.Group, dataset: str, split: str) -> StoreError | None:
+    """When an artefact's recorded content digest no longer matches, damage is one cause besides
+    a rewrite: a StoreError naming the split's damaged arrays and blocks (None when intact), so a
+    damaged chunk is never reported as "changed: refit"."""
+    found = []
+    for view in ("drone", "satellite"):
+        path = view_path(dataset, split, view)
+        if path not in root:
+            continue
+        group = root[path]
+        found += [(f"{path}/{name}: {why}", rewrite_view_hint(group)) for name, why in metadata_errors(group).items()]
+        found += [(f"{path} block {block}: {why}", repair_hint(group, store_location(root)))
+                  for block, why in damaged_blocks(group, full=True).items()]
+    if not found:
+        return None
+    return StoreError(f"the store's {dataset} {split} split is damaged: "
+                      f"{'; '.join(f for f, _ in found[:4])}; {found[0][1]}")

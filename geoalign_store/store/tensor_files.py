@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
@@ -21,6 +24,16 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
     os.replace(tmp, path)
+
+
+# What a safetensors read of a damaged or foreign file raises (its header, its JSON metadata, I/O).
+SAFETENSORS_FAILURES = (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, OSError)
+# What torch.load(weights_only=True) raises on a file that is not a checkpoint of tensors: text
+# and garbage (UnpicklingError, KeyError, IndexError, EOFError, ValueError, struct.error), zips of
+# other things (BadZipFile, RuntimeError), a .safetensors (torch 2.13 hands those to safetensors),
+# an unreadable file (OSError).
+TORCH_LOAD_FAILURES = (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, IndexError,
+                       EOFError, struct.error, zipfile.BadZipFile, SafetensorError, OSError)
 
 
 class CheckpointError(ConfigError):
@@ -38,7 +51,7 @@ def load_tensors(path: Path, remedy: str = "recompute it (its stage with overwri
         return load_file(str(path)), metadata
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; {remedy}") from None
-    except Exception as e:  # SafetensorError, JSON of foreign metadata, OSError mid-read
+    except SAFETENSORS_FAILURES as e:
         raise _unreadable(path, e, remedy) from None
 
 
@@ -47,7 +60,7 @@ def check_safetensors(path: Path, expected: str) -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
-    except Exception as e:
+    except SAFETENSORS_FAILURES as e:
         raise _unreadable(path, e, f"expected {expected}") from None
 
 
@@ -69,7 +82,7 @@ def safe_torch_load(path: Path, expected: str, mmap: bool = False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4"
             return _torch_load(path, mmap)
-    except Exception as e:  # text files raise KeyError/IndexError/UnpicklingError, zips BadZipFile
+    except TORCH_LOAD_FAILURES as e:
         glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         why = (f"it pickles a Python object ({glob.group(1)}), not plain tensors; such files are "
                "never unpickled, since that can execute arbitrary code" if glob else
