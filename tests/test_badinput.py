@@ -104,16 +104,20 @@ def test_random_overrides_through_the_cli_exit_0_or_2_and_refusals_write_nothing
 # ----- the four cases of the issue's "Why"
 
 def test_a_library_value_error_is_a_named_refusal_not_a_traceback(tmp_path):
-    """Was: `geoalign index index=ivfpq` on a 35-satellite store ended in FAISS's ValueError."""
+    """Was: `geoalign index index=ivfpq` on a 35-satellite store ended in FAISS's ValueError. Now
+    the default parameters are chosen from the gallery (they build), and parameters that cannot
+    fit it exit 2 naming what fits."""
     store = write_plain_store(tmp_path / "s.zarr")
     code, out = cli("index", f"store={store}", "index=ivfpq")
-    assert code == 2 and "Traceback" not in out
-    assert "m must divide 32: index_params.m=32" in " ".join(out.split())
-    code, out = cli("index", f"store={store}", "index=ivfpq", "index_params.m=4")
+    assert code == 0 and "Traceback" not in out, out
+    code, out = cli("index", f"store={store}", "index=ivfpq", "index_params.m=64", "overwrite=true")
     text = " ".join(out.split())
-    assert code == 2 and "35 embeddings cannot train nlist=1024" in text and "index_params.nlist=32" in text
+    assert code == 2 and "Traceback" not in out and "m=64 does not divide" in text and "m in [1, 2, 4, 8, 16, 32] fits" in text
+    code, out = cli("index", f"store={store}", "index=ivfpq", "index_params.nlist=1024", "overwrite=true")
+    text = " ".join(out.split())
+    assert code == 2 and "nlist=1024 needs at least 1024 training points" in text and "nlist <= 35 fits" in text
     code, out = cli("index", f"store={store}", "index=ivfpq", "index_params.m=4",
-                    "index_params.nlist=4", "index_params.nbits=5")
+                    "index_params.nlist=4", "index_params.nbits=5", "overwrite=true")
     assert code == 0, out
 
 
