@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import write_plain_store
 from geoalign_store.config import ConfigError, compose
-from geoalign_store.retrieval import choose_ivfpq, factory_string, load_merged, plan_shards, search
+from geoalign_store.retrieval import choose_ivfpq, factory_string, load_merged, plan_shards, save_index, search
 from geoalign_store.retrieval import sharded as sh
 from geoalign_store.store import StoreError
 from pipelines import index, score
@@ -70,7 +70,7 @@ def test_parameters_that_cannot_fit_name_what_fits(given, message):
 
 def _build_in_memory(folder, x, p, shard_rows, order=None):
     folder.mkdir(parents=True, exist_ok=True)
-    sh.write_atomic(sh.train(x, p, seed=0), folder / "trained.faiss")
+    save_index(sh.train(x, p, seed=0), folder / "trained.faiss")
     np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float32, shape=x.shape).flush()
     plan = plan_shards(len(x), shard_rows)
     for a, b in (order or plan):

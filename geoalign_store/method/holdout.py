@@ -73,8 +73,7 @@ def region_order(sat_region: np.ndarray, seed: int) -> np.ndarray:
 def region_holdout(views, fraction: float, seed: int) -> Holdout:
     """Seeded whole regions holding `fraction` of the satellites (at least one region; never so
     many that fewer than two flights stay seen or fewer than two are held out)."""
-    sat_region, drone_region = regions(views, seed)
-    return _take(sat_region, drone_region, region_order(sat_region, seed), fraction, views.groups)[0]
+    return region_folds(views, fraction, 0, seed)[0]
 
 
 def _take(sat_region, drone_region, order, fraction: float, groups) -> tuple[Holdout, list]:

@@ -28,6 +28,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ..config import ConfigError
 from . import candidates as cand
 from .confirmation import Gate, confirm, confirm_folds, flight_se
 from .holdout import Holdout, flights_only, region_folds
@@ -62,7 +63,6 @@ class SelectionConfig(FitHeadsSection):
 
     def __post_init__(self):
         """Values checked when the recipe is composed, not minutes into a fit."""
-        from ..config import ConfigError
         for key, valid in self.CHOICES.items():
             given = getattr(self, key)
             for value in (given if isinstance(given, tuple) else (given,)):

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from .pictures import save_answer_sheet
 
 TILE_COLOURS = ("#ffd400", "#ff8c00", "#ff4fa0", "#b84dff", "#4d7dff")
 
@@ -42,9 +42,4 @@ def draw_map_answer(answer: dict, view: dict, folder: Path, size: int = 512) -> 
                      f"{truth.get('tile_error_m', float('nan')):.0f} m top-1 tile centre")
     for i, line in enumerate([Path(answer["image"]).name] + lines):
         draw.text((8, sheet.height - 52 + 14 * i), line, fill="black")
-    digest = hashlib.sha256(str(Path(answer["image"]).resolve()).encode()).hexdigest()[:8]
-    path = folder / f"{Path(answer['image']).stem}-{digest}.png"
-    tmp = path.with_name(path.name + ".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
-    return path
+    return save_answer_sheet(sheet, folder, answer["image"])

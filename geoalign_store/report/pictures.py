@@ -82,8 +82,14 @@ def draw_answer(answer: dict, data_root: Path | None, folder: Path, size: int = 
         draw.rectangle([x - 3, pad - 3, x + size + 2, pad + size + 2], outline=colour, width=3)
         for i, line in enumerate(lines):
             draw.text((x, pad + size + 4 + 12 * i), line, fill="black")
-    digest = hashlib.sha256(str(Path(answer["image"]).resolve()).encode()).hexdigest()[:8]
-    path = folder / f"{Path(answer['image']).stem}-{digest}.png"
+    return save_answer_sheet(sheet, folder, answer["image"])
+
+
+def save_answer_sheet(sheet, folder: Path, image) -> Path:
+    """An answer's picture, named after its photo (stem and a digest of its full path, so two
+    photos of one name never share a file), written to a temp file then replaced."""
+    digest = hashlib.sha256(str(Path(image).resolve()).encode()).hexdigest()[:8]
+    path = folder / f"{Path(image).stem}-{digest}.png"
     tmp = path.with_name(path.name + ".tmp.png")
     sheet.save(tmp)
     tmp.replace(path)

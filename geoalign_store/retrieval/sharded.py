@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import file_sha256
 from .. import store as st
+from .index import save_index
 from .ivf_rule import factory_string, train_size
 
 KMEANS_NITER = 10          # coarse k-means iterations (FAISS's default is 25; autofaiss uses 10-25)
@@ -103,17 +104,6 @@ def _read(gallery, rows) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
-def write_atomic(index, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
     """Rows [start, stop) of `gallery` embedded a chunk at a time, added (ids = positions) to a
     copy of trained.faiss and copied into vectors.npy; the shard written whole, then its mark
@@ -130,7 +120,7 @@ def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
     vectors.flush()
     del vectors
     path = shard_path(folder, start, stop)
-    write_atomic(index, path)
+    save_index(index, path)
     mark = {"start": start, "stop": stop, "ntotal": int(index.ntotal), "bytes": path.stat().st_size,
             "sha256": file_sha256(path), "pid": os.getpid()}
     st.write_json(path.with_suffix(".json"), mark)
@@ -146,7 +136,7 @@ def merge(folder: Path, shards: list[tuple[int, int]]) -> dict:
     trained = faiss.read_index(str(folder / "trained.faiss"), NO_TABLE)
     with stdout_to_stderr():  # OnDiskInvertedLists printf()s its resizing: keep --json's stdout clean
         merge_ondisk(trained, [shard_path(folder, a, b) for a, b in shards], folder / "index.ivfdata")
-    write_atomic(trained, folder / "index.faiss")
+    save_index(trained, folder / "index.faiss")
     return {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
             for name in ("index.faiss", "index.ivfdata")}
 

@@ -25,6 +25,7 @@ from ..config import file_sha256, fingerprint, to_plain
 from . import sharded as sh
 from .embedder import embedder_inputs, gallery_fingerprint, resolve_embedder, side_embeddings
 from .embeddings import DirectionSet, Side
+from .index import save_index
 from .ivf_rule import build_params, choose_ivfpq, factory_string
 
 SHARD_ROWS = 131072
@@ -133,7 +134,7 @@ def _trained(folder: Path, gallery, params: dict, seed: int, gpu) -> float:
                             "written); it was removed with the shards made from it: rerun the same "
                             "command to rebuild it")
     t0 = time.perf_counter()
-    sh.write_atomic(sh.train(gallery, params, seed, gpu), path)
+    save_index(sh.train(gallery, params, seed, gpu), path)
     st.write_json(folder / "build.json", {**build, "trained_sha256": file_sha256(path)})
     return round(time.perf_counter() - t0, 3)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .families import LAYERS, gain_blend_map, gauss_vec, l2, orthogonal
+from .families import LAYERS, _finish, gain_blend_map, gauss_vec, l2, orthogonal
 
 DISTORTIONS = ("discrete", "per_flight", "continuous")
 
@@ -207,7 +207,3 @@ def _turn(x: np.ndarray, angle: np.ndarray, q: np.ndarray, planes: int) -> np.nd
     cos, sin = np.cos(angle), np.sin(angle)
     y[:, 0:2 * planes:2], y[:, 1:2 * planes:2] = a * cos - b * sin, a * sin + b * cos
     return y @ q.T
-
-
-def _finish(x: np.ndarray) -> np.ndarray:
-    return l2(x).astype(np.float32)
