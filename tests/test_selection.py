@@ -156,6 +156,25 @@ def test_criterion_counts_a_held_out_image_right_only_on_its_flights_satellite()
     assert correct[3:].all() and correct[:3].sum() <= 1 and score <= 4 / 6
 
 
+def test_held_out_locations_are_paired_in_each_space_not_in_the_split_space():
+    """The region split pairs flights with satellites in one space, and misses some: here it
+    holds out satellites 2 and 7 with flights 2 and 5 (flight 5 is satellite 5's, flight 7 stays
+    seen). A space where every flight sits on its satellite must still score every held-out image
+    right: its seen flights claim their own satellites (7 among them), leaving 2 and 5 to the
+    held-out flights. Claims fixed by the split would leave 2 and 7 and count flight 5 wrong for
+    being right, which flatters the split's space over every better one (issue 24)."""
+    from geoalign_store.method import Heads
+    from geoalign_store.method import Holdout
+    rng = np.random.default_rng(1)
+    sat = rng.standard_normal((12, 16)).astype(np.float32)
+    groups = np.repeat(np.arange(12), 4)
+    drone = np.repeat(sat, 4, axis=0) + 0.05 * rng.standard_normal((48, 16)).astype(np.float32)
+    views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
+    split = Holdout(np.isin(groups, [2, 5]), np.isin(np.arange(12), [2, 7]))
+    score, correct = criterion(Heads(LAYERS, None, [("centre", None)], [1.0]), Rows(views, split))
+    assert len(correct) == 8 and score == 1.0
+
+
 def test_null_adjusted_criterion_scores_alignment_not_flight_consistency():
     """Flights whose images sit together on points unrelated to the satellites agree with
     themselves often enough to score by the plain criterion; against turned satellites they

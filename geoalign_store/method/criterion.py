@@ -1,14 +1,15 @@
 """The label-free criterion of a candidate space (issue 8; selection.py's step 3), and the rows
 it embeds.
 
-Held-out locations (holdout.py, the default): the satellites the fits saw are claimed; the
-held-out flights are assigned one-to-one to the held-out satellites from half of their images,
-and each image of the other half, retrieving among *all* satellites, counts as right when it
-picks its flight's satellite. Held-out flights only (`holdout_by=flights`, the earlier rule):
-the seen flights are assigned one-to-one to satellites, which they claim; the held-out flights
-are assigned one-to-one to the unclaimed satellites from half of their images, and each image of
-the other half, retrieving among *all* satellites, counts as right when it picks its flight's
-satellite. With turns (select.null_adjust) the same score against the satellites reflected at
+In a candidate's space, the seen flights are assigned one-to-one to satellites, which they
+claim; the held-out flights are assigned one-to-one to the unclaimed satellites from half of
+their images, and each image of the other half, retrieving among *all* satellites, counts as
+right when it picks its flight's satellite. Held-out locations (holdout.py, the default): the
+held-out satellites left every fit too, and each space claims in its own pairing, never in the
+split's (a fixed claimed set is the split space's pairing: its mistakes would count as right
+there and as wrong in every space that avoids them). Held-out flights only (`holdout_by=flights`,
+the earlier rule): `selection.ranked` measures every candidate against the pairing space's
+claims, so that a map memorising the pairs it was fitted on gains nothing from them. With turns (select.null_adjust) the same score against the satellites reflected at
 random is subtracted: what a space scores beyond the agreement its flights' own consistency buys.
 
 `Rows` holds what every candidate's space embeds (the satellites, the held-out drones, a sample
@@ -44,8 +45,10 @@ class Rows:
         held_rows = np.flatnonzero(held)
         seen_rows = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
         self.views, self.keep = views, keep
-        # held-out locations: the satellites the fits saw are the claimed ones, in every space
-        self.fixed_claims = np.flatnonzero(~split.sat) if split.of_locations else None
+        # held-out locations: each space's seen flights claim satellites in that space, never a
+        # claimed set fixed when the split was built (that set is the split space's own pairing:
+        # its mistakes would count as right there and as wrong in every space that avoids them)
+        self.claims_per_space = split.of_locations
         self.rows = {"held": held_rows, "seen": seen_rows}
         self.groups = {part: views.groups[r] for part, r in self.rows.items()}
         self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
@@ -133,8 +136,6 @@ def read(heads: Heads, rows: Rows, turns: list[Turns] = (), own_claims: bool = F
     drone, groups = rows.embed(heads, "held"), rows.groups["held"]
     picks = [sim.argmax(1) for sim in sets.similarities(drone)]
     halves = [(voters, scored, sets.similarities(means)) for means, voters, scored in _halves(drone, groups)]
-    if rows.fixed_claims is not None:
-        return Reading(len(sets.sat), groups, picks, halves, [rows.fixed_claims] * len(sets))
     return Reading(len(sets.sat), groups, picks, halves, claimed(heads, rows, sets) if own_claims else None)
 
 

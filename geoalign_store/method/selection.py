@@ -1,8 +1,9 @@
 """Label-free choice among the candidate heads (issue 8), on the train split alone.
 
-1. Before anything is fitted, a seeded fraction of the drone flights is held out.
-2. Every candidate is fitted on all satellites and the other flights (candidates.py; AGRA through
-   a callback, so the stage can checkpoint it).
+1. Before anything is fitted, whole train locations are held out (holdout.py: seeded regions of
+   satellites with their flights; `holdout_by=flights`: a seeded fraction of the flights only).
+2. Every candidate is fitted on what is left (candidates.py; AGRA through a callback, so the
+   stage can checkpoint it).
 3. The criterion of a candidate, in its own space (`criterion`): the seen flights are assigned
    one-to-one to satellites, which they claim; the held-out flights are assigned one-to-one to
    the unclaimed satellites from half of their images, and each image of the other half,
@@ -221,9 +222,10 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
 
 
 def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
-    """{name: (criterion, per held-out image)} against one claimed set, from the space the maps
-    and AGRA took their flight pairs from: a candidate that memorised those pairs gains nothing
-    over one that did not. `readings`: {id(heads): Reading} already taken (the selection reads
+    """{name: (criterion, per held-out image)}. Held-out flights: against one claimed set, from
+    the space the maps and AGRA took their flight pairs from (a candidate that memorised those
+    pairs gains nothing over one that did not). Held-out locations: each candidate against its
+    own claims (the held-out satellites left every fit, so no memorised pair reaches them). `readings`: {id(heads): Reading} already taken (the selection reads
     the teacher and map spaces once for their own criterion: a reading serves any claimed set).
     Read in `stream_order` (each stream embedded once), returned in `fitted`'s order."""
     readings = readings or {}
@@ -231,8 +233,11 @@ def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict
     def reading(heads: Heads, own_claims: bool = False):
         return readings.get(id(heads)) or read(heads, rows, turns, own_claims)
 
-    claims = reading(pairing, own_claims=True).own_claims
-    measured = {name: adjusted(reading(fitted[name]), claims) for name in stream_order(fitted)}
+    if rows.claims_per_space:   # held-out locations: every space pairs its own seen flights
+        measured = {name: adjusted(reading(fitted[name], True)) for name in stream_order(fitted)}
+    else:
+        claims = reading(pairing, own_claims=True).own_claims
+        measured = {name: adjusted(reading(fitted[name]), claims) for name in stream_order(fitted)}
     return {name: measured[name] for name in fitted}
 
 
