@@ -163,8 +163,7 @@ def test_held_out_locations_are_paired_in_each_space_not_in_the_split_space():
     right: its seen flights claim their own satellites (7 among them), leaving 2 and 5 to the
     held-out flights. Claims fixed by the split would leave 2 and 7 and count flight 5 wrong for
     being right, which flatters the split's space over every better one (issue 24)."""
-    from geoalign_store.method import Heads
-    from geoalign_store.method import Holdout
+    from geoalign_store.method import Heads, Holdout
     rng = np.random.default_rng(1)
     sat = rng.standard_normal((12, 16)).astype(np.float32)
     groups = np.repeat(np.arange(12), 4)

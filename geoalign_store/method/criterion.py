@@ -9,8 +9,9 @@ held-out satellites left every fit too, and each space claims in its own pairing
 split's (a fixed claimed set is the split space's pairing: its mistakes would count as right
 there and as wrong in every space that avoids them). Held-out flights only (`holdout_by=flights`,
 the earlier rule): `selection.ranked` measures every candidate against the pairing space's
-claims, so that a map memorising the pairs it was fitted on gains nothing from them. With turns (select.null_adjust) the same score against the satellites reflected at
-random is subtracted: what a space scores beyond the agreement its flights' own consistency buys.
+claims, so that a map memorising the pairs it was fitted on gains nothing from them. With turns
+(select.null_adjust) the same score against the satellites reflected at random is subtracted:
+what a space scores beyond the agreement its flights' own consistency buys.
 
 `Rows` holds what every candidate's space embeds (the satellites, the held-out drones, a sample
 of the seen flights) and what those embeddings share: the candidates share one centring, and a

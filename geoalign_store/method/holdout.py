@@ -20,8 +20,8 @@ test universities are not its train ones). The pairing of step 1 only decides wh
 the criterion never reuses it: in every candidate's space the seen flights claim satellites anew
 (criterion.py). Reusing it would count as right, in the centred space alone, the flights that
 space pairs wrongly, and as wrong, in every space that pairs them rightly, the same flights: on
-the altitude family it rated centring 0.255 where its test R@1 is 0.015. `regions_folds` splits the other regions into the
-confirmation folds (confirmation.py) the same way. `holdout_by=flights` is the earlier rule
+the altitude family it rated centring 0.255 where its test R@1 is 0.015. `regions_folds` splits
+the other regions into the confirmation folds (confirmation.py) the same way. `holdout_by=flights` is the earlier rule
 (seeded flights only), kept to reproduce heads fitted with it.
 """
 

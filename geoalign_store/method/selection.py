@@ -225,19 +225,18 @@ def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict
     """{name: (criterion, per held-out image)}. Held-out flights: against one claimed set, from
     the space the maps and AGRA took their flight pairs from (a candidate that memorised those
     pairs gains nothing over one that did not). Held-out locations: each candidate against its
-    own claims (the held-out satellites left every fit, so no memorised pair reaches them). `readings`: {id(heads): Reading} already taken (the selection reads
-    the teacher and map spaces once for their own criterion: a reading serves any claimed set).
+    own claims (the held-out satellites left every fit, so no memorised pair reaches them).
+    `readings`: {id(heads): Reading} already taken (the selection reads the teacher and map
+    spaces once for their own criterion: a reading serves any claimed set).
     Read in `stream_order` (each stream embedded once), returned in `fitted`'s order."""
     readings = readings or {}
 
     def reading(heads: Heads, own_claims: bool = False):
         return readings.get(id(heads)) or read(heads, rows, turns, own_claims)
 
-    if rows.claims_per_space:   # held-out locations: every space pairs its own seen flights
-        measured = {name: adjusted(reading(fitted[name], True)) for name in stream_order(fitted)}
-    else:
-        claims = reading(pairing, own_claims=True).own_claims
-        measured = {name: adjusted(reading(fitted[name]), claims) for name in stream_order(fitted)}
+    # held-out locations: every space pairs its own seen flights (claims None: the reading's own)
+    claims = None if rows.claims_per_space else reading(pairing, own_claims=True).own_claims
+    measured = {name: adjusted(reading(fitted[name], claims is None), claims) for name in stream_order(fitted)}
     return {name: measured[name] for name in fitted}
 
 
