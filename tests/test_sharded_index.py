@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from conftest import write_plain_store
 from geoalign_store.config import ConfigError, compose
-from geoalign_store.retrieval import choose_ivfpq, factory_string, load_merged, plan_shards, save_index, search
+from geoalign_store.retrieval import (build_params, choose_ivfpq, factory_string, load_merged, plan_shards,
+                                      save_index, search)
 from geoalign_store.retrieval import sharded as sh
 from geoalign_store.store import StoreError
 from pipelines import index, score
@@ -52,6 +53,10 @@ def test_rule_follows_the_gallery_and_is_documented():
     assert factory_string(small, 128) == "IVF1,PQ32x5"
     assert choose_ivfpq(300, 40)["m"] == 10     # m divides d_out, >= 4 dimensions a sub-quantizer
     assert choose_ivfpq(1_000_000, 768, {"nlist": 1024, "reduce": "opq"})["reduce"] == "opq"
+    assert choose_ivfpq(1_000_000, 768)["kmeans"] == "flat"            # one k-means of 4096
+    assert choose_ivfpq(10_000_000, 768)["kmeans"] == "two_level"      # 16384: two levels of 128
+    assert "kmeans" not in build_params(choose_ivfpq(1_000_000, 768))   # fingerprints before the key
+    assert build_params(choose_ivfpq(10_000_000, 768))["kmeans"] == "two_level"
 
 
 @pytest.mark.parametrize("given, message", [
@@ -62,6 +67,7 @@ def test_rule_follows_the_gallery_and_is_documented():
     ({"reduce": "lda"}, r"reduce='lda': takes opq, pca, none"),
     ({"nlsit": 4}, r"unknown ivfpq index_params \['nlsit'\]; valid: nlist, m"),
     ({"nprobe": 0}, r"nprobe=0: must be a positive integer"),
+    ({"kmeans": "3level"}, r"kmeans='3level': takes flat, two_level"),
 ])
 def test_parameters_that_cannot_fit_name_what_fits(given, message):
     with pytest.raises(ConfigError, match=message):
@@ -91,7 +97,8 @@ def inverted_lists(index) -> list[tuple[bytes, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("given", [{"nlist": 64, "d_out": 32}, {"nlist": 64, "quantizer": "hnsw", "reduce": "none"}])
+@pytest.mark.parametrize("given", [{"nlist": 64, "d_out": 32}, {"nlist": 64, "quantizer": "hnsw", "reduce": "none"},
+                                   {"nlist": 64, "quantizer": "hnsw", "kmeans": "two_level"}])
 def test_shards_in_any_order_equal_one_index_adding_every_row(tmp_path, given):
     """The reference is the obvious build: the trained index, every row added in order."""
     rng = np.random.default_rng(0)
@@ -158,6 +165,17 @@ def test_parameters_that_cannot_fit_exit_2(tmp_path):
     assert result.exit_code == 2, result.output
     said = result.output.replace("\n", "")
     assert "nlist=1024 needs at least 1024 training points" in said and "nlist <= 35 fits" in said
+
+
+def test_the_method_choices_compose_as_text_and_are_checked_before_any_work(tmp_path):
+    store = write_plain_store(tmp_path / "s.zarr")
+    cfg = _index_cfg(store, "index_params={kmeans: two_level, reduce: none, nlist: 2}")
+    assert dict(cfg.index_params) == {"kmeans": "two_level", "reduce": "none", "nlist": 2}
+    assert index.run(_index_cfg(store, "index_params.quantizer=hnsw"))["indices"][0]["built"]
+    with pytest.raises(ConfigError, match="index_params.nlist='many' is not valid"):
+        _index_cfg(store, "index_params.nlist=many")
+    result = CliRunner().invoke(app, ["index", f"store={store}", "index=ivfpq", "index_params={kmeans: 3level}"])
+    assert result.exit_code == 2 and "kmeans='3level': takes flat, two_level" in result.output, result.output
 
 
 def _big_store(path, seed=0):

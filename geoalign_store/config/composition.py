@@ -93,6 +93,7 @@ def valid_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 # Mappings whose entries are free (checked by their stage): dotted keys may add entries.
 OPEN_MAPPINGS = ("index_params",)
+TEXT_INDEX_PARAMS = ("reduce", "quantizer", "kmeans")
 # Integer keys that must be at least 1 (every integer key is at least 0 and below 2^31).
 POSITIVE = ("block_size", "batch_size", "token_pool", "k", "topk", "agra.checkpoint_every",
             "isms.batch_size")
@@ -141,7 +142,9 @@ def _expected(key: str, default: Any) -> tuple | None:
     if key in KEY_TYPES:
         return KEY_TYPES[key]
     if key.partition(".")[0] in OPEN_MAPPINGS and "." in key:
-        return (int,)  # index parameters are counts (nlist, m, nbits, nprobe, M, ef*)
+        # index parameters are counts (nlist, m, nbits, nprobe, M, ef*) but for ivfpq's choices
+        # of method, whose values retrieval/ivf_rule.py checks before any work
+        return (str,) if key.rpartition(".")[2] in TEXT_INDEX_PARAMS else (int,)
     if default is None or isinstance(default, str):
         return None  # free text or a path: its stage checks it where it is used
     if isinstance(default, ListConfig):

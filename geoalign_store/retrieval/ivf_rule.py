@@ -17,6 +17,11 @@ The rule (after autofaiss's `external/optimize.py`, with the limits FAISS's k-me
 - `nbits`: 8, fewer when the sample has under 256 points (2^nbits <= sample).
 - `quantizer`: `flat`, or `hnsw` (HNSW32 over the centroids) from nlist 2^14 on, where a flat
   assignment of every added vector to every centroid dominates the build.
+- `kmeans`: `flat` (one k-means of nlist centroids over the sample), or `two_level` from nlist
+  2^14 on (faiss `contrib/clustering.py` `two_level_clustering`: sqrt(nlist) coarse clusters,
+  then each split in proportion to its size). A flat k-means costs sample x nlist, which grows
+  as N (sample ~ nlist ~ sqrt(N)): 16x the 1e6 one at 1e7, 1,024x at 1e9; two levels cost
+  sample x 2 sqrt(nlist).
 - `nprobe` (search only, not part of the index's fingerprint): max(16, nlist / 64), <= nlist.
 
 Any key given in `index_params` replaces the rule's value; a combination that cannot be trained
@@ -29,10 +34,13 @@ import math
 
 from ..config import ConfigError
 
-IVFPQ_KEYS = ("nlist", "m", "nbits", "nprobe", "reduce", "d_out", "train_per_centroid", "quantizer")
+IVFPQ_KEYS = ("nlist", "m", "nbits", "nprobe", "reduce", "d_out", "train_per_centroid", "quantizer", "kmeans")
 SEARCH_KEYS = ("nprobe",)            # change what a search does, not what the index holds
 REDUCTIONS = ("opq", "pca", "none")
 QUANTIZERS = ("flat", "hnsw")
+KMEANS = ("flat", "two_level")
+LARGE_NLIST = 2 ** 14                # from here on: HNSW coarse quantizer, two-level k-means
+CHOICES = {"reduce": REDUCTIONS, "quantizer": QUANTIZERS, "kmeans": KMEANS}
 MIN_PER_CENTROID = 39                # FAISS's k-means warns below this
 OPQ_MIN_TRAIN = 256                  # OPQMatrix trains an 8-bit PQ of its own
 
@@ -70,7 +78,8 @@ def choose_ivfpq(n: int, d: int, given: dict | None = None) -> dict:
     p["d_out"] = given.get("d_out", max(min(d, 256) // 4 * 4, min(d, 4)))
     p["reduce"] = given.get("reduce", _rule_reduce(n, d, p))
     p["m"] = given.get("m", pq_m(p["d_out"]))
-    p["quantizer"] = given.get("quantizer", "hnsw" if p["nlist"] >= 2 ** 14 else "flat")
+    p["quantizer"] = given.get("quantizer", "hnsw" if p["nlist"] >= LARGE_NLIST else "flat")
+    p["kmeans"] = given.get("kmeans", "two_level" if p["nlist"] >= LARGE_NLIST else "flat")
     p["nprobe"] = min(given.get("nprobe", max(16, p["nlist"] // 64)), p["nlist"])
     check_fit(n, d, p)
     return {k: p[k] for k in IVFPQ_KEYS}
@@ -82,12 +91,9 @@ def _rule_reduce(n: int, d: int, p: dict) -> str:
 
 def _check_types(given: dict) -> None:
     for key, value in given.items():
-        if key == "reduce" and value not in REDUCTIONS:
-            raise ConfigError(f"index_params.reduce={value!r}: takes {', '.join(REDUCTIONS)}")
-        elif key == "quantizer" and value not in QUANTIZERS:
-            raise ConfigError(f"index_params.quantizer={value!r}: takes {', '.join(QUANTIZERS)}")
-        elif key not in ("reduce", "quantizer") and (isinstance(value, bool) or not isinstance(value, int)
-                                                     or value < 1):
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"index_params.{key}={value!r}: takes {', '.join(CHOICES[key])}")
+        elif key not in CHOICES and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"index_params.{key}={value!r}: must be a positive integer")
 
 
@@ -124,5 +130,7 @@ def factory_string(p: dict, d: int) -> str:
 
 
 def build_params(p: dict) -> dict:
-    """What decides the index's content (the fingerprint): every key but the search ones."""
-    return {k: v for k, v in p.items() if k not in SEARCH_KEYS}
+    """What decides the index's content (the fingerprint): every key but the search ones, and
+    `kmeans` only when it is not `flat` (indices built before the key existed ran a flat k-means
+    and keep their fingerprint)."""
+    return {k: v for k, v in p.items() if k not in SEARCH_KEYS and not (k == "kmeans" and v == "flat")}

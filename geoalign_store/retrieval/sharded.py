@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import file_sha256
 from .. import store as st
+from .coarse_kmeans import two_level_centroids
 from .index import save_index
 from .ivf_rule import factory_string, train_size
 
@@ -94,6 +95,10 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None):
     resources = faiss.StandardGpuResources() if gpu is not None else None
     if gpu is not None:  # k-means assignment on the GPU (faiss-gpu); the index stays on the CPU
         inner.clustering_index = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(p["d_out"]))
+    if p.get("kmeans") == "two_level":  # a quantizer holding nlist centroids: train() skips k-means
+        centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu is not None)
+        inner.quantizer.train(centroids)
+        inner.quantizer.add(centroids)
     ivf.train(sample)
     inner.clustering_index = None
     return ivf if vt is None else faiss.IndexPreTransform(vt, ivf)
