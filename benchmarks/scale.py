@@ -185,6 +185,8 @@ def main():
     print(f"build {built['factory']} ({built['shards']['n']} shards of {args.shard_rows}, cluster=local:{args.workers}): "
           f"train {t['train_s']:.1f} s, add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s; process wall {built['wall_s']} s")
     print(f"peak RSS: driver {built['driver_rss_mb']} MB, workers {built['worker_rss_mb']} MB")
+    print("driver memory after each phase (MB; anon: allocated, file: touched memory-mapped pages):",
+          json.dumps(built.get("driver_memory_mb", {})))
     print(f"on disk: index.faiss {sizes['index.faiss'] / 1e6:.1f} MB + index.ivfdata {sizes['index.ivfdata'] / 1e6:.1f} MB "
           f"(shards {shards / 1e6:.1f} MB, vectors.npy for re-ranking {sizes['vectors.npy'] / 1e6:.1f} MB)")
     nprobes = [built["params"]["nprobe"], *(int(v) for v in args.nprobe.split(",") if v)]

@@ -47,6 +47,7 @@ def test_rule_follows_the_gallery_and_is_documented():
     p = choose_ivfpq(1_000_000, 768)
     assert factory_string(p, 768) == "PCAR256,IVF4096,PQ64x8" and p["nprobe"] == 64
     assert choose_ivfpq(10_000_000, 768)["nlist"] == 16384 == 2 ** 14
+    assert choose_ivfpq(10_000_000, 768)["nprobe"] == 128          # nlist / 64, at most 128
     assert factory_string(choose_ivfpq(60_000_000, 768), 768) == "PCAR256,IVF32768_HNSW32,PQ64x8"
     assert choose_ivfpq(1_000_000_000, 768)["nlist"] == 2 ** 17
     small = choose_ivfpq(50, 128)               # issue 22: the demo's 50 satellites must work

@@ -21,6 +21,7 @@ Files (in an index's folder; the orchestration, resuming and checks are sharded_
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import resource
 import sys
@@ -64,6 +65,22 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def memory_mb() -> dict:
+    """This process's memory now (MB): resident anonymous memory (what the process allocated) and
+    resident file pages (memory-mapped files it touched: page cache the kernel may reclaim), and
+    the peak of their sum so far (VmHWM)."""
+    fields = {"VmHWM:": "peak", "RssAnon:": "anon", "RssFile:": "file"}
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":")[0] + ":"
+            if key in fields:
+                out[fields[key]] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
 
 
 def train(gallery, p: dict, seed: int, gpu: int | None = None):
@@ -198,8 +215,18 @@ def load_merged(folder: Path, nprobe: int, rerank: int = 0) -> "ShardedIndex":
     quantizer = faiss.downcast_index(ivf.quantizer)
     if isinstance(quantizer, faiss.IndexHNSW):
         quantizer.hnsw.efSearch = max(quantizer.hnsw.efSearch, 2 * ivf.nprobe)
-    vectors = np.load(folder / "vectors.npy", mmap_mode="r") if rerank else None
+    vectors = random_access(np.load(folder / "vectors.npy", mmap_mode="r")) if rerank else None
     return ShardedIndex(index, vectors, int(rerank))
+
+
+def random_access(vectors: np.memmap) -> np.memmap:
+    """The re-ranking reads ~R scattered rows a query: told to the kernel (MADV_RANDOM), each
+    page fault reads its page, not the device's read-ahead around it (8 MB here: 100 rows of a
+    30 GB vectors.npy read 240 ms cold, 25 ms with the advice, at 1e7 x 768)."""
+    handle = getattr(vectors, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
+    return vectors
 
 
 class ShardedIndex:

@@ -93,11 +93,14 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     from .index import gpu_for
     gpu = gpu_for(device)
     n, d = gallery.shape
+    memory = {"opened": sh.memory_mb()}   # the driver's, after each phase: which one holds what
     if not (folder / "build.json").exists():
         st.write_json(folder / "build.json", {"fingerprint": fingerprint(want), "spec": want, "n": n, "dim": d})
-        np.save(folder / "gallery_rows.npy", ds.gallery.rows)  # faiss id i -> view row
-        st.write_json(folder / "gallery_ids.json", [str(i) for i in ds.gallery.ids])
+        # faiss id i -> view row; the names stay in the store (a JSON of 1e7 names took 1 GB of
+        # the driver's memory to write)
+        np.save(folder / "gallery_rows.npy", ds.gallery.rows)
     timings = {"train_s": _trained(folder, gallery, params, int(cfg.seed), gpu)}
+    memory["trained"] = sh.memory_mb()
     _vectors(folder, n, d)
     plan = sh.plan_shards(n, int(cfg.get("shard_rows", SHARD_ROWS)))
     pending = _pending_shards(folder, plan)
@@ -111,13 +114,16 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     else:
         added = [sh.add_shard(folder, a, b, gallery) for a, b in pending]
     timings["add_s"] = round(time.perf_counter() - t0, 3)
+    memory["added"] = sh.memory_mb()
     t0 = time.perf_counter()
     files = sh.merge(folder, plan)
     timings["merge_s"] = round(time.perf_counter() - t0, 3)
+    memory["merged"] = sh.memory_mb()
     workers = {}
     for item in added:
         workers[str(item["pid"])] = max(workers.get(str(item["pid"]), 0), item["rss_mb"])
     return {"files": files, "timings": timings, "worker_rss_mb": workers, "driver_rss_mb": sh.peak_rss_mb(),
+            "driver_memory_mb": memory,
             "shards": {"n": len(plan), "built": len(added), "reused": len(plan) - len(added),
                        "rows": int(cfg.get("shard_rows", SHARD_ROWS))}}
 
