@@ -183,7 +183,8 @@ def main():
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
     shards = sum(p.stat().st_size for p in (folder / "shards").glob("*.faiss"))
     print(f"build {built['factory']} ({built['shards']['n']} shards of {args.shard_rows}, cluster=local:{args.workers}): "
-          f"train {t['train_s']:.1f} s, add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s; process wall {built['wall_s']} s")
+          f"train {t['train_s']:.1f} s {t.get('train_parts', {})}, add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s; "
+          f"process wall {built['wall_s']} s")
     print(f"peak RSS: driver {built['driver_rss_mb']} MB, workers {built['worker_rss_mb']} MB")
     print("driver memory after each phase (MB; anon: allocated, file: touched memory-mapped pages):",
           json.dumps(built.get("driver_memory_mb", {})))

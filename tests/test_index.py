@@ -104,3 +104,13 @@ def test_bad_parameters_raise_clear_errors(clustered):
 def test_missing_index_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no FAISS index"):
         load_index(tmp_path / "nope.faiss")
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 2_500_001])
+def test_rows_fingerprint_is_the_fingerprint_of_the_rows_list(n):
+    """Streamed in chunks (bounded memory at 1e7 rows), the digest equals the one every index and
+    score built before recorded: fingerprint(rows.tolist())."""
+    from geoalign_store.config import fingerprint
+    from geoalign_store.retrieval.embedder import rows_fingerprint
+    rows = np.sort(np.random.default_rng(n).choice(3 * n + 1, n, replace=False)).astype(np.int64)
+    assert rows_fingerprint(rows) == fingerprint(rows.tolist())

@@ -83,11 +83,20 @@ def memory_mb() -> dict:
     return out
 
 
-def train(gallery, p: dict, seed: int, gpu: int | None = None):
+def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | None = None):
     """The trained, empty index of `p` (ivf_rule) over `gallery` (any row-indexable (n, d)
     array): train_size(n, p) seeded rows, read in chunks; the reduction trains on a seeded
     subset of them and the sample is reduced as it is read, so the driver holds the sample at
-    d_out, not d, dimensions."""
+    d_out, not d, dimensions. `parts`: filled with the seconds of each step (reading the
+    reduction's rows and training it, reading the sample, clustering and the PQ)."""
+    parts = {} if parts is None else parts
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        parts[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
     n, d = gallery.shape
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, train_size(n, p), replace=False))
@@ -96,10 +105,12 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None):
     if vt is not None:
         sub = rows if len(rows) <= REDUCTION_TRAIN else np.sort(rng.choice(rows, REDUCTION_TRAIN, replace=False))
         vt.train(_read(gallery, sub))
+    lap("reduction_s")
     sample = np.empty((len(rows), p["d_out"]), np.float32)
     for a in range(0, len(rows), READ_ROWS):
         block = _read(gallery, rows[a:a + READ_ROWS])
         sample[a:a + len(block)] = block if vt is None else vt.apply(block)
+    lap("sample_s")
     ivf = faiss.index_factory(p["d_out"], factory_string({**p, "reduce": "none"}, d), faiss.METRIC_L2)
     inner = faiss.extract_index_ivf(ivf)
     inner.cp.niter = KMEANS_NITER
@@ -116,7 +127,9 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None):
         centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu is not None)
         inner.quantizer.train(centroids)
         inner.quantizer.add(centroids)
+        lap("two_level_kmeans_s")
     ivf.train(sample)
+    lap("ivf_train_s")   # the flat k-means (unless two-level ran), then the PQ
     inner.clustering_index = None
     return ivf if vt is None else faiss.IndexPreTransform(vt, ivf)
 

@@ -99,7 +99,9 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
         # faiss id i -> view row; the names stay in the store (a JSON of 1e7 names took 1 GB of
         # the driver's memory to write)
         np.save(folder / "gallery_rows.npy", ds.gallery.rows)
-    timings = {"train_s": _trained(folder, gallery, params, int(cfg.seed), gpu)}
+    train_parts: dict = {}
+    timings = {"train_s": _trained(folder, gallery, params, int(cfg.seed), gpu, train_parts),
+               "train_parts": train_parts}
     memory["trained"] = sh.memory_mb()
     _vectors(folder, n, d)
     plan = sh.plan_shards(n, int(cfg.get("shard_rows", SHARD_ROWS)))
@@ -128,7 +130,7 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
                        "rows": int(cfg.get("shard_rows", SHARD_ROWS))}}
 
 
-def _trained(folder: Path, gallery, params: dict, seed: int, gpu) -> float:
+def _trained(folder: Path, gallery, params: dict, seed: int, gpu, parts: dict) -> float:
     """Seconds spent training (0 when trained.faiss is reused: its sha256 is checked)."""
     path, build = folder / "trained.faiss", _read_json(folder / "build.json")
     if path.exists() and build.get("trained_sha256"):
@@ -140,7 +142,7 @@ def _trained(folder: Path, gallery, params: dict, seed: int, gpu) -> float:
                             "written); it was removed with the shards made from it: rerun the same "
                             "command to rebuild it")
     t0 = time.perf_counter()
-    save_index(sh.train(gallery, params, seed, gpu), path)
+    save_index(sh.train(gallery, params, seed, gpu, parts), path)
     st.write_json(folder / "build.json", {**build, "trained_sha256": file_sha256(path)})
     return round(time.perf_counter() - t0, 3)
 
