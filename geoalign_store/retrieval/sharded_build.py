@@ -14,6 +14,7 @@ a task one chunk of its shard.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -106,27 +107,29 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     _vectors(folder, n, d)
     plan = sh.plan_shards(n, int(cfg.get("shard_rows", SHARD_ROWS)))
     pending = _pending_shards(folder, plan)
-    t0 = time.perf_counter()
-    if cfg.get("cluster") and pending:
+    if cfg.get("cluster"):
         source = {"folder": str(folder), "store": str(Path(str(cfg.store)).resolve()), "dataset": dataset,
                   "view": ds.gallery.view, "mode": ds.mode, "subset": ds.subset,
                   "embeddings": want["embeddings"], "heads": embedder.name, "layers": embedder.layers,
                   "fusion": bool(cfg.get("fusion", True)), "fusion_weight": cfg.get("fusion_weight", "auto")}
-        added = _on_cluster(cfg.cluster, folder, pending, source)
+        added, merged = _on_cluster(cfg.cluster, folder, pending, plan, source, timings)
+        files = merged.pop("files")
+        added = added + [merged]
     else:
+        t0 = time.perf_counter()
         added = [sh.add_shard(folder, a, b, gallery) for a, b in pending]
-    timings["add_s"] = round(time.perf_counter() - t0, 3)
-    memory["added"] = sh.memory_mb()
-    t0 = time.perf_counter()
-    files = sh.merge(folder, plan)
-    timings["merge_s"] = round(time.perf_counter() - t0, 3)
+        timings["add_s"] = round(time.perf_counter() - t0, 3)
+        memory["added"] = sh.memory_mb()
+        t0 = time.perf_counter()
+        files = sh.merge(folder, plan)
+        timings["merge_s"] = round(time.perf_counter() - t0, 3)
     memory["merged"] = sh.memory_mb()
     workers = {}
     for item in added:
         workers[str(item["pid"])] = max(workers.get(str(item["pid"]), 0), item["rss_mb"])
     return {"files": files, "timings": timings, "worker_rss_mb": workers, "driver_rss_mb": sh.peak_rss_mb(),
             "driver_memory_mb": memory,
-            "shards": {"n": len(plan), "built": len(added), "reused": len(plan) - len(added),
+            "shards": {"n": len(plan), "built": len(pending), "reused": len(plan) - len(pending),
                        "rows": int(cfg.get("shard_rows", SHARD_ROWS))}}
 
 
@@ -189,12 +192,27 @@ def _shard_damage(path: Path, mark: dict) -> str | None:
     return None
 
 
-def _on_cluster(address, folder: Path, pending, source: dict) -> list[dict]:
+def _on_cluster(address, folder: Path, pending, plan, source: dict, timings: dict) -> tuple[list[dict], dict]:
+    """The pending shards added by one task each, then the merge by one more: a worker, not
+    the driver, touches the merged lists (their memory-mapped pages: 780 MB at 1e7, counted
+    in the resident memory of whichever process writes them). -> (shard marks, merge's)."""
     from distributed import as_completed
     from ..features import dask_client
     with dask_client(address) as (client, threads):
+        t0 = time.perf_counter()
         futures = [client.submit(shard_task, source, a, b, threads, pure=False) for a, b in pending]
-        return [f.result() for f in as_completed(futures)]
+        added = [f.result() for f in as_completed(futures)]
+        timings["add_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        merged = client.submit(merge_task, str(folder), plan, pure=False).result()
+        timings["merge_s"] = round(time.perf_counter() - t0, 3)
+    return added, merged
+
+
+def merge_task(folder: str, plan: list) -> dict:
+    """One dask task: the shards merged (sharded.merge; rerunning it redoes the same merge)."""
+    files = sh.merge(Path(folder), [tuple(p) for p in plan])
+    return {"files": files, "pid": os.getpid(), "rss_mb": sh.peak_rss_mb()}
 
 
 _WORKER_GALLERIES: dict = {}
