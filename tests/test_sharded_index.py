@@ -260,3 +260,16 @@ def test_worker_killed_mid_build_changes_nothing(tmp_path):
     # a killed worker's finished results are lost with it and recomputed (same bytes) elsewhere
     assert built["built"] and built["shards"]["built"] == 48 and built["worker_rss_mb"]
     shutil.rmtree(killed)
+
+
+@pytest.mark.parametrize("n, size, unit", [(100_000, 4_000, 1_000), (100_000, 4_000, 0), (5_000, 4_000, 1_000),
+                                           (10_500, 300, 1_000), (1_000, 10, 5_000)])
+def test_training_sample_reads_few_chunks_and_is_a_seeded_set_of_rows(n, size, unit):
+    """The sample comes from as few storage chunks as give it a quarter of their rows (a store
+    decodes whole chunks: rows from every chunk read the whole gallery)."""
+    rows = sh.sample_rows(n, size, unit, np.random.default_rng(3))
+    assert len(rows) == size == len(np.unique(rows)) and np.all(np.diff(rows) > 0)
+    assert rows[0] >= 0 and rows[-1] < n
+    np.testing.assert_array_equal(rows, sh.sample_rows(n, size, unit, np.random.default_rng(3)))
+    if unit and -(-4 * size // unit) < -(-n // unit):      # fewer chunks than the gallery's suffice
+        assert len(np.unique(rows // unit)) <= -(-4 * size // unit)
