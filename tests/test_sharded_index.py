@@ -58,6 +58,8 @@ def test_rule_follows_the_gallery_and_is_documented():
     assert choose_ivfpq(10_000_000, 768)["kmeans"] == "two_level"      # 16384: two levels of 128
     assert "kmeans" not in build_params(choose_ivfpq(1_000_000, 768))   # fingerprints before the key
     assert build_params(choose_ivfpq(10_000_000, 768))["kmeans"] == "two_level"
+    assert choose_ivfpq(10_000_000, 768)["sample"] == "rows"            # the chunks' subset on request
+    assert build_params(choose_ivfpq(10_000_000, 768, {"sample": "chunks"}))["sample"] == "chunks"
 
 
 @pytest.mark.parametrize("given, message", [
@@ -172,7 +174,7 @@ def test_the_method_choices_compose_as_text_and_are_checked_before_any_work(tmp_
     store = write_plain_store(tmp_path / "s.zarr")
     cfg = _index_cfg(store, "index_params={kmeans: two_level, reduce: none, nlist: 2}")
     assert dict(cfg.index_params) == {"kmeans": "two_level", "reduce": "none", "nlist": 2}
-    assert index.run(_index_cfg(store, "index_params.quantizer=hnsw"))["indices"][0]["built"]
+    assert index.run(_index_cfg(store, "index_params={quantizer: hnsw, sample: chunks}"))["indices"][0]["built"]
     with pytest.raises(ConfigError, match="index_params.nlist='many' is not valid"):
         _index_cfg(store, "index_params.nlist=many")
     result = CliRunner().invoke(app, ["index", f"store={store}", "index=ivfpq", "index_params={kmeans: 3level}"])

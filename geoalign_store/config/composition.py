@@ -93,7 +93,7 @@ def valid_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 # Mappings whose entries are free (checked by their stage): dotted keys may add entries.
 OPEN_MAPPINGS = ("index_params",)
-TEXT_INDEX_PARAMS = ("reduce", "quantizer", "kmeans")
+TEXT_INDEX_PARAMS = ("reduce", "quantizer", "kmeans", "sample")
 # Integer keys that must be at least 1 (every integer key is at least 0 and below 2^31).
 POSITIVE = ("block_size", "batch_size", "token_pool", "k", "topk", "agra.checkpoint_every",
             "isms.batch_size")

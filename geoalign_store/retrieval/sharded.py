@@ -100,7 +100,7 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
 
     n, d = gallery.shape
     rng = np.random.default_rng(seed)
-    chunks = getattr(gallery, "chunks", None)
+    chunks = getattr(gallery, "chunks", None) if p.get("sample") == "chunks" else None
     rows = sample_rows(n, train_size(n, p), int(chunks[0]) if chunks else 0, rng)
     vt = {"opq": lambda: faiss.OPQMatrix(d, p["m"], p["d_out"]),
           "pca": lambda: faiss.PCAMatrix(d, p["d_out"], 0, True), "none": lambda: None}[p["reduce"]]()
@@ -139,9 +139,10 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
 def sample_rows(n: int, size: int, unit: int, rng) -> np.ndarray:
     """`size` seeded rows of n, sorted, drawn from a seeded subset of the storage chunks of `unit`
     rows (0: not chunked, any rows): as few chunks as give the sample a quarter of their rows.
-    Why: the store decodes whole chunks, so rows drawn from all of them read the whole gallery
-    (twice: the reduction's rows, then the sample): 161 of the 179 s of training at 1e7, and
-    two reads of 3 TB at 1e9. A quarter per chunk keeps the sample spread over 4x its size."""
+    Why (`index_params.sample=chunks`): the store decodes whole chunks, so rows drawn from all of
+    them read the whole gallery (twice: the reduction's rows, then the sample): 161 of the 179 s
+    of training at 1e7, two reads of 3 TB at 1e9. A quarter per chunk keeps the sample spread
+    over 4x its size (and costs recall: ivf_rule's docstring)."""
     n_chunks = -(-n // unit) if unit else 0
     need = -(-size * SAMPLE_CHUNK_SHARE // unit) if unit else n_chunks
     if need >= n_chunks:
