@@ -171,6 +171,9 @@ def test_parameters_that_cannot_fit_exit_2(tmp_path):
 
 
 def test_the_method_choices_compose_as_text_and_are_checked_before_any_work(tmp_path):
+    from geoalign_store.config.composition import TEXT_INDEX_PARAMS
+    from geoalign_store.retrieval.ivf_rule import CHOICES
+    assert set(TEXT_INDEX_PARAMS) == set(CHOICES)       # the config layer cannot import the rule
     store = write_plain_store(tmp_path / "s.zarr")
     cfg = _index_cfg(store, "index_params={kmeans: two_level, reduce: none, nlist: 2}")
     assert dict(cfg.index_params) == {"kmeans": "two_level", "reduce": "none", "nlist": 2}

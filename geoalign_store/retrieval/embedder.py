@@ -5,7 +5,6 @@ both (to know when the store has moved on since)."""
 from __future__ import annotations
 
 import hashlib
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

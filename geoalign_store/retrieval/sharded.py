@@ -59,13 +59,8 @@ def plan_shards(n: int, shard_rows: int) -> list[tuple[int, int]]:
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MB): /proc's VmHWM, which starts at the exec; Linux's
     ru_maxrss carries over what the parent held when it forked this process."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    peak = memory_mb().get("peak")
+    return peak if peak is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def memory_mb() -> dict:

@@ -232,13 +232,13 @@ def read_view(root: zarr.Group, dataset: str, split: str, view: str) -> dict:
     group = root[path]
     n = read_meta(group, "labels").shape[0]
     # names as numpy strings, not Python objects: 1e7 tile names took 600 MB more as objects
-    out = {"ids": read_meta(group, "ids").astype(TEXT),
+    out = {"ids": read_meta(group, "ids").astype(TEXT, copy=False),
            "labels": read_meta(group, "labels").astype(np.int64)}
     for flag in ("in_query", "in_gallery"):
         out[flag] = read_meta(group, flag).astype(bool) if flag in group else np.ones(n, dtype=bool)
     # a complete view records its failures (n_failed); without any, its errors are all empty
     no_errors = "errors" not in group or (group.attrs.get("complete") and group.attrs.get("n_failed") == 0)
-    out["errors"] = np.full(n, "", dtype=TEXT) if no_errors else read_meta(group, "errors").astype(TEXT)
+    out["errors"] = np.full(n, "", dtype=TEXT) if no_errors else read_meta(group, "errors").astype(TEXT, copy=False)
     out["extra"] = ({k: read_meta(group, f"extra/{k}") for k in group["extra"].array_keys()}
                     if "extra" in group else {})
     changed = listing_changes(group)  # after the reads: a checksum mismatch says more
