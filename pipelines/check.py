@@ -2,8 +2,10 @@
 
 Feature blocks marked done are read back whole (their crc32c checksums verified; a missing chunk
 file counts as damaged, since zarr would read it as zeros); the other arrays of each view (ids,
-labels, flags, errors) are read too. Exit code 1 when anything is damaged; the report names each
-view and block and the command that repairs it. Nothing is written.
+labels, flags, errors) are read too, and the artefacts' files (a sharded index's against the
+sha256 recorded when each was written, its rows of vectors.npy included). Exit code 1 when
+anything is damaged; the report names each view and block and the command that repairs it.
+Nothing is written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from geoalign_store import store as st
 from geoalign_store.method import available_heads, heads_staleness
-from geoalign_store.retrieval import inputs_staleness
+from geoalign_store.retrieval import inputs_staleness, sharded_damage
 from geoalign_store.store import damaged_blocks, metadata_errors, repair_hint
 
 
@@ -88,7 +90,8 @@ def _recompute(store, meta_path: Path, meta: dict) -> str:
 def run(cfg) -> dict:
     t0 = time.perf_counter()
     base = artefacts_folder(cfg.store)
-    artefacts = st.damaged_artefacts(base) if base is not None else {}
+    # files of sharded index builds against their recorded sha256 (vectors.npy's rows included)
+    artefacts = {**st.damaged_artefacts(base), **sharded_damage(base)} if base is not None else {}
     bad_metadata = st.damaged_metadata(str(cfg.store))
     out = {"stage": "check", "store": str(cfg.store), "views": {}, "artefacts_damaged": artefacts,
            "metadata_documents_damaged": bad_metadata, "stale": []}

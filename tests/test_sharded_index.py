@@ -216,8 +216,43 @@ def test_resumed_damaged_and_changed_builds(tmp_path):
     result = CliRunner().invoke(app, ["index", f"store={store}", "index=ivfpq", "shard_rows=1000"])
     said = result.output.replace("\n", "")                       # rich wraps long lines
     assert result.exit_code == 2 and "the gallery changed since its shards were written" in said
-    assert f"geoalign index store={store} mode=D2S heads=none index=ivfpq overwrite=true" in said
+    assert f"geoalign index store={store} mode=D2S heads=none index=ivfpq shard_rows=1000 overwrite=true" in said
     assert index.run(_index_cfg(store, "shard_rows=1000", "overwrite=true"))["indices"][0]["built"]
+
+
+def test_check_names_damaged_vector_rows_and_shards_and_verify_redoes_only_those(tmp_path):
+    from pipelines import check
+    store = _big_store(tmp_path / "v.zarr")
+    request = ["shard_rows=1000", "index_params={nlist: 64, m: 4}"]
+    index.run(_index_cfg(store, *request))
+    folder, where = store / FOLDER, FOLDER.removeprefix("artefacts/")
+    vectors, lists = np.load(folder / "vectors.npy"), inverted_lists(load_merged(folder, 16).index)
+    assert check.run(compose("check", [f"store={store}"]))["ok"]
+    on_disk = np.load(folder / "vectors.npy", mmap_mode="r+")
+    on_disk[4321, 3] += 1e-3                                     # one float of shard 4000-4999's rows
+    on_disk.flush()
+    del on_disk
+    shard = sh.shard_path(folder, 7000, 8000)
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    damaged = check.run(compose("check", [f"store={store}"]))["artefacts_damaged"]
+    assert set(damaged) == {f"{where}/vectors.npy rows 4000-4999", f"{where}/shards/{shard.name}"}
+    rerun = (f"geoalign index store={store} mode=D2S heads=none index=ivfpq 'index_params={{nlist: 64, m: 4}}' "
+             "shard_rows=1000 verify=true")
+    assert all(why.endswith(f"repair it with: {rerun}") for why in damaged.values()), damaged
+    assert "(their sha256)" in damaged[f"{where}/vectors.npy rows 4000-4999"]
+    assert not index.run(_index_cfg(store, *request))["indices"][0]["built"]  # a plain load reads no bytes
+    repaired = index.run(_index_cfg(store, *request, "verify=true"))["indices"][0]
+    assert set(repaired["repaired"]) == {"vectors.npy rows 4000-4999", f"shards/{shard.name}"}
+    assert repaired["shards"] == {"n": 12, "built": 2, "reused": 10, "rows": 1000}
+    assert repaired["timings"]["train_s"] == 0
+    np.testing.assert_array_equal(np.load(folder / "vectors.npy"), vectors)
+    assert inverted_lists(load_merged(folder, 16).index) == lists
+    assert check.run(compose("check", [f"store={store}"]))["ok"]
+    assert index.run(_index_cfg(store, *request, "verify=true"))["indices"][0]["repaired"] == {}
+    (folder / "vectors.npy").write_bytes(b"\x93NUMPY")              # lost: every shard's rows
+    assert len(check.run(compose("check", [f"store={store}"]))["artefacts_damaged"]) == 13   # + the .npy itself
+    assert index.run(_index_cfg(store, *request, "verify=true"))["indices"][0]["shards"]["built"] == 12
+    np.testing.assert_array_equal(np.load(folder / "vectors.npy"), vectors)
 
 
 def _workers(pid: int) -> list[int]:

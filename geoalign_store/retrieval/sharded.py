@@ -21,6 +21,7 @@ Files (in an index's folder; the orchestration, resuming and checks are sharded_
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import resource
@@ -159,22 +160,25 @@ def _read(gallery, rows) -> np.ndarray:
 def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
     """Rows [start, stop) of `gallery` embedded a chunk at a time, added (ids = positions) to a
     copy of trained.faiss and copied into vectors.npy; the shard written whole, then its mark
-    (.json: size and sha256). Re-running it rewrites the same bytes: a task may run twice."""
+    (.json: its size and sha256, and the sha256 of its rows of vectors.npy). Re-running it
+    rewrites the same bytes: a task may run twice."""
     folder = Path(folder)
     t0 = time.perf_counter()
     index = faiss.read_index(str(folder / "trained.faiss"), NO_TABLE)
     vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
+    rows_sha256 = hashlib.sha256()   # of the rows as written: `geoalign check` reads them back
     for a in range(start, stop, READ_ROWS):
         b = min(a + READ_ROWS, stop)
         x = _read(gallery, slice(a, b))
         vectors[a:b] = x
+        rows_sha256.update(x)
         index.add_with_ids(x, np.arange(a, b, dtype=np.int64))
     vectors.flush()
     del vectors
     path = shard_path(folder, start, stop)
     save_index(index, path)
     mark = {"start": start, "stop": stop, "ntotal": int(index.ntotal), "bytes": path.stat().st_size,
-            "sha256": file_sha256(path), "pid": os.getpid()}
+            "sha256": file_sha256(path), "vectors_sha256": rows_sha256.hexdigest(), "pid": os.getpid()}
     st.write_json(path.with_suffix(".json"), mark)
     return {**mark, "add_s": round(time.perf_counter() - t0, 3), "rss_mb": peak_rss_mb()}
 

@@ -7,7 +7,8 @@ a mark, so a killed driver or worker changes nothing (a task run twice writes th
 Refused (StoreError, exit 2) and named: a build or index of other embeddings or parameters (the
 gallery changed: the rebuild command is given), a damaged shard or trained index (removed; the
 rerun rebuilds it). A merged index whose files lost their recorded size is merged again from its
-shards. No process holds the gallery: the driver holds the training sample (at d_out dimensions),
+shards. `verify=true` reads every file back against its recorded sha256 first, the shards' rows
+of vectors.npy included (shard_integrity.py), and redoes what differs. No process holds the gallery: the driver holds the training sample (at d_out dimensions),
 a task one chunk of its shard.
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from .. import store as st
 from ..config import file_sha256, fingerprint, to_plain
+from . import shard_integrity as integrity
 from . import sharded as sh
 from .embedder import embedder_inputs, gallery_fingerprint, resolve_embedder, side_embeddings
 from .embeddings import DirectionSet, Side
@@ -40,12 +42,13 @@ def ensure_sharded(cfg, root, dataset, embedder, ds, folder: Path, device=None):
     want = {"embeddings": gallery_fingerprint(embedder, ds), "type": "ivfpq",
             "params": build_params(params), "seed": int(cfg.seed)}
     fp, rerank = fingerprint(want), int(cfg.get("rerank", 0) or 0)
+    repaired = _verified(folder, fp) if cfg.get("verify") else {}
     meta = _read_json(folder / "index.json")
     if meta.get("fingerprint") == fp and _merged_intact(folder, meta):
-        return sh.load_merged(folder, params["nprobe"], rerank), {"built": False, **meta}
+        return sh.load_merged(folder, params["nprobe"], rerank), {"built": False, **meta, "repaired": {}}
     _refuse_or_clear(cfg, folder, fp, meta, embedder, ds)
     t0 = time.perf_counter()
-    built = _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device)
+    built = {**_build(cfg, folder, gallery, params, want, embedder, dataset, ds, device), "repaired": repaired}
     meta = {"fingerprint": fp, "spec": want, "sharded": True, "params": params,
             "factory": factory_string(params, gallery.dim), "n": len(gallery), "dim": gallery.dim,
             "gallery_view": ds.gallery.view, "config": to_plain(cfg), "dataset": dataset,
@@ -61,16 +64,38 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _verified(folder: Path, fp: str) -> dict[str, str]:
+    """verify=true: every file of this very build read back against its record; what differs
+    is removed, so that the build below redoes it. -> {what was damaged: why}."""
+    if _read_json(folder / "build.json").get("fingerprint") != fp:
+        return {}   # a build of something else: refused or cleared below, not repaired
+    damaged = integrity.damage(folder)
+    integrity.clear_damaged(folder, damaged)
+    return damaged
+
+
 def _merged_intact(folder: Path, meta: dict) -> bool:
     files = meta.get("files", {})
     return bool(files) and all((folder / name).is_file() and (folder / name).stat().st_size == f["bytes"]
                                for name, f in files.items())
 
 
+def rerun_command(cfg, embedder, ds) -> str:
+    """The command that asks for this very build again (what resumes or verifies it)."""
+    extra = [f"dataset={cfg.dataset}"] if cfg.get("dataset") else []
+    extra += [f"mode={ds.mode}", f"heads={embedder.name}", "index=ivfpq"]
+    params = to_plain(cfg.get("index_params")) or {}
+    if params:
+        extra.append("'index_params={" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}'")
+    if int(cfg.get("seed", 0)):
+        extra.append(f"seed={cfg.seed}")
+    if int(cfg.get("shard_rows", SHARD_ROWS)) != SHARD_ROWS:   # which shards a rerun finds done
+        extra.append(f"shard_rows={cfg.shard_rows}")
+    return f"geoalign index store={cfg.store} " + " ".join(extra)
+
+
 def rebuild_command(cfg, embedder, ds) -> str:
-    dataset = f" dataset={cfg.dataset}" if cfg.get("dataset") else ""
-    return (f"geoalign index store={cfg.store}{dataset} mode={ds.mode} heads={embedder.name} "
-            "index=ivfpq overwrite=true")
+    return rerun_command(cfg, embedder, ds) + " overwrite=true"
 
 
 def _refuse_or_clear(cfg, folder: Path, fp: str, meta: dict, embedder, ds) -> None:
@@ -96,7 +121,8 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     n, d = gallery.shape
     memory = {"opened": sh.memory_mb()}   # the driver's, after each phase: which one holds what
     if not (folder / "build.json").exists():
-        st.write_json(folder / "build.json", {"fingerprint": fingerprint(want), "spec": want, "n": n, "dim": d})
+        st.write_json(folder / "build.json", {"fingerprint": fingerprint(want), "spec": want, "n": n, "dim": d,
+                                              "rerun": rerun_command(cfg, embedder, ds)})
         # faiss id i -> view row; the names stay in the store (a JSON of 1e7 names took 1 GB of
         # the driver's memory to write)
         np.save(folder / "gallery_rows.npy", ds.gallery.rows)

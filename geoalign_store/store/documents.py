@@ -64,10 +64,11 @@ def read_json_lines(path, rebuild: str) -> list[dict]:
     return records
 
 
-def read_npy(path, rebuild: str, ndim: int | None = None) -> np.ndarray:
-    """A .npy array (never unpickled), of `ndim` dimensions when given."""
+def read_npy(path, rebuild: str, ndim: int | None = None, mmap: bool = False) -> np.ndarray:
+    """A .npy array (never unpickled), of `ndim` dimensions when given; `mmap`: memory-mapped
+    (its header and size checked, nothing read: an index's vectors.npy is 30 GB at 1e7)."""
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise DamagedArtefact(path, "is missing", rebuild) from None
     except (ValueError, EOFError, OSError) as e:  # truncated header/data, pickled or foreign bytes
@@ -93,7 +94,7 @@ def read_faiss_index(path, rebuild: str):
 READERS = {  # suffix -> how check reads a file of that kind
     ".json": lambda p, fix: read_json(p, fix, (dict, list)),
     ".jsonl": read_json_lines,
-    ".npy": read_npy,
+    ".npy": lambda p, fix: read_npy(p, fix, mmap=True),
     ".faiss": read_faiss_index,
 }
 
