@@ -61,7 +61,7 @@ def run_one(family: str, seed: int, args, log) -> dict:
     rows = {"raw": test_metrics(raw_embedding, data), "centred (test means)": {"r1": ref["centred"]},
             "centring (all train)": test_metrics(centring(views).embed, data)}
     for name, heads in sel.fitted.items():
-        rows[name] = {**test_metrics(heads.embed, data), "criterion": sel.estimates[name]}
+        rows[name] = {**test_metrics(heads.embed, data), "criterion": sel.estimates[name], **sel.spread.get(name, {})}
     rows["SELECTED"] = {**test_metrics(sel.heads.embed, data), "chosen": sel.chosen}
     if args.paper:
         rows["paper recipe (preset=paper)"] = paper_recipe(family, seed)

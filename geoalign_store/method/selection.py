@@ -94,6 +94,7 @@ class Selection:
     held_out_flights: int = 0
     reason: str = ""
     gate_flights: int = 0                     # flights the gain over centring was measured on
+    spread: dict = field(default_factory=dict)  # name -> its size and standard errors (see `spread`)
 
     def summary(self) -> dict:
         return {"chosen": self.chosen, "heads": self.heads.describe(), "estimates": self.estimates,
@@ -207,7 +208,8 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     fitted, chain = candidates(split.seen(views), cfg, seed, train_agra, score, log)
     results = ranked(fitted, fitted[chain[-1]], rows, turns, {k: v[1] for k, v in readings.items()})
     readings.clear()   # the readings hold ~8 MB each at University-1652 size
-    pick, rule = _pick(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
+    sizes = {n: h.size() for n, h in fitted.items()}
+    pick, rule = _pick(results, views.groups[held], sizes)
     where = "held-out regions' flights" if split.of_locations else "held-out flights"
     gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)
     if pick != "centre" and folds and not _trained_once(pick):
@@ -218,7 +220,8 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
     return Selection(heads, chosen, {name: r[0] for name, r in results.items()}, fitted, " -> ".join(chain),
-                     int(len(np.unique(views.groups[held]))), reason, gate.flights)
+                     int(len(np.unique(views.groups[held]))), reason, gate.flights,
+                     spread(results, views.groups[held], sizes))
 
 
 def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
@@ -252,6 +255,15 @@ def _pick(results: dict, held_groups: np.ndarray, size: dict) -> tuple[str, str]
     if pick == "centre":
         return "centre", f"no candidate is estimated better than centring (best: {best})"
     return pick, "" if pick == best else f"; the smallest within one standard error of the best, {best}"
+
+
+def spread(results: dict, held_groups: np.ndarray, size: dict) -> dict:
+    """For every candidate: its fitted numbers and the flight standard errors of its paired
+    differences with the best candidate and with centring (what `_pick` and the gate weigh)."""
+    _, flight = np.unique(held_groups, return_inverse=True)
+    best = max(results, key=lambda n: results[n][0])
+    return {n: {"size": int(size[n]), "se_to_best": flight_se(results[best][1] - r[1], flight),
+                "se_to_centre": flight_se(r[1] - results["centre"][1], flight)} for n, r in results.items()}
 
 
 def _trained_once(name: str) -> bool:
