@@ -124,6 +124,8 @@ def _render_index(result: dict) -> None:
             console.print(f"  {item['factory']} nprobe={item['params']['nprobe']}: {shards['n']} shard(s) "
                           f"({shards['built']} built, {shards['reused']} reused), train {t['train_s']:.1f} s, "
                           f"add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s, {size:.1f} MB", highlight=False)
+        for what, why in (item.get("repaired") or {}).items():   # verify=true found and redid these
+            console.print(f"  repaired {what} (found: {why})", highlight=False)
 
 
 def _render_score(result: dict) -> None:
