@@ -216,7 +216,7 @@ def test_resumed_damaged_and_changed_builds(tmp_path):
     result = CliRunner().invoke(app, ["index", f"store={store}", "index=ivfpq", "shard_rows=1000"])
     said = result.output.replace("\n", "")                       # rich wraps long lines
     assert result.exit_code == 2 and "the gallery changed since its shards were written" in said
-    assert f"geoalign index store={store} mode=D2S heads=none index=ivfpq shard_rows=1000 overwrite=true" in said
+    assert f"geoalign index store={store} mode=D2S heads=none 'layers=[26,28]' index=ivfpq shard_rows=1000 overwrite=true" in said
     assert index.run(_index_cfg(store, "shard_rows=1000", "overwrite=true"))["indices"][0]["built"]
 
 
@@ -236,7 +236,7 @@ def test_check_names_damaged_vector_rows_and_shards_and_verify_redoes_only_those
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
     damaged = check.run(compose("check", [f"store={store}"]))["artefacts_damaged"]
     assert set(damaged) == {f"{where}/vectors.npy rows 4000-4999", f"{where}/shards/{shard.name}"}
-    rerun = (f"geoalign index store={store} mode=D2S heads=none index=ivfpq 'index_params={{nlist: 64, m: 4}}' "
+    rerun = (f"geoalign index store={store} mode=D2S heads=none 'layers=[26,28]' index=ivfpq 'index_params={{nlist: 64, m: 4}}' "
              "shard_rows=1000 verify=true")
     assert all(why.endswith(f"repair it with: {rerun}") for why in damaged.values()), damaged
     assert "(their sha256)" in damaged[f"{where}/vectors.npy rows 4000-4999"]

@@ -83,7 +83,8 @@ def _merged_intact(folder: Path, meta: dict) -> bool:
 def rerun_command(cfg, embedder, ds) -> str:
     """The command that asks for this very build again (what resumes or verifies it)."""
     extra = [f"dataset={cfg.dataset}"] if cfg.get("dataset") else []
-    extra += [f"mode={ds.mode}", f"heads={embedder.name}", "index=ivfpq"]
+    layers = ",".join(str(int(v)) for v in (cfg.get("layers") or embedder.layers))
+    extra += [f"mode={ds.mode}", f"heads={embedder.name}", f"'layers=[{layers}]'", "index=ivfpq"]
     params = to_plain(cfg.get("index_params")) or {}
     if params:
         extra.append("'index_params={" + ", ".join(f"{k}: {v}" for k, v in params.items()) + "}'")
