@@ -280,7 +280,7 @@ def test_pick_takes_the_smallest_candidate_within_one_standard_error_of_the_best
     than the noise of the held-out flights loses to the smaller one; by more, it wins; centring
     when it is the pick. A smaller model of another family does not take a near-tie (the count
     of fitted numbers orders nested models only) unless select.one_se_pool=all."""
-    from geoalign_store.method.selection import _pick, family
+    from geoalign_store.method.selection import _pick, family, spread
     flights = np.repeat(np.arange(40), 5)
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.3, len(flights))
@@ -290,16 +290,16 @@ def test_pick_takes_the_smallest_candidate_within_one_standard_error_of_the_best
                "ridge(4)": (0.0, base + 0.01 + jitter[0]), "0.5 orth(2) + 0.5 whiten(64)": (0.0, base + 0.005 + jitter[1])}
     results = {n: (float(v.mean()), v) for n, (_, v) in results.items()}
     size = {"centre": 0, "ridge(1)": 10, "ridge(4)": 1000, "0.5 orth(2) + 0.5 whiten(64)": 10 ** 6, "whiten(64)": 5}
-    pick, rule = _pick(results, flights, size)
+    pick, rule = _pick(results, spread(results, flights, size))
     assert pick == "ridge(1)" and "within one standard error" in rule
     results["ridge(4)"] = (float((base + 0.5).mean()), base + 0.5)   # far beyond the noise: big wins
-    assert _pick(results, flights, size)[0] == "ridge(4)"
+    assert _pick(results, spread(results, flights, size))[0] == "ridge(4)"
     results["ridge(4)"] = (float((base + 0.01).mean()), base + 0.01 + jitter[0])
     results["whiten(64)"] = (float((base - 0.005).mean()), base - 0.005 + jitter[2])  # smaller, another family
-    assert _pick(results, flights, size)[0] == "ridge(1)"
-    assert _pick(results, flights, size, pool="all")[0] == "whiten(64)"
+    assert _pick(results, spread(results, flights, size))[0] == "ridge(1)"
+    assert _pick(results, spread(results, flights, size), pool="all")[0] == "whiten(64)"
     only_centre = {"centre": results["centre"], "bad": (0.0, results["centre"][1] - 0.5)}
-    assert _pick(only_centre, flights, {"centre": 0, "bad": 5})[0] == "centre"
+    assert _pick(only_centre, spread(only_centre, flights, {"centre": 0, "bad": 5}))[0] == "centre"
     assert [family(n) for n in ("centre", "whiten(128)", "orth(2, subspace gate) r2", "0.25 ridge(1) r2 + 0.75 whiten(64)",
                                 "0.5 agra + 0.5 centre")] == ["centre", "whiten", "maps", "maps", "agra"]
 

@@ -211,8 +211,8 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     fitted, chain = candidates(split.seen(views), cfg, seed, train_agra, score, log)
     results = ranked(fitted, fitted[chain[-1]], rows, turns, {k: v[1] for k, v in readings.items()})
     readings.clear()   # the readings hold ~8 MB each at University-1652 size
-    sizes = {n: h.size() for n, h in fitted.items()}
-    pick, rule = _pick(results, views.groups[held], sizes, cfg.one_se_pool)
+    margins = spread(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
+    pick, rule = _pick(results, margins, cfg.one_se_pool)
     where = "held-out regions' flights" if split.of_locations else "held-out flights"
     gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)
     if pick != "centre" and folds and not _trained_once(pick):
@@ -223,8 +223,7 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
     return Selection(heads, chosen, {name: r[0] for name, r in results.items()}, fitted, " -> ".join(chain),
-                     int(len(np.unique(views.groups[held]))), reason, gate.flights,
-                     spread(results, views.groups[held], sizes))
+                     int(len(np.unique(views.groups[held]))), reason, gate.flights, margins)
 
 
 def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
@@ -246,7 +245,7 @@ def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict
     return {name: measured[name] for name in fitted}
 
 
-def _pick(results: dict, held_groups: np.ndarray, size: dict, pool: str = "family") -> tuple[str, str]:
+def _pick(results: dict, margins: dict, pool: str = "family") -> tuple[str, str]:
     """The smallest candidate (fewest fitted numbers) whose criterion is within one standard
     error of the best one's (the one-standard-error rule: a near-tie on a few dozen held-out
     flights is noise, and the simpler model generalises at least as well), among centring and
@@ -255,13 +254,12 @@ def _pick(results: dict, held_groups: np.ndarray, size: dict, pool: str = "famil
     wider whitening, a fusion against the map it fuses. Across families the count does not say
     which carries over (a whitening's numbers are drone statistics, a map's are fitted to flight
     pairs: on `altitude` a whitening 'smaller' than the maps, within one standard error of them
-    on 120 flights of 4 views, retrieved at 23.5 where the best map reached 58.5). -> (pick, rule)"""
-    _, flight = np.unique(held_groups, return_inverse=True)
+    on 120 flights of 4 views, retrieved at 23.5 where the best map reached 58.5). `margins`:
+    `spread`'s. -> (pick, rule)"""
     best = max(results, key=lambda n: results[n][0])
     pooled = [n for n in results if pool == "all" or n == "centre" or family(n) == family(best)]
-    near = [n for n in pooled if results[n][0] >= results[best][0]
-            - flight_se(results[best][1] - results[n][1], flight)]
-    pick = min(near, key=lambda n: (size[n], -results[n][0]))
+    near = [n for n in pooled if results[n][0] >= results[best][0] - margins[n]["se_to_best"]]
+    pick = min(near, key=lambda n: (margins[n]["size"], -results[n][0]))
     if pick == "centre":
         return "centre", f"no candidate is estimated better than centring (best: {best})"
     return pick, "" if pick == best else f"; the smallest within one standard error of the best, {best}"

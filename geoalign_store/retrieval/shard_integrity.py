@@ -41,7 +41,9 @@ def rows_digest(layout: tuple[Path, int, int], start: int, stop: int) -> str:
     return digest.hexdigest()
 
 
-def _json(path: Path) -> dict:
+def read_record(path: Path) -> dict:
+    """A build's JSON record (build.json, index.json, a shard's mark); {} when it is missing,
+    unreadable or not an object: a record not written whole counts as not written."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -49,16 +51,21 @@ def _json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _file_differs(path: Path, recorded: dict | None) -> str | None:
-    if not recorded or not recorded.get("sha256"):
-        return None   # nothing recorded: written by a build that kept no digest
+def file_damage(path: Path, sha256: str | None, size: int | None = None) -> str | None:
+    """Why the file at `path` is not the one recorded (its sha256, and its size when recorded);
+    None when it is."""
     if not path.is_file():
-        return "is missing"
-    if "bytes" in recorded and path.stat().st_size != recorded["bytes"]:
-        return f"holds {path.stat().st_size} bytes, {recorded['bytes']} when written"
-    if file_sha256(path) != recorded["sha256"]:
-        return "differs from what was written (its sha256)"
+        return "the file is missing"
+    if size is not None and path.stat().st_size != size:
+        return f"{path.stat().st_size} bytes, {size} when written"
+    if file_sha256(path) != sha256:
+        return "its sha256 is not the one recorded when it was written"
     return None
+
+
+def rows_label(start: int, stop: int) -> str:
+    """How a shard's rows of vectors.npy are named in a damage report."""
+    return f"vectors.npy rows {int(start)}-{int(stop) - 1}"
 
 
 def _vectors(folder: Path) -> tuple[tuple[Path, int, int], int] | None:
@@ -77,28 +84,24 @@ def _vectors(folder: Path) -> tuple[tuple[Path, int, int], int] | None:
 def damage(folder: Path) -> dict[str, str]:
     """{file (relative to `folder`, a shard's rows as 'vectors.npy rows A-B'): why} for every
     piece of the build in `folder` that differs from its record; {} when all match."""
+    out: dict[str, str] = {}
     folder = Path(folder)
-    build = _json(folder / "build.json")
-    out = {}
-    why = _file_differs(folder / "trained.faiss", {"sha256": build.get("trained_sha256")})
-    if why:
-        out["trained.faiss"] = why
+    recorded = {"trained.faiss": (read_record(folder / "build.json").get("trained_sha256"), None)}
     vectors = _vectors(folder)
     for mark_path in sorted((folder / "shards").glob("shard-*.json")):
-        mark = _json(mark_path)
+        mark = read_record(mark_path)
         shard = mark_path.with_suffix(".faiss")
-        why = _file_differs(shard, mark)
-        if why:
-            out[str(shard.relative_to(folder))] = why
+        recorded[str(shard.relative_to(folder))] = (mark.get("sha256"), mark.get("bytes"))
         if mark.get("vectors_sha256"):
             a, b = int(mark["start"]), int(mark["stop"])
-            rows = f"vectors.npy rows {a}-{b - 1}"
             if vectors is None or vectors[1] < b:
-                out[rows] = "are missing (vectors.npy is missing, truncated or not an array)"
+                out[rows_label(a, b)] = "are missing (vectors.npy is missing, truncated or not an array)"
             elif rows_digest(vectors[0], a, b) != mark["vectors_sha256"]:
-                out[rows] = f"differ from what {shard.name} wrote there (their sha256)"
-    for name, recorded in _json(folder / "index.json").get("files", {}).items():
-        why = _file_differs(folder / name, recorded)
+                out[rows_label(a, b)] = f"differ from what {shard.name} wrote there (their sha256)"
+    for name, files in read_record(folder / "index.json").get("files", {}).items():
+        recorded[name] = (files.get("sha256"), files.get("bytes"))
+    for name, (sha256, size) in recorded.items():
+        why = sha256 and file_damage(folder / name, sha256, size)   # nothing recorded: nothing to check
         if why:
             out[name] = why
     return out
@@ -110,7 +113,7 @@ def sharded_damage(artefacts: Path) -> dict[str, str]:
     out = {}
     for build_path in sorted(Path(artefacts).glob("indices/*/build.json")):
         folder = build_path.parent
-        rerun = _json(build_path).get("rerun") or "geoalign index ... index=ivfpq"
+        rerun = read_record(build_path).get("rerun") or "geoalign index ... index=ivfpq"
         for name, why in damage(folder).items():
             where = folder.relative_to(artefacts) / name
             out[str(where)] = f"{why}; repair it with: {rerun} verify=true"
@@ -129,8 +132,7 @@ def clear_damaged(folder: Path, damaged: dict[str, str]) -> None:
     if "trained.faiss" in damaged or vectors_lost:
         redo = marks
     else:
-        redo = [m for m in marks if str(m.with_suffix(".faiss").relative_to(folder)) in damaged
-                or _rows_name(m) in damaged]
+        redo = [m for m in marks if _reported_as(folder, m) & damaged.keys()]
     for mark in redo:
         mark.with_suffix(".faiss").unlink(missing_ok=True)
         mark.unlink()
@@ -140,6 +142,8 @@ def clear_damaged(folder: Path, damaged: dict[str, str]) -> None:
         (folder / name).unlink(missing_ok=True)   # merged again from the shards
 
 
-def _rows_name(mark_path: Path) -> str:
-    mark = _json(mark_path)
-    return f"vectors.npy rows {mark.get('start')}-{int(mark.get('stop', 0)) - 1}"
+def _reported_as(folder: Path, mark_path: Path) -> set[str]:
+    """The names `damage` gives a shard's damage: its file's and its rows'."""
+    mark = read_record(mark_path)
+    return {str(mark_path.with_suffix(".faiss").relative_to(folder)),
+            rows_label(mark.get("start", 0), mark.get("stop", 0))}

@@ -8,13 +8,12 @@ Refused (StoreError, exit 2) and named: a build or index of other embeddings or 
 gallery changed: the rebuild command is given), a damaged shard or trained index (removed; the
 rerun rebuilds it). A merged index whose files lost their recorded size is merged again from its
 shards. `verify=true` reads every file back against its recorded sha256 first, the shards' rows
-of vectors.npy included (shard_integrity.py), and redoes what differs. No process holds the gallery: the driver holds the training sample (at d_out dimensions),
-a task one chunk of its shard.
+of vectors.npy included (shard_integrity.py), and redoes what differs. No process holds the
+gallery: the driver holds the training sample (at d_out dimensions), a task one chunk of its shard.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -43,7 +42,7 @@ def ensure_sharded(cfg, root, dataset, embedder, ds, folder: Path, device=None):
             "params": build_params(params), "seed": int(cfg.seed)}
     fp, rerank = fingerprint(want), int(cfg.get("rerank", 0) or 0)
     repaired = _verified(folder, fp) if cfg.get("verify") else {}
-    meta = _read_json(folder / "index.json")
+    meta = integrity.read_record(folder / "index.json")
     if meta.get("fingerprint") == fp and _merged_intact(folder, meta):
         return sh.load_merged(folder, params["nprobe"], rerank), {"built": False, **meta, "repaired": {}}
     _refuse_or_clear(cfg, folder, fp, meta, embedder, ds)
@@ -57,17 +56,10 @@ def ensure_sharded(cfg, root, dataset, embedder, ds, folder: Path, device=None):
     return sh.load_merged(folder, params["nprobe"], rerank), {"built": True, **meta}
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _verified(folder: Path, fp: str) -> dict[str, str]:
     """verify=true: every file of this very build read back against its record; what differs
     is removed, so that the build below redoes it. -> {what was damaged: why}."""
-    if _read_json(folder / "build.json").get("fingerprint") != fp:
+    if integrity.read_record(folder / "build.json").get("fingerprint") != fp:
         return {}   # a build of something else: refused or cleared below, not repaired
     damaged = integrity.damage(folder)
     integrity.clear_damaged(folder, damaged)
@@ -102,7 +94,7 @@ def rebuild_command(cfg, embedder, ds) -> str:
 def _refuse_or_clear(cfg, folder: Path, fp: str, meta: dict, embedder, ds) -> None:
     """A finished index or a build of something else: refused unless overwrite=true (then the
     folder is emptied); a build of this very index is resumed."""
-    build = _read_json(folder / "build.json")
+    build = integrity.read_record(folder / "build.json")
     other = [m for m in (meta, build) if m.get("fingerprint") not in (None, fp)]
     if not other:
         return
@@ -162,7 +154,7 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
 
 def _trained(folder: Path, gallery, params: dict, seed: int, gpu, parts: dict) -> float:
     """Seconds spent training (0 when trained.faiss is reused: its sha256 is checked)."""
-    path, build = folder / "trained.faiss", _read_json(folder / "build.json")
+    path, build = folder / "trained.faiss", integrity.read_record(folder / "build.json")
     if path.exists() and build.get("trained_sha256"):
         if file_sha256(path) == build["trained_sha256"]:
             return 0.0
@@ -195,28 +187,18 @@ def _pending_shards(folder: Path, plan: list[tuple[int, int]]) -> list[tuple[int
     pending = []
     for a, b in plan:
         path = sh.shard_path(folder, a, b)
-        mark = _read_json(path.with_suffix(".json"))
+        mark = integrity.read_record(path.with_suffix(".json"))
         if not mark:
             path.with_suffix(".json").unlink(missing_ok=True)
             pending.append((a, b))
             continue
-        why = _shard_damage(path, mark)
+        why = integrity.file_damage(path, mark.get("sha256"), mark.get("bytes"))
         if why:
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
             raise st.StoreError(f"shard {path} is damaged ({why}); it was removed: rerun the same "
                                 f"command to rebuild it (the other finished shards are kept)")
     return pending
-
-
-def _shard_damage(path: Path, mark: dict) -> str | None:
-    if not path.is_file():
-        return "the file is missing"
-    if path.stat().st_size != mark.get("bytes"):
-        return f"{path.stat().st_size} bytes, {mark.get('bytes')} when written"
-    if file_sha256(path) != mark.get("sha256"):
-        return "its sha256 is not the one recorded when it was written"
-    return None
 
 
 def _on_cluster(address, folder: Path, pending, plan, source: dict, timings: dict) -> tuple[list[dict], dict]:
