@@ -56,8 +56,7 @@ def held_out_r1(heads, views, held: np.ndarray, sat_locs: np.ndarray, drone_locs
     answered with the simulator's labels): the criterion minus this is its estimate's own bias;
     this minus the test R@1 is what the test region's shift adds."""
     drone = heads.embed({k: v[held] for k, v in views.drone.items()}, "drone")
-    picks = (drone @ heads.embed(views.sat, "satellite").T).argmax(1)
-    return float(np.mean(sat_locs[picks] == drone_locs[held]))
+    return retrieval_metrics(drone, heads.embed(views.sat, "satellite"), drone_locs[held], sat_locs)["recall"]["1"]
 
 
 def run_one(family: str, seed: int, args, log) -> dict:
