@@ -84,6 +84,8 @@ def unread_keys_removed(spec: dict, cfg) -> dict:
     spec = copy.deepcopy(spec)
     if cfg.select.enabled:
         del spec["center"], spec["isms"], spec["agra"]["teacher"]
+        if cfg.select.holdout_by == "flights":   # held-out flights are measured against the pairing space's claims
+            spec["select"].pop("held_pairing", None)
         if not cfg.select.agra:
             del spec["agra"]
     return spec

@@ -268,7 +268,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
 
 
 @pytest.mark.parametrize("key,earlier,other", [("null_adjust", "false", "true"), ("confirm_folds", "0", "4"),
-                                               ("holdout_by", "flights", "regions")])
+                                               ("holdout_by", "flights", "regions"),
+                                               ("held_pairing", "seen_first", "joint")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -299,10 +300,22 @@ def test_keys_the_selection_never_reads_stay_out_of_its_fingerprint(monkeypatch,
     assert fingerprint(_spec(monkeypatch, ["select.holdout=0.3"])) != fingerprint(_spec(monkeypatch, []))
 
 
+def test_held_pairing_stays_out_of_the_fingerprint_where_only_flights_are_held_out(monkeypatch):
+    """select.held_pairing decides how held-out locations' flights get their satellites; with
+    holdout_by=flights every candidate is measured against the pairing space's claims instead."""
+    from geoalign_store.config import fingerprint
+    flights = ["select.holdout_by=flights"]
+    assert fingerprint(_spec(monkeypatch, flights + ["select.held_pairing=joint"])) == \
+        fingerprint(_spec(monkeypatch, flights + ["select.held_pairing=seen_first"]))
+    assert fingerprint(_spec(monkeypatch, ["select.held_pairing=joint"])) != \
+        fingerprint(_spec(monkeypatch, ["select.held_pairing=seen_first"]))
+
+
 @pytest.mark.parametrize("override,named", [("select.map_kinds=[ridg]", "select.map_kinds: 'ridg'"),
                                             ("select.confirm_folds=-1", "confirm_folds >= 0"),
                                             ("select.fusion_weights=[1.5]", "select.fusion_weights"),
                                             ("select.holdout_by=locations", "select.holdout_by: 'locations'"),
+                                            ("select.held_pairing=both", "select.held_pairing: 'both'"),
                                             ("select.n_maps=[]", "select.n_maps")])
 def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
     """Refused at the start of the stage (the store is not even opened), naming the key."""

@@ -37,10 +37,12 @@ def sim():
                     distractors=10)[0]
 
 
-def test_selection_beats_centring_where_a_map_explains_the_views(sim):
+@pytest.mark.parametrize("estimate", [{}, {"held_pairing": "joint", "null_adjust": False}])
+def test_selection_beats_centring_where_a_map_explains_the_views(sim, estimate):
     """Distorted views of a manifold: the chosen heads beat centring on the test split by far,
-    and the criterion (train split only) ranks them above centring too."""
-    sel = select(views_of(sim), FAST, seed=0, log=lambda *_: None)
+    and the criterion (train split only) ranks them above centring too; with the default
+    estimate and with the joint pairing (its confirmation folds paired jointly too)."""
+    sel = select(views_of(sim), replace(FAST, **estimate), seed=0, log=lambda *_: None)
     assert sel.chosen != "centre" and sel.estimates[sel.chosen] > sel.estimates["centre"] + 0.15
     assert r1_of(sel.heads, sim) > r1_of(sel.fitted["centre"], sim) + 0.4
 
@@ -171,6 +173,28 @@ def test_held_out_locations_are_paired_in_each_space_not_in_the_split_space():
     views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
     split = Holdout(np.isin(groups, [2, 5]), np.isin(np.arange(12), [2, 7]))
     score, correct = criterion(Heads(LAYERS, None, [("centre", None)], [1.0]), Rows(views, split))
+    assert len(correct) == 8 and score == 1.0
+
+
+def test_held_out_flights_keep_their_satellites_from_a_seen_flight_paired_poorly():
+    """Satellites and flights 2 and 5 held out; seen flights 3 and 6 sit between their own
+    satellite and a held-out one, a little nearer the held-out one. Claiming first
+    (held_pairing=seen_first), they take satellites 2 and 5 and leave the held-out flights, whose
+    images sit on their satellites, pseudo-labels that count every one of those images wrong
+    (issue 24: random world 26's centring, 0.48 against a true 0.75). Assigned together (joint),
+    each held-out flight keeps its satellite and every image counts right."""
+    from geoalign_store.method import Heads, Holdout
+    rng = np.random.default_rng(3)
+    sat = np.linalg.qr(rng.standard_normal((16, 12)))[0].T.astype(np.float32)   # orthonormal
+    centres = sat.copy()
+    centres[3], centres[6] = 0.55 * sat[2] + 0.45 * sat[3], 0.55 * sat[5] + 0.45 * sat[6]
+    groups = np.repeat(np.arange(12), 4)
+    drone = np.repeat(centres, 4, axis=0) + 0.02 * rng.standard_normal((48, 16)).astype(np.float32)
+    views = TrainViews({k: sat for k in LAYERS}, {k: drone for k in LAYERS}, groups, LAYERS)
+    split = Holdout(np.isin(groups, [2, 5]), np.isin(np.arange(12), [2, 5]))
+    identity = Heads(LAYERS, None, [("centre", None)], [1.0])
+    assert criterion(identity, Rows(views, split, pairing="seen_first"))[0] == 0.0
+    score, correct = criterion(identity, Rows(views, split, pairing="joint"))
     assert len(correct) == 8 and score == 1.0
 
 

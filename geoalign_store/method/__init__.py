@@ -25,7 +25,7 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "teacher": ("FlightTeacher", "agra_candidate", "flight_means", "flight_plan", "flight_rows"),
     "candidates": ("TrainViews", "centring", "maps", "principal_basis", "ridge_path", "whitening"),
     "criterion": ("Rows", "adjusted", "read", "stream_order"),
-    "turns": ("SatelliteSets", "Turns"),
+    "turns": ("NULL_TURNS", "SatelliteSets", "Turns"),
     "confirmation": ("Gate", "confirm_folds"),
     "selection": ("Selection", "SelectionConfig", "holdout_mask", "holdouts", "select"),
     "holdout": ("Holdout", "REGIONS", "region_folds", "region_holdout", "regions"),

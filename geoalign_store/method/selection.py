@@ -4,13 +4,13 @@
    satellites with their flights; `holdout_by=flights`: a seeded fraction of the flights only).
 2. Every candidate is fitted on what is left (candidates.py; AGRA through a callback, so the
    stage can checkpoint it).
-3. The criterion of a candidate, in its own space (`criterion`): the seen flights are assigned
-   one-to-one to satellites, which they claim; the held-out flights are assigned one-to-one to
-   the unclaimed satellites from half of their images, and each image of the other half,
-   retrieving among *all* satellites, counts as right when it picks its flight's satellite.
-   A space that pairs the seen flights wrongly leaves the held-out flights the wrong satellites;
-   a space where a flight-wide bias keeps a flight's images together but away from its
-   satellite has them pick satellites that other flights claim; no image votes for its own
+3. The criterion of a candidate, in its own space (`criterion`): the held-out flights get
+   satellites from half of their images, assigned one-to-one to every satellite together with
+   the seen flights (`held_pairing=joint`; `seen_first`: the seen flights claim first), and each
+   image of the other half, retrieving among *all* satellites, counts as right when it picks its
+   flight's satellite. A space that pairs flights wrongly gives the held-out flights the wrong
+   satellites; a space where a flight-wide bias keeps a flight's images together but away from
+   its satellite has them pick satellites that other flights hold; no image votes for its own
    pseudo-label.
 4. The smallest candidate near the best one is the pick. It wins only when its gain over
    centring is larger than `margin_se` standard errors of the paired difference (and than
@@ -56,14 +56,15 @@ class SelectionConfig(FitHeadsSection):
     confirm_folds: int
     holdout_by: str
     one_se_pool: str
+    held_pairing: str
     SECTION: ClassVar[str] = "select"
     # keys added after heads were first saved, at the value that reproduces heads fitted before
     # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
     # recipe's defaults are fit-heads.yaml's.
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
-                                  "one_se_pool": "all"}
+                                  "one_se_pool": "all", "held_pairing": "seen_first"}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
-                               "one_se_pool": ("family", "all")}
+                               "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first")}
 
     def __post_init__(self):
         """Values checked when the recipe is composed, not minutes into a fit."""
@@ -198,7 +199,7 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
            log: Callable = print) -> Selection:
     split, folds = holdouts(views, cfg, seed)
     held = split.drone
-    rows = Rows(views, split)
+    rows = Rows(views, split, pairing=cfg.held_pairing)
     turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else []
     readings: dict = {}   # id(heads) -> (heads, its Reading, its criterion in its own space)
 
@@ -218,7 +219,7 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     if pick != "centre" and folds and not _trained_once(pick):
         gate = confirm(gate, views, folds,
                        lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                       lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold), turns))
+                       lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold, pairing=cfg.held_pairing), turns))
     chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
