@@ -4,14 +4,14 @@
    satellites with their flights; `holdout_by=flights`: a seeded fraction of the flights only).
 2. Every candidate is fitted on what is left (candidates.py; AGRA through a callback, so the
    stage can checkpoint it).
-3. The criterion of a candidate, in its own space (`criterion`): the held-out flights get
-   satellites from half of their images, assigned one-to-one to every satellite together with
-   the seen flights (`held_pairing=joint`; `seen_first`: the seen flights claim first), and each
-   image of the other half, retrieving among *all* satellites, counts as right when it picks its
-   flight's satellite. A space that pairs flights wrongly gives the held-out flights the wrong
-   satellites; a space where a flight-wide bias keeps a flight's images together but away from
-   its satellite has them pick satellites that other flights hold; no image votes for its own
-   pseudo-label.
+3. The criterion of a candidate, in its own space (`criterion`): the seen flights claim
+   satellites one-to-one and the held-out flights are assigned one-to-one to the unclaimed ones
+   from half of their images (`held_pairing=seen_first`, the default; `joint`: all flights are
+   assigned together), and each image of the other half, retrieving among *all* satellites,
+   counts as right when it picks its flight's satellite. A space that pairs flights wrongly
+   gives the held-out flights the wrong satellites; a space where a flight-wide bias keeps a
+   flight's images together but away from its satellite has them pick satellites that other
+   flights hold; no image votes for its own pseudo-label.
 4. The smallest candidate near the best one is the pick. It wins only when its gain over
    centring is larger than `margin_se` standard errors of the paired difference (and than
    `min_gain`); otherwise the heads are centring: never worse than centring by the criterion's
