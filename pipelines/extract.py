@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from geoalign_store import store as st
 from geoalign_store.config import ConfigError, fingerprint, to_plain
 from geoalign_store.datasets import (CoordinatesError, coordinates_for, list_dataset, read_locations_csv,
                                      resolve_data_root)
 from geoalign_store.features import (ARCH_KEYS, SKIPPED, BlockJob, Clock, EncodeOptions, GEM_EPS, GEM_P,
                                      MapInputs, auto_workers, block_task, dask_client, device_name, image_hw,
-                                     load_backbone, local_workers, plan_jobs, plan_tile_jobs, resolve_backbone,
+                                     load_backbone, local_worker_devices, local_workers, plan_jobs, plan_tile_jobs, resolve_backbone,
                                      resolve_layers, run_in_process, weights_fingerprint)
 from geoalign_store.report import console, progress_bar
 
@@ -31,21 +29,6 @@ def feature_spec(cfg, arch: dict, weights_path: Path, layers: list[int], name: s
             "pooling": {"type": "gem", "p": GEM_P, "clamp": GEM_EPS, "position_l2": True},
             "tokens": {"stored": bool(cfg.store_tokens), "pool": int(cfg.token_pool)},
             "stage_version": STAGE_VERSION}
-
-
-def local_worker_devices(n_workers: int, device) -> list[str] | None:
-    """What each of `cluster=local:N`'s workers computes on: with device=auto (a GPU visible)
-    or device=cuda, worker i gets cuda:i (one GPU each); N above the visible GPUs is an error.
-    None: every worker uses the device as given (cpu, or an explicit cuda:K)."""
-    text = str(device).strip().lower()
-    if not device_name(device).startswith("cuda") or text not in ("auto", "cuda"):
-        return None
-    count = torch.cuda.device_count()
-    if n_workers > count:
-        raise ConfigError(f"cluster=local:{n_workers} gives each worker its own GPU, but only "
-                          f"{count} CUDA device(s) are visible; use cluster=local:{count} "
-                          "(or device=cuda:K to put every worker on one GPU)")
-    return [f"cuda:{i}" for i in range(n_workers)]
 
 
 def _num_workers(value, device: str) -> int:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import extract_overrides, make_folder_dataset
 from geoalign_store.config import ConfigError, compose
-from geoalign_store.features import load_backbone, load_image, weights_source
+from geoalign_store.features import load_backbone, load_image, local_worker_devices, weights_source
 from geoalign_store.store import StoreError
 from pipelines import extract
 from pipelines.cli import app
@@ -332,12 +332,12 @@ def test_local_cluster_gives_each_worker_its_own_gpu(monkeypatch):
     cuda:K are left as given. GPUs are faked: only the assignment is checked."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert extract.local_worker_devices(3, "cuda") == ["cuda:0", "cuda:1", "cuda:2"]
-    assert extract.local_worker_devices(4, "auto") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert extract.local_worker_devices(2, "cpu") is None
-    assert extract.local_worker_devices(2, "cuda:3") is None
+    assert local_worker_devices(3, "cuda") == ["cuda:0", "cuda:1", "cuda:2"]
+    assert local_worker_devices(4, "auto") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert local_worker_devices(2, "cpu") is None
+    assert local_worker_devices(2, "cuda:3") is None
     with pytest.raises(ConfigError, match=r"cluster=local:5 .* only 4 CUDA device\(s\).*local:4"):
-        extract.local_worker_devices(5, "cuda")
+        local_worker_devices(5, "cuda")
 
 
 def test_too_many_gpu_workers_refused_before_anything_is_written(tmp_path, folder_dataset, monkeypatch):

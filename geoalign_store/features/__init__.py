@@ -26,7 +26,7 @@ __getattr__, __dir__, __all__ = face(__name__, {
                    "job_batches", "pixel_source", "plan_jobs", "plan_tile_jobs", "run_in_process"),
     "map_inputs": ("MAP_TILE_PX", "MapInputs"),
     "map_tiles": ("SKIPPED", "MapSource", "MapTiles", "open_grid", "read_window", "tile_pixels"),
-    "devices": ("device_name", "resolve_device"),
+    "devices": ("device_name", "local_worker_devices", "resolve_device"),
     "worker_devices": ("DevicePerWorker", "worker_device"),
     "cluster": ("dask_client", "environment_kept", "local_workers"),
 })

@@ -47,3 +47,20 @@ def _gpu_possible() -> bool:
     """False only when no GPU can be visible: torch is not loaded yet and no GPU driver's device
     file exists (then torch.cuda.is_available() would be False too)."""
     return "torch" in sys.modules or any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+
+
+def local_worker_devices(n_workers: int, device) -> list[str] | None:
+    """What each of `cluster=local:N`'s workers computes on: with device=auto (a GPU visible)
+    or device=cuda, worker i gets cuda:i (one GPU each: worker_devices.DevicePerWorker tells it;
+    extract's blocks and index's shards alike); N above the visible GPUs is an error.
+    None: every worker uses the device as given (cpu, or an explicit cuda:K)."""
+    text = str(device).strip().lower()
+    if not device_name(device).startswith("cuda") or text not in ("auto", "cuda"):
+        return None
+    import torch
+    count = torch.cuda.device_count()
+    if n_workers > count:
+        raise ConfigError(f"cluster=local:{n_workers} gives each worker its own GPU, but only "
+                          f"{count} CUDA device(s) are visible; use cluster=local:{count} "
+                          "(or device=cuda:K to put every worker on one GPU)")
+    return [f"cuda:{i}" for i in range(n_workers)]
