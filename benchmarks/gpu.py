@@ -14,6 +14,11 @@
 4. `geoalign score` at University-1652 size with device= (whole process, heads=none), if the
    stage has that key on this branch; else it says so.
 5. faiss IVF-PQ build/search at 1e6 x 256 on the GPU, when faiss has GPU support (else why not).
+5b. `geoalign index index=ivfpq`'s shards added on the GPU against the CPU, the same trained index
+   (a 2e5 x 768 simulated store, benchmarks/scale.py's; the rule's PCAR256,IVF2048,PQ64x8 and an
+   HNSW coarse quantizer, which the GPU adds through a flat copy of its centroids): add seconds
+   on each, rows in the same list, identical codes, top-1 agreement and each one's 1-recall@1
+   against the exact search.
 6. extract's compile=true: the bare forward compiled vs eager (rate, compile seconds, difference)
    and one `extract compile=true` process (steady state, breakdown).
 A part that fails prints its error and the others still run; a part that would start after the
@@ -42,13 +47,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 FULL = dict(backbone="dinov3_vith16plus", size=512, n1=256, n2=2304, batch=64, unique=256,
             forward_iters=10, diff_images=64, fit=dict(dim=1280, groups=700, per_group=54),
             fit_overrides=[], score=dict(n_loc=701, drones=54, distractors=250, dim=1280),
-            faiss=dict(n=1_000_000, dim=256, queries=10_000, nlist=4096, m=32))
+            faiss=dict(n=1_000_000, dim=256, queries=10_000, nlist=4096, m=32),
+            gpu_add=dict(n=200_000, dim=768, queries=1000, shard_rows=65536))
 SMOKE = dict(backbone="tiny", size=64, n1=8, n2=24, batch=8, unique=8, forward_iters=2,
              diff_images=8, fit=dict(dim=80, groups=16, per_group=6),
              fit_overrides=["agra.epochs=3", "agra.teacher_refresh=2", "select.latents=[8,16]",
                             "select.n_maps=[1,2]", "select.map_rank=32"],
              score=dict(n_loc=20, drones=5, distractors=5, dim=80),
-             faiss=dict(n=10_000, dim=64, queries=500, nlist=32, m=4))
+             faiss=dict(n=10_000, dim=64, queries=500, nlist=32, m=4),
+             gpu_add=dict(n=20_000, dim=64, queries=200, shard_rows=8192))
+ADD_VARIANTS = {"rule": "{}", "hnsw": "{quantizer: hnsw, kmeans: two_level}"}  # index_params of part 5b
 
 
 def flops_per_image(arch: dict, size: int, blocks: int) -> float:
@@ -316,13 +324,77 @@ def part_faiss(args, cfg) -> None:
           f"= {f['queries'] / searched:.0f} q/s, R@1 of the perturbed row {recall:.3f}")
 
 
+def part_gpu_add(args, cfg, tmp: Path) -> None:
+    """The same trained index's shards added on the CPU, then again on the GPU (a resumed build:
+    trained.faiss kept, the shards and the merge removed), compared row by row and by search."""
+    import scale as scale_bench
+    from geoalign_store.retrieval import gpu_available
+    g = cfg["gpu_add"]
+    device = args.device if gpu_available() else "cpu"
+    if device == "cpu":
+        print("  no GPU faiss (faiss-cpu, or no CUDA device): both builds on the CPU"
+              + (" (smoke: the comparison's plumbing)" if args.smoke else "; skipped"))
+        if not args.smoke:
+            return
+    for name, params in ADD_VARIANTS.items():
+        store = tmp / f"add-{name}.zarr"
+        scale_bench.write_store(store, g["n"], g["dim"], g["queries"], 50, 0, 16350)
+        queries = scale_bench._unit(np.asarray(scale_bench.st.open_store(str(store), mode="r")[
+            f"features/scale/test/drone/layer_{scale_bench.LAYER}/desc"][:], np.float32))
+        exact = scale_bench.exact_top(store, queries, 10)[1]
+        cpu = _index_process(store, g, params, "cpu")
+        folder = store / "artefacts/indices" / cpu["name"]
+        before = _rows_and_top1(folder, cpu["params"]["nprobe"], queries)
+        for path in [*(folder / "shards").iterdir(), *(folder / f for f in ("index.json", "index.faiss", "index.ivfdata"))]:
+            path.unlink()
+        gpu = _index_process(store, g, params, device)
+        after = _rows_and_top1(folder, gpu["params"]["nprobe"], queries)
+        same_list = before[0] == after[0]
+        same_code = same_list & np.all(before[1] == after[1], axis=1)
+        print(f"  {name}: {cpu['factory']}, {g['n']:.0e} x {g['dim']}, {cpu['shards']['n']} shards: add "
+              f"{cpu['timings']['add_s']:.1f} s on the CPU ({os.cpu_count()} cores), {gpu['timings']['add_s']:.1f} s "
+              f"on {gpu.get('add_devices')} (train reused: {gpu['timings']['train_s'] == 0})"
+              + (f"; fell back: {gpu['gpu_fallback']}" if gpu.get("gpu_fallback") else ""))
+        print(f"    rows in the same list {same_list.mean():.4f}, identical codes {same_code.mean():.4f}; "
+              f"top-1 (codes, nprobe {cpu['params']['nprobe']}) GPU = CPU for {np.mean(before[2] == after[2]):.3f} "
+              f"of {len(queries)} queries; 1-recall@1 vs exact: CPU {np.mean(before[2] == exact[:, 0]):.3f}, "
+              f"GPU {np.mean(after[2] == exact[:, 0]):.3f}")
+
+
+def _index_process(store: Path, g: dict, params: str, device: str) -> dict:
+    """One `geoalign index index=ivfpq` process in-process (no cluster) on `device`: its summary."""
+    import scale as scale_bench
+    try:
+        return scale_bench.build(store, 0, g["shard_rows"], [f"index_params={params}", f"device={device}"])
+    except SystemExit as e:   # scale.py exits on a failed build: here, one part fails
+        raise RuntimeError(str(e)) from None
+
+
+def _rows_and_top1(folder: Path, nprobe: int, queries: np.ndarray):
+    """(each row's list, each row's code (n, code_size), each query's top-1 by the codes alone)
+    of the merged index in `folder`."""
+    import faiss
+    from geoalign_store.retrieval import load_merged, search
+    index = load_merged(folder, nprobe, 0)
+    lists = faiss.extract_index_ivf(index.index).invlists
+    where = np.full(index.ntotal, -1, np.int64)
+    codes = np.zeros((index.ntotal, lists.code_size), np.uint8)
+    for number in range(lists.nlist):
+        size = lists.list_size(number)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+            where[ids] = number
+            codes[ids] = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).reshape(size, -1)
+    return where, codes, search(index, queries, 1)[1][:, 0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny backbone and sizes (runs on a CPU)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds; later parts are skipped")
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak of the GPU")
-    ap.add_argument("--parts", default="extract,diff,fit,score,faiss,compile")
+    ap.add_argument("--parts", default="extract,diff,fit,score,faiss,faiss_add,compile")
     args = ap.parse_args()
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     cfg = SMOKE if args.smoke else FULL
@@ -335,6 +407,7 @@ def main() -> None:
              "fit": ("3. fit-heads default recipe, University-1652 size", part_fit),
              "score": ("4. score, University-1652 size", part_score),
              "faiss": ("5. faiss IVF-PQ", lambda a, c, _tmp: part_faiss(a, c)),
+             "faiss_add": ("5b. index=ivfpq's shards added on the GPU vs the CPU", part_gpu_add),
              "compile": ("6. extract compile=true (torch.compile of the blocks)", part_compile)}
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.parts.split(","):

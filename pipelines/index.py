@@ -18,6 +18,7 @@ def run(cfg) -> dict:
         built.append({"name": meta["name"], "subset": ds.subset, "n": meta["n"], "dim": meta["dim"],
                       "built": meta["built"], "build_s": meta["build_s"],
                       **{k: meta[k] for k in ("factory", "params", "timings", "shards", "files",
-                                              "worker_rss_mb", "driver_rss_mb", "driver_memory_mb", "repaired") if k in meta}})
+                                              "worker_rss_mb", "driver_rss_mb", "driver_memory_mb", "repaired",
+                                              "add_devices", "gpu_fallback") if k in meta}})
     return {"stage": "index", "store": str(cfg.store), "dataset": dataset, "mode": cfg.mode,
             "heads": embedder.name, "index": cfg.index, "indices": built}

@@ -35,6 +35,7 @@ import numpy as np
 from ..config import file_sha256
 from .. import store as st
 from .coarse_kmeans import two_level_centroids
+from .gpu_add import GpuAdder, GpuAddError
 from .index import save_index
 from .ivf_rule import factory_string, train_size
 
@@ -119,8 +120,11 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
     # a centroid" warnings would only repeat it for galleries of a few hundred
     inner.cp.min_points_per_centroid = pq_index.pq.cp.min_points_per_centroid = 1
     resources = faiss.StandardGpuResources() if gpu is not None else None
-    if gpu is not None:  # k-means assignment on the GPU (faiss-gpu); the index stays on the CPU
-        inner.clustering_index = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(p["d_out"]))
+    # k-means assignment on the GPU (faiss-gpu); the index stays on the CPU. Held here: the
+    # IVF's pointer does not keep the GPU index alive
+    clustering = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(p["d_out"])) if gpu is not None else None
+    if clustering is not None:
+        inner.clustering_index = clustering
     if p.get("kmeans") == "two_level":  # a quantizer holding nlist centroids: train() skips k-means
         centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu is not None)
         inner.quantizer.train(centroids)
@@ -157,30 +161,47 @@ def _read(gallery, rows) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
-def add_shard(folder: Path, start: int, stop: int, gallery) -> dict:
+def add_shard(folder: Path, start: int, stop: int, gallery, gpu: int | None = None) -> dict:
     """Rows [start, stop) of `gallery` embedded a chunk at a time, added (ids = positions) to a
     copy of trained.faiss and copied into vectors.npy; the shard written whole, then its mark
     (.json: its size and sha256, and the sha256 of its rows of vectors.npy). Re-running it
-    rewrites the same bytes: a task may run twice."""
+    rewrites the same bytes: a task may run twice. `gpu`: added on that GPU (gpu_add.py) unless
+    faiss-gpu cannot take the index or fails, then on the CPU (`gpu_fallback` says why)."""
     folder = Path(folder)
     t0 = time.perf_counter()
+    try:
+        index, rows_sha256 = _filled(folder, start, stop, gallery, gpu)
+        fallback = None
+    except GpuAddError as e:   # refused before any GPU call, or failed on it: redone on the CPU
+        fallback = str(e)
+        index, rows_sha256 = _filled(folder, start, stop, gallery, None)
+    path = shard_path(folder, start, stop)
+    save_index(index, path)
+    mark = {"start": start, "stop": stop, "ntotal": int(index.ntotal), "bytes": path.stat().st_size,
+            "sha256": file_sha256(path), "vectors_sha256": rows_sha256, "pid": os.getpid()}
+    st.write_json(path.with_suffix(".json"), mark)
+    added_on = "cpu" if gpu is None or fallback else f"cuda:{gpu}"
+    return {**mark, "add_s": round(time.perf_counter() - t0, 3), "rss_mb": peak_rss_mb(),
+            "added_on": added_on, **({"gpu_fallback": fallback} if fallback else {})}
+
+
+def _filled(folder: Path, start: int, stop: int, gallery, gpu: int | None):
+    """(a copy of trained.faiss holding rows [start, stop), sha256 of the rows as written to
+    vectors.npy, which `geoalign check` reads back): on the CPU, or on GPU `gpu`."""
     index = faiss.read_index(str(folder / "trained.faiss"), NO_TABLE)
+    adder = GpuAdder(index, gpu) if gpu is not None else None
     vectors = np.load(folder / "vectors.npy", mmap_mode="r+")
-    rows_sha256 = hashlib.sha256()   # of the rows as written: `geoalign check` reads them back
+    rows_sha256 = hashlib.sha256()
     for a in range(start, stop, READ_ROWS):
         b = min(a + READ_ROWS, stop)
         x = _read(gallery, slice(a, b))
         vectors[a:b] = x
         rows_sha256.update(x)
-        index.add_with_ids(x, np.arange(a, b, dtype=np.int64))
+        ids = np.arange(a, b, dtype=np.int64)
+        adder.add(x, ids) if adder else index.add_with_ids(x, ids)
     vectors.flush()
     del vectors
-    path = shard_path(folder, start, stop)
-    save_index(index, path)
-    mark = {"start": start, "stop": stop, "ntotal": int(index.ntotal), "bytes": path.stat().st_size,
-            "sha256": file_sha256(path), "vectors_sha256": rows_sha256.hexdigest(), "pid": os.getpid()}
-    st.write_json(path.with_suffix(".json"), mark)
-    return {**mark, "add_s": round(time.perf_counter() - t0, 3), "rss_mb": peak_rss_mb()}
+    return (adder.filled() if adder else index), rows_sha256.hexdigest()
 
 
 def merge(folder: Path, shards: list[tuple[int, int]]) -> dict:

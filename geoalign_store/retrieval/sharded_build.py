@@ -27,7 +27,8 @@ from . import shard_integrity as integrity
 from . import sharded as sh
 from .embedder import embedder_inputs, gallery_fingerprint, resolve_embedder, side_embeddings
 from .embeddings import DirectionSet, Side
-from .index import save_index
+from ..features import dask_client, local_worker_devices, local_workers
+from .index import gpu_available, gpu_for, save_index
 from .ivf_rule import build_params, choose_ivfpq, factory_string
 
 SHARD_ROWS = 131072
@@ -109,8 +110,7 @@ def _refuse_or_clear(cfg, folder: Path, fp: str, meta: dict, embedder, ds) -> No
 
 
 def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) -> dict:
-    from .index import gpu_for
-    gpu = gpu_for(device)
+    gpu, devices = gpu_for(device), _worker_devices(cfg)   # refused here before anything is written
     n, d = gallery.shape
     memory = {"opened": sh.memory_mb()}   # the driver's, after each phase: which one holds what
     if not (folder / "build.json").exists():
@@ -130,13 +130,14 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
         source = {"folder": str(folder), "store": str(Path(str(cfg.store)).resolve()), "dataset": dataset,
                   "view": ds.gallery.view, "mode": ds.mode, "subset": ds.subset,
                   "embeddings": want["embeddings"], "heads": embedder.name, "layers": embedder.layers,
-                  "fusion": bool(cfg.get("fusion", True)), "fusion_weight": cfg.get("fusion_weight", "auto")}
-        added, merged = _on_cluster(cfg.cluster, folder, pending, plan, source, timings)
+                  "fusion": bool(cfg.get("fusion", True)), "fusion_weight": cfg.get("fusion_weight", "auto"),
+                  "device": device}
+        added, merged = _on_cluster(cfg.cluster, devices, folder, pending, plan, source, timings)
         files = merged.pop("files")
         added = added + [merged]
     else:
         t0 = time.perf_counter()
-        added = [sh.add_shard(folder, a, b, gallery) for a, b in pending]
+        added = [sh.add_shard(folder, a, b, gallery, gpu) for a, b in pending]
         timings["add_s"] = round(time.perf_counter() - t0, 3)
         memory["added"] = sh.memory_mb()
         t0 = time.perf_counter()
@@ -147,7 +148,7 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     for item in added:
         workers[str(item["pid"])] = max(workers.get(str(item["pid"]), 0), item["rss_mb"])
     return {"files": files, "timings": timings, "worker_rss_mb": workers, "driver_rss_mb": sh.peak_rss_mb(),
-            "driver_memory_mb": memory,
+            "driver_memory_mb": memory, **_add_devices(added),
             "shards": {"n": len(plan), "built": len(pending), "reused": len(plan) - len(pending),
                        "rows": int(cfg.get("shard_rows", SHARD_ROWS))}}
 
@@ -201,13 +202,31 @@ def _pending_shards(folder: Path, plan: list[tuple[int, int]]) -> list[tuple[int
     return pending
 
 
-def _on_cluster(address, folder: Path, pending, plan, source: dict, timings: dict) -> tuple[list[dict], dict]:
+def _worker_devices(cfg) -> list[str] | None:
+    """What each `cluster=local:N` worker adds on: one GPU each, as extract's workers
+    (features.local_worker_devices), when this faiss can use GPUs at all."""
+    n = local_workers(cfg.get("cluster"))
+    return local_worker_devices(n, cfg.get("device", "auto")) if n and gpu_available() else None
+
+
+def _add_devices(added: list[dict]) -> dict:
+    """{"add_devices": {device: shards added there}} and, where a GPU shard went to the CPU,
+    {"gpu_fallback": why} (the first reason; they repeat)."""
+    counts: dict[str, int] = {}
+    for item in added:
+        if "added_on" in item:   # the merge's item has none
+            counts[item["added_on"]] = counts.get(item["added_on"], 0) + 1
+    why = next((item["gpu_fallback"] for item in added if item.get("gpu_fallback")), None)
+    return {"add_devices": counts, **({"gpu_fallback": why} if why else {})}
+
+
+def _on_cluster(address, devices, folder: Path, pending, plan, source: dict, timings: dict) -> tuple[list[dict], dict]:
     """The pending shards added by one task each, then the merge by one more: a worker, not
     the driver, touches the merged lists (their memory-mapped pages: 780 MB at 1e7, counted
-    in the resident memory of whichever process writes them). -> (shard marks, merge's)."""
+    in the resident memory of whichever process writes them). -> (shard marks, merge's).
+    devices: each local worker's own (worker_devices.DevicePerWorker), as extract's."""
     from distributed import as_completed
-    from ..features import dask_client
-    with dask_client(address) as (client, threads):
+    with dask_client(address, devices) as (client, threads):
         t0 = time.perf_counter()
         futures = [client.submit(shard_task, source, a, b, threads, pure=False) for a, b in pending]
         added = [f.result() for f in as_completed(futures)]
@@ -229,14 +248,17 @@ _WORKER_GALLERIES: dict = {}
 
 def shard_task(source: dict, start: int, stop: int, threads: int | None = None) -> dict:
     """One dask task: rows [start, stop) of the gallery embedded (heads applied here, in the
-    worker) and added to a copy of the trained index; the shard written under the store."""
+    worker) and added to a copy of the trained index, on this worker's own GPU when it has one
+    (its DevicePerWorker device, else the driver's); the shard written under the store."""
     import faiss
+    from ..features import worker_device   # dask's modules: only where dask runs
     if threads:
         faiss.omp_set_num_threads(threads)
     key = (source["folder"], source["embeddings"])
     if key not in _WORKER_GALLERIES:
         _WORKER_GALLERIES[key] = worker_gallery(source)
-    return sh.add_shard(Path(source["folder"]), start, stop, _WORKER_GALLERIES[key])
+    gpu = gpu_for(worker_device() or source.get("device"))
+    return sh.add_shard(Path(source["folder"]), start, stop, _WORKER_GALLERIES[key], gpu)
 
 
 def worker_gallery(source: dict):
