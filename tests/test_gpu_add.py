@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from geoalign_store.config import compose
 from geoalign_store.retrieval import choose_ivfpq, load_merged, plan_shards, save_index, search
+from geoalign_store.retrieval import gpu_add
 from geoalign_store.retrieval import sharded as sh
 from geoalign_store.retrieval import sharded_build
 from pipelines.cli import app
@@ -26,6 +27,7 @@ class FakeGpu:
 
     def __init__(self, monkeypatch, fail_add: bool = False):
         self.calls, self.fail_add = [], fail_add
+        monkeypatch.setattr(gpu_add, "_RESOURCES", {})
         monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
         monkeypatch.setattr(faiss, "StandardGpuResources", lambda: self._record("resources", None), raising=False)
         monkeypatch.setattr(faiss, "GpuClonerOptions", types.SimpleNamespace, raising=False)
