@@ -15,7 +15,7 @@ from pathlib import Path
 
 from geoalign_store import store as st
 from geoalign_store.method import available_heads, heads_staleness
-from geoalign_store.retrieval import inputs_staleness, sharded_damage
+from geoalign_store.retrieval import inputs_staleness, sharded_damage, sharded_recorded
 from geoalign_store.store import damaged_blocks, metadata_errors, repair_hint
 
 
@@ -90,8 +90,10 @@ def _recompute(store, meta_path: Path, meta: dict) -> str:
 def run(cfg) -> dict:
     t0 = time.perf_counter()
     base = artefacts_folder(cfg.store)
-    # files of sharded index builds against their recorded sha256 (vectors.npy's rows included)
-    artefacts = {**st.damaged_artefacts(base), **sharded_damage(base)} if base is not None else {}
+    # files of sharded index builds against their recorded sha256 (vectors.npy's rows included),
+    # each read once: those are not read again as FAISS indices
+    artefacts = ({**st.damaged_artefacts(base, sharded_recorded(base)), **sharded_damage(base)}
+                 if base is not None else {})
     bad_metadata = st.damaged_metadata(str(cfg.store))
     out = {"stage": "check", "store": str(cfg.store), "views": {}, "artefacts_damaged": artefacts,
            "metadata_documents_damaged": bad_metadata, "stale": []}

@@ -36,6 +36,6 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "coarse_kmeans": ("split_counts", "two_level_centroids"),
     "sharded": ("ShardedIndex", "load_merged", "plan_shards", "rerank_exact"),
     "sharded_build": ("SHARD_ROWS", "ensure_sharded", "rebuild_command", "shard_task"),
-    "shard_integrity": ("sharded_damage",),
+    "shard_integrity": ("sharded_damage", "sharded_recorded"),
     "locator": ("LocateError", "Locator", "add_truth"),
 })

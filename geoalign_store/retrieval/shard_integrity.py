@@ -51,6 +51,18 @@ def read_record(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def record_damage(path: Path) -> str | None:
+    """Why a build's record that reads as JSON is damaged: it holds no object (a list, a number:
+    read_record takes it for absent, so the build would lose what it records); None when it
+    is an object, or missing, or does not parse (the store's reader of every JSON file,
+    `damaged_artefacts`, names that one)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return None if isinstance(value, dict) else f"holds a JSON {type(value).__name__}, not an object (a record)"
+
+
 def file_damage(path: Path, sha256: str | None, size: int | None = None) -> str | None:
     """Why the file at `path` is not the one recorded (its sha256, and its size when recorded);
     None when it is."""
@@ -81,30 +93,48 @@ def _vectors(folder: Path) -> tuple[tuple[Path, int, int], int] | None:
     return layout, int(vectors.shape[0])
 
 
+def _recorded(folder: Path) -> dict[str, tuple[str | None, int | None]]:
+    """{file relative to `folder`: (sha256, size) recorded when it was written} of a build."""
+    recorded = {"trained.faiss": (read_record(folder / "build.json").get("trained_sha256"), None)}
+    for mark_path in sorted((folder / "shards").glob("shard-*.json")):
+        mark = read_record(mark_path)
+        recorded[str(mark_path.with_suffix(".faiss").relative_to(folder))] = (mark.get("sha256"), mark.get("bytes"))
+    for name, files in read_record(folder / "index.json").get("files", {}).items():
+        recorded[name] = (files.get("sha256"), files.get("bytes"))
+    return {name: sha_size for name, sha_size in recorded.items() if sha_size[0]}   # nothing recorded: nothing to check
+
+
 def damage(folder: Path) -> dict[str, str]:
     """{file (relative to `folder`, a shard's rows as 'vectors.npy rows A-B'): why} for every
     piece of the build in `folder` that differs from its record; {} when all match."""
     out: dict[str, str] = {}
     folder = Path(folder)
-    recorded = {"trained.faiss": (read_record(folder / "build.json").get("trained_sha256"), None)}
+    for record in [folder / "build.json", folder / "index.json", *sorted((folder / "shards").glob("shard-*.json"))]:
+        why = record_damage(record)
+        if why:
+            out[str(record.relative_to(folder))] = why
     vectors = _vectors(folder)
     for mark_path in sorted((folder / "shards").glob("shard-*.json")):
         mark = read_record(mark_path)
-        shard = mark_path.with_suffix(".faiss")
-        recorded[str(shard.relative_to(folder))] = (mark.get("sha256"), mark.get("bytes"))
         if mark.get("vectors_sha256"):
             a, b = int(mark["start"]), int(mark["stop"])
             if vectors is None or vectors[1] < b:
                 out[rows_label(a, b)] = "are missing (vectors.npy is missing, truncated or not an array)"
             elif rows_digest(vectors[0], a, b) != mark["vectors_sha256"]:
-                out[rows_label(a, b)] = f"differ from what {shard.name} wrote there (their sha256)"
-    for name, files in read_record(folder / "index.json").get("files", {}).items():
-        recorded[name] = (files.get("sha256"), files.get("bytes"))
-    for name, (sha256, size) in recorded.items():
-        why = sha256 and file_damage(folder / name, sha256, size)   # nothing recorded: nothing to check
+                name = mark_path.with_suffix(".faiss").name
+                out[rows_label(a, b)] = f"differ from what {name} wrote there (their sha256)"
+    for name, (sha256, size) in _recorded(folder).items():
+        why = file_damage(folder / name, sha256, size)
         if why:
             out[name] = why
     return out
+
+
+def sharded_recorded(artefacts: Path) -> set[str]:
+    """The files (relative to an artefacts folder) that `sharded_damage` reads whole against
+    their recorded sha256: `geoalign check` reads them there only, not once more as FAISS files."""
+    return {str(build.parent.relative_to(artefacts) / name)
+            for build in sorted(Path(artefacts).glob("indices/*/build.json")) for name in _recorded(build.parent)}
 
 
 def sharded_damage(artefacts: Path) -> dict[str, str]:
@@ -116,7 +146,9 @@ def sharded_damage(artefacts: Path) -> dict[str, str]:
         rerun = read_record(build_path).get("rerun") or "geoalign index ... index=ivfpq"
         for name, why in damage(folder).items():
             where = folder.relative_to(artefacts) / name
-            out[str(where)] = f"{why}; repair it with: {rerun} verify=true"
+            out[str(where)] = f"{why}; " + (f"rebuild it: delete {where.parent} and run its `{rerun}` again (what the "
+                                            "build was is lost with its record)" if name == "build.json"
+                                            else f"repair it with: {rerun} verify=true")
     return out
 
 

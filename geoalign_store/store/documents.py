@@ -42,7 +42,8 @@ def read_json(path, rebuild: str, kind: type = dict):
     except json.JSONDecodeError as e:
         raise DamagedArtefact(path, f"is not valid JSON ({e.msg} at line {e.lineno})", rebuild) from None
     if not isinstance(value, kind):
-        raise DamagedArtefact(path, f"holds a JSON {type(value).__name__}, not a {kind.__name__}", rebuild)
+        wanted = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise DamagedArtefact(path, f"holds a JSON {type(value).__name__}, not a {wanted}", rebuild)
     return value
 
 
@@ -99,12 +100,16 @@ READERS = {  # suffix -> how check reads a file of that kind
 }
 
 
-def damaged_artefacts(folder: Path) -> dict[str, str]:
+def damaged_artefacts(folder: Path, read_elsewhere: set[str] = frozenset()) -> dict[str, str]:
     """Every file under the artefacts folder that its kind's reader refuses: relative path ->
-    why (pictures and reports are for people; nothing reads them back)."""
+    why (pictures and reports are for people; nothing reads them back). `read_elsewhere`:
+    relative paths the caller checks otherwise (a sharded index's files, against their sha256),
+    not read here too."""
     from .tensor_files import CheckpointError, check_safetensors
     bad = {}
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if str(path.relative_to(folder)) in read_elsewhere:
+            continue
         fix = _rebuild_hint(path.relative_to(folder))
         try:
             if path.suffix == ".safetensors":
