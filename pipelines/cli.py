@@ -119,11 +119,7 @@ def _render_index(result: dict) -> None:
         verb = f"built in {item['build_s']:.2f} s" if item["built"] else "up to date"
         console.print(f"index {item['name']}: {item['n']} x {item['dim']} ({verb})")
         if item.get("factory"):  # ivfpq: what the rule chose, and where the time went
-            shards, t = item["shards"], item["timings"]
-            size = sum(f["bytes"] for f in item["files"].values()) / 1e6
-            console.print(f"  {item['factory']} nprobe={item['params']['nprobe']}: {shards['n']} shard(s) "
-                          f"({shards['built']} built, {shards['reused']} reused), train {t['train_s']:.1f} s, "
-                          f"add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s, {size:.1f} MB", highlight=False)
+            _render_sharded(item)
         devices = item.get("add_devices") or {}
         if any(name != "cpu" for name in devices) or item.get("gpu_fallback"):   # faiss-gpu at hand
             added = ", ".join(f"{count} on {name}" for name, count in sorted(devices.items()))
@@ -132,6 +128,19 @@ def _render_index(result: dict) -> None:
             console.print(f"  [yellow]on the CPU instead of the GPU:[/] {item['gpu_fallback']}", highlight=False)
         for what, why in (item.get("repaired") or {}).items():   # verify=true found and redid these
             console.print(f"  repaired {what} (found: {why})", highlight=False)
+
+
+def _render_sharded(item: dict) -> None:
+    """A sharded index's line: this run's build (shards built and reused, seconds), or, reused as
+    it stands, what it holds (its last build's figures are in --json's last_build)."""
+    shards, t = item["shards"], item["timings"]
+    size = sum(f["bytes"] for f in item["files"].values()) / 1e6
+    head = f"  {item['factory']} nprobe={item['params']['nprobe']}: {shards['n']} shard(s)"
+    if not item["built"]:
+        console.print(f"{head} in the index, {size:.1f} MB", highlight=False)
+        return
+    console.print(f"{head} ({shards['built']} built, {shards['reused']} reused), train {t['train_s']:.1f} s, "
+                  f"add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s, {size:.1f} MB", highlight=False)
 
 
 def _render_score(result: dict) -> None:

@@ -19,6 +19,6 @@ def run(cfg) -> dict:
                       "built": meta["built"], "build_s": meta["build_s"],
                       **{k: meta[k] for k in ("factory", "params", "timings", "shards", "files",
                                               "worker_rss_mb", "driver_rss_mb", "driver_memory_mb", "repaired",
-                                              "add_devices", "gpu_fallback") if k in meta}})
+                                              "add_devices", "gpu_fallback", "last_build") if k in meta}})
     return {"stage": "index", "store": str(cfg.store), "dataset": dataset, "mode": cfg.mode,
             "heads": embedder.name, "index": cfg.index, "indices": built}

@@ -1,6 +1,6 @@
 """What `geoalign check` and `geoalign index` say about a sharded index=ivfpq build (issue 23):
 check reads each file of a build once, names a build record that holds no JSON object as
-damaged (exit 1, as any damage)."""
+damaged (exit 1, as any damage), and an index already built is described as it stands."""
 from __future__ import annotations
 
 import json
@@ -77,3 +77,18 @@ def test_check_names_a_mark_or_index_record_that_holds_no_object_and_verify_repa
     repaired = index.run(_index_cfg(built, "shard_rows=300", "verify=true"))["indices"][0]
     assert repaired["built"] and repaired["shards"]["built"] == 1
     assert _check(built)["ok"]
+
+
+def test_an_index_already_built_is_described_as_it_stands(built):
+    """Reused as it is: nothing built, every shard reused, nothing timed, the nprobe it
+    searches with now (a search parameter: a new value reuses the index)."""
+    again = index.run(_index_cfg(built, "shard_rows=300", "index_params={nprobe: 3}"))["indices"][0]
+    assert not again["built"] and again["params"]["nprobe"] == 3
+    assert again["shards"] == {"n": 4, "built": 0, "reused": 4, "rows": 300}
+    assert again["timings"] == {"train_s": 0.0, "add_s": 0.0, "merge_s": 0.0} and again["add_devices"] == {}
+    assert again["last_build"]["shards"]["built"] == 4 and again["last_build"]["timings"]["add_s"] > 0
+    assert "worker_rss_mb" not in again and again["last_build"]["driver_rss_mb"] > 0   # that build's process
+    said = CliRunner().invoke(app, ["index", f"store={built}", "index=ivfpq", "shard_rows=300",
+                                    "index_params={nprobe: 3}"]).output.replace("\n", " ")
+    assert "(up to date)" in said and "nprobe=3: 4 shard(s) in the index" in said, said
+    assert "built," not in said and "train " not in said, said

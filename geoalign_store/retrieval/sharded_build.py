@@ -45,7 +45,7 @@ def ensure_sharded(cfg, root, dataset, embedder, ds, folder: Path, device=None):
     repaired = _verified(folder, fp) if cfg.get("verify") else {}
     meta = integrity.read_record(folder / "index.json")
     if meta.get("fingerprint") == fp and _merged_intact(folder, meta):
-        return sh.load_merged(folder, params["nprobe"], rerank), {"built": False, **meta, "repaired": {}}
+        return sh.load_merged(folder, params["nprobe"], rerank), _as_it_stands(meta, params)
     _refuse_or_clear(cfg, folder, fp, meta, embedder, ds)
     t0 = time.perf_counter()
     built = {**_build(cfg, folder, gallery, params, want, embedder, dataset, ds, device), "repaired": repaired}
@@ -55,6 +55,22 @@ def ensure_sharded(cfg, root, dataset, embedder, ds, folder: Path, device=None):
             "inputs": embedder_inputs(embedder), "build_s": round(time.perf_counter() - t0, 3), **built}
     st.write_json(folder / "index.json", meta)
     return sh.load_merged(folder, params["nprobe"], rerank), {"built": True, **meta}
+
+
+LAST_BUILD = ("build_s", "timings", "shards", "add_devices", "gpu_fallback", "worker_rss_mb", "driver_rss_mb",
+              "driver_memory_mb")   # what index.json says of the build that made the index
+
+
+def _as_it_stands(meta: dict, params: dict) -> dict:
+    """What is true of an index reused as it is (meta: its index.json): searched with this
+    run's parameters (nprobe is not built in), every shard reused, nothing trained, added or
+    merged now; the figures of the build that made it under `last_build`."""
+    last = {k: meta[k] for k in LAST_BUILD if k in meta}
+    shards = meta.get("shards", {})
+    return {**{k: v for k, v in meta.items() if k not in last}, "build_s": meta.get("build_s", 0.0),
+            "built": False, "params": params, "repaired": {}, "add_devices": {},
+            "shards": {**shards, "built": 0, "reused": shards.get("n", 0)},
+            "timings": {"train_s": 0.0, "add_s": 0.0, "merge_s": 0.0}, "last_build": last}
 
 
 def _verified(folder: Path, fp: str) -> dict[str, str]:
