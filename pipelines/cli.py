@@ -120,12 +120,6 @@ def _render_index(result: dict) -> None:
         console.print(f"index {item['name']}: {item['n']} x {item['dim']} ({verb})")
         if item.get("factory"):  # ivfpq: what the rule chose, and where the time went
             _render_sharded(item)
-        devices = item.get("add_devices") or {}
-        if any(name != "cpu" for name in devices) or item.get("gpu_fallback"):   # faiss-gpu at hand
-            added = ", ".join(f"{count} on {name}" for name, count in sorted(devices.items()))
-            console.print(f"  shards added: {added}", highlight=False)
-        if item.get("gpu_fallback"):
-            console.print(f"  [yellow]on the CPU instead of the GPU:[/] {item['gpu_fallback']}", highlight=False)
         for what, why in (item.get("repaired") or {}).items():   # verify=true found and redid these
             console.print(f"  repaired {what} (found: {why})", highlight=False)
 
@@ -141,6 +135,12 @@ def _render_sharded(item: dict) -> None:
         return
     console.print(f"{head} ({shards['built']} built, {shards['reused']} reused), train {t['train_s']:.1f} s, "
                   f"add {t['add_s']:.1f} s, merge {t['merge_s']:.1f} s, {size:.1f} MB", highlight=False)
+    devices = item.get("add_devices") or {}
+    if any(name != "cpu" for name in devices) or item.get("gpu_fallback"):   # faiss-gpu at hand
+        added = ", ".join(f"{count} on {name}" for name, count in sorted(devices.items()))
+        console.print(f"  shards added: {added}", highlight=False)
+    if item.get("gpu_fallback"):
+        console.print(f"  [yellow]on the CPU instead of the GPU:[/] {item['gpu_fallback']}", highlight=False)
 
 
 def _render_score(result: dict) -> None:
