@@ -15,7 +15,7 @@
    stage has that key on this branch; else it says so.
 5. faiss IVF-PQ build/search at 1e6 x 256 on the GPU, when faiss has GPU support (else why not).
 5b. `geoalign index index=ivfpq`'s shards added on the GPU against the CPU, the same trained index
-   (a 2e5 x 768 simulated store, benchmarks/scale.py's; the rule's PCAR256,IVF2048,PQ64x8 and an
+   (a 1e5 x 768 simulated store, benchmarks/scale.py's; the rule's PCAR256,IVF1024,PQ64x8 and an
    HNSW coarse quantizer, which the GPU adds through a flat copy of its centroids): add seconds
    on each, rows in the same list, identical codes, top-1 agreement and each one's 1-recall@1
    against the exact search.
@@ -48,7 +48,7 @@ FULL = dict(backbone="dinov3_vith16plus", size=512, n1=256, n2=2304, batch=64, u
             forward_iters=10, diff_images=64, fit=dict(dim=1280, groups=700, per_group=54),
             fit_overrides=[], score=dict(n_loc=701, drones=54, distractors=250, dim=1280),
             faiss=dict(n=1_000_000, dim=256, queries=10_000, nlist=4096, m=32),
-            gpu_add=dict(n=200_000, dim=768, queries=1000, shard_rows=65536))
+            gpu_add=dict(n=100_000, dim=768, queries=1000, shard_rows=32768))
 SMOKE = dict(backbone="tiny", size=64, n1=8, n2=24, batch=8, unique=8, forward_iters=2,
              diff_images=8, fit=dict(dim=80, groups=16, per_group=6),
              fit_overrides=["agra.epochs=3", "agra.teacher_refresh=2", "select.latents=[8,16]",
