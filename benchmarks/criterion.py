@@ -9,8 +9,8 @@ fitted without the held-out regions (`Selection.fitted`, AGRA left out), then, f
 question it asks (the held-out regions' drones among every train satellite, scored with the
 simulator's labels) and its test R@1. The estimates (all through `criterion.read`):
 
-- `seen_first` / `joint`: `select.held_pairing` (the seen flights claim satellites first, or all
-  flights are assigned together), each raw and `- null` (minus the score against 4 reflected
+- `seen_first` / `seen_on_seen` / `joint`: `select.held_pairing` (the seen flights claim satellites
+  first; the same without their claims on held-out satellites; all flights assigned together), each raw and `- null` (minus the score against 4 reflected
   satellite sets: `select.null_adjust=true`) and `/ null` ((raw - null) / (1 - null): the agreement
   beyond chance as a share of what chance leaves, Cohen's kappa's correction; not a recipe key).
 
@@ -36,7 +36,7 @@ from geoalign_store.config import to_plain
 from geoalign_store.method import NULL_TURNS, Rows, SelectionConfig, TrainViews, Turns, holdouts, read, select
 from geoalign_store.sim import LAYERS, generate
 
-PAIRINGS = ("seen_first", "joint")
+PAIRINGS = ("seen_first", "seen_on_seen", "joint")
 CORRECTIONS = {"": lambda real, null: real, " - null": lambda real, null: real - null,
                " / null": lambda real, null: (real - null) / max(1.0 - null, 1e-9)}
 

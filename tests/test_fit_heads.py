@@ -269,7 +269,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
 
 @pytest.mark.parametrize("key,earlier,other", [("null_adjust", "false", "true"), ("confirm_folds", "0", "4"),
                                                ("holdout_by", "flights", "regions"),
-                                               ("held_pairing", "seen_first", "joint")])
+                                               ("held_pairing", "seen_first", "joint"),
+                                               ("held_pairing", "seen_first", "seen_on_seen")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""

@@ -7,8 +7,9 @@
 3. The criterion of a candidate, in its own space (`criterion`): the seen flights claim
    satellites one-to-one and the held-out flights are assigned one-to-one to the unclaimed ones
    from half of their images (`held_pairing=seen_first`, the default; `joint`: all flights are
-   assigned together), and each image of the other half, retrieving among *all* satellites,
-   counts as right when it picks its flight's satellite. A space that pairs flights wrongly
+   assigned together; `seen_on_seen`: no seen flight claims a held-out satellite), and each
+   image of the other half, retrieving among *all* satellites, counts as right when it picks
+   its flight's satellite. A space that pairs flights wrongly
    gives the held-out flights the wrong satellites; a space where a flight-wide bias keeps a
    flight's images together but away from its satellite has them pick satellites that other
    flights hold; no image votes for its own pseudo-label.
@@ -64,7 +65,7 @@ class SelectionConfig(FitHeadsSection):
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
                                   "one_se_pool": "all", "held_pairing": "seen_first"}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
-                               "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first")}
+                               "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen")}
 
     def __post_init__(self):
         """Values checked when the recipe is composed, not minutes into a fit."""
