@@ -2,7 +2,7 @@
 entry points are faked (the "GPU index" is a CPU clone of what would be sent to the GPU), so
 what is checked is the plumbing: with a GPU the add goes to the GPU and back, the shard written
 is one the merge takes; without one nothing GPU is called; what the GPU cannot take falls back
-to the CPU with its reason. Real GPU figures: benchmarks/gpu.py (part 7)."""
+to the CPU with its reason. Real GPU figures: benchmarks/gpu.py (part 5b, `--parts faiss_add`)."""
 from __future__ import annotations
 
 import types
