@@ -13,6 +13,8 @@ simulator's labels) and its test R@1. The estimates (all through `criterion.read
   first; the same without their claims on held-out satellites; all flights assigned together), each raw and `- null` (minus the score against 4 reflected
   satellite sets: `select.null_adjust=true`) and `/ null` ((raw - null) / (1 - null): the agreement
   beyond chance as a share of what chance leaves, Cohen's kappa's correction; not a recipe key).
+- `..., held null`: the same pairing, its null turning only the held-out satellites (the seen
+  flights keep their real satellites to compete for: `Rows(null_of="held")`, not a recipe key).
 
 Reported per estimate, over the worlds: the bias per candidate kind (criterion minus the true
 held-out R@1: mean / most pessimistic / most flattering, in points), the Spearman with the true
@@ -36,7 +38,10 @@ from geoalign_store.config import to_plain
 from geoalign_store.method import NULL_TURNS, Rows, SelectionConfig, TrainViews, Turns, holdouts, read, select
 from geoalign_store.sim import LAYERS, generate
 
-PAIRINGS = ("seen_first", "seen_on_seen", "joint")
+# estimate -> (select.held_pairing, which satellites the null turns: all, or the held-out ones only)
+PAIRINGS = {"seen_first": ("seen_first", "all"), "seen_on_seen": ("seen_on_seen", "all"),
+            "joint": ("joint", "all"), "seen_first, held null": ("seen_first", "held"),
+            "joint, held null": ("joint", "held")}
 CORRECTIONS = {"": lambda real, null: real, " - null": lambda real, null: real - null,
                " / null": lambda real, null: (real - null) / max(1.0 - null, 1e-9)}
 
@@ -49,7 +54,7 @@ def measure(family: str, seed: int) -> dict:
     cfg = SelectionConfig.from_config(to_plain(DEFAULT.select))
     split, _ = holdouts(views, cfg, DEFAULT.seed)
     turns = [Turns(DEFAULT.seed, i) for i in range(NULL_TURNS)]
-    rows = {p: Rows(views, split, pairing=p) for p in PAIRINGS}
+    rows = {p: Rows(views, split, pairing=pairing, null_of=null_of) for p, (pairing, null_of) in PAIRINGS.items()}
     out = {}
     for name, heads in select(views, cfg, DEFAULT.seed, None, log=lambda *_: None).fitted.items():
         out[name] = {"held": held_out_r1(heads, views, split.drone, ts["labels"], truth["train_drone_loc"]),
@@ -62,7 +67,10 @@ def measure(family: str, seed: int) -> dict:
 
 def estimates(world: dict) -> dict:
     """{estimate name: {candidate: criterion}}."""
-    return {f"{p}{c}": {n: fix(*row[p]) for n, row in world.items()} for p in PAIRINGS for c, fix in CORRECTIONS.items()}
+    first = next(iter(world.values()))
+    return {f"{p}{c}": {n: fix(*row[p]) for n, row in world.items()}
+            for p in PAIRINGS if p in first for c, fix in CORRECTIONS.items()
+            if not (c == "" and PAIRINGS[p][1] == "held")}   # raw: the same as its pairing's
 
 
 def report(results: dict) -> None:

@@ -67,3 +67,22 @@ def test_turned_similarities_equal_those_of_the_turned_copies(n, dim):
         for sim, turn in zip(got[1:], turns):
             np.testing.assert_allclose(sim, y @ turn(sat).T, atol=2e-4 * np.abs(y @ sat.T).max())
     assert len(SatelliteSets(sat).similarities(sat)) == 1
+
+
+def test_a_null_of_some_satellites_turns_those_alone_as_a_set_of_their_own():
+    """Rows(null_of="held"): the held-out satellites turned along their own axes, the seen ones
+    left real; equal to the similarities with that explicitly assembled set."""
+    rng = np.random.default_rng(5)
+    sat = (rng.standard_normal((40, 30)) + 0.5).astype(np.float32)
+    only = np.array([3, 7, 8, 20, 21, 33, 39])
+    turns = [Turns(2, i) for i in range(2)]
+    y = rng.standard_normal((9, 30)).astype(np.float32)
+    got = SatelliteSets(sat, turns, only).similarities(y)
+    np.testing.assert_array_equal(got[0], y @ sat.T)
+    for sim, turn in zip(got[1:], turns):
+        assembled = sat.copy()
+        assembled[only] = turn(sat[only])
+        np.testing.assert_allclose(sim, y @ assembled.T, atol=2e-4 * np.abs(y @ sat.T).max())
+        rest = np.setdiff1d(np.arange(len(sat)), only)
+        np.testing.assert_array_equal(sim[:, rest], (y @ sat.T)[:, rest])
+        assert np.abs(sim[:, only] - (y @ sat.T)[:, only]).max() > 0.1

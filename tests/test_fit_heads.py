@@ -270,7 +270,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize("key,earlier,other", [("null_adjust", "false", "true"), ("confirm_folds", "0", "4"),
                                                ("holdout_by", "flights", "regions"),
                                                ("held_pairing", "seen_first", "joint"),
-                                               ("held_pairing", "seen_first", "seen_on_seen")])
+                                               ("held_pairing", "seen_first", "seen_on_seen"),
+                                               ("null_of", "all", "held")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -312,11 +313,22 @@ def test_held_pairing_stays_out_of_the_fingerprint_where_only_flights_are_held_o
         fingerprint(_spec(monkeypatch, ["select.held_pairing=seen_first"]))
 
 
+def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_out_satellite(monkeypatch):
+    """select.null_of picks which satellites the null turns: with holdout_by=flights no satellite
+    is held out, with null_adjust=false there is no null; then it changes nothing."""
+    from geoalign_store.config import fingerprint
+    for where in (["select.holdout_by=flights"], ["select.null_adjust=false"]):
+        assert fingerprint(_spec(monkeypatch, where + ["select.null_of=held"])) == \
+            fingerprint(_spec(monkeypatch, where + ["select.null_of=all"]))
+    assert fingerprint(_spec(monkeypatch, ["select.null_of=held"])) != fingerprint(_spec(monkeypatch, []))
+
+
 @pytest.mark.parametrize("override,named", [("select.map_kinds=[ridg]", "select.map_kinds: 'ridg'"),
                                             ("select.confirm_folds=-1", "confirm_folds >= 0"),
                                             ("select.fusion_weights=[1.5]", "select.fusion_weights"),
                                             ("select.holdout_by=locations", "select.holdout_by: 'locations'"),
                                             ("select.held_pairing=both", "select.held_pairing: 'both'"),
+                                            ("select.null_of=seen", "select.null_of: 'seen'"),
                                             ("select.n_maps=[]", "select.n_maps")])
 def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
     """Refused at the start of the stage (the store is not even opened), naming the key."""

@@ -38,7 +38,8 @@ def sim():
 
 
 @pytest.mark.parametrize("estimate", [{}, {"held_pairing": "joint", "null_adjust": False},
-                                      {"held_pairing": "seen_on_seen"}])
+                                      {"held_pairing": "seen_on_seen"}, {"null_of": "held"},
+                                      {"held_pairing": "joint", "null_of": "held"}])
 def test_selection_beats_centring_where_a_map_explains_the_views(sim, estimate):
     """Distorted views of a manifold: the chosen heads beat centring on the test split by far,
     and the criterion (train split only) ranks them above centring too; with the default

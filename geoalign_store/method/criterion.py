@@ -22,7 +22,11 @@ as right there and as wrong in every space that avoids them). Held-out flights o
 measures every candidate against the pairing space's claims, so that a map memorising the pairs
 it was fitted on gains nothing from them. With turns (select.null_adjust) the same score against
 the satellites reflected at random is subtracted: what a space scores beyond the agreement its
-flights' own consistency buys.
+flights' own consistency buys. `select.null_of=held` (held-out locations; not the default)
+reflects the held-out satellites alone: the seen flights keep their real satellites to compete
+for in the null too, so that the null measures what a held-out flight's consistency buys where
+the aligned seen flights still take theirs (reflecting every satellite, an aligned space's seen
+flights no longer hold theirs, and the held-out flights' agreement there is taken for chance).
 
 `Rows` holds what every candidate's space embeds (the satellites, the held-out drones, a sample
 of the seen flights) and what those embeddings share: the candidates share one centring, and a
@@ -52,7 +56,7 @@ class Rows:
     size a held-out part is ~80 MB per entry."""
 
     def __init__(self, views: cand.TrainViews, held, per_flight: int = 8, keep: int = 2,
-                 pairing: str = "seen_first"):
+                 pairing: str = "seen_first", null_of: str = "all"):
         split = held if isinstance(held, Holdout) else flights_only(views, np.asarray(held, bool))
         held = split.drone
         held_rows = np.flatnonzero(held)
@@ -67,6 +71,9 @@ class Rows:
         self.joint = split.of_locations and pairing == "joint"
         # seen_on_seen: a seen flight's claim on a held-out satellite is not made (see `claimed`)
         self.unclaimable = np.flatnonzero(split.sat) if pairing == "seen_on_seen" else np.zeros(0, int)
+        # select.null_of=held (held-out locations only): the null turns the held-out satellites
+        # alone, so that the seen flights keep competing for their real ones
+        self.turned = np.flatnonzero(split.sat) if null_of == "held" and split.of_locations else None
         self.rows = {"held": held_rows, "seen": seen_rows}
         self.groups = {part: views.groups[r] for part, r in self.rows.items()}
         self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
@@ -161,7 +168,7 @@ class Reading:
 
 def read(heads: Heads, rows: Rows, turns: list[Turns] = (), own_claims: bool = False) -> Reading:
     """The `Reading` of the space of `heads` (its satellites turned by each of `turns` too)."""
-    sets = SatelliteSets(rows.embed(heads, "sat"), turns)
+    sets = SatelliteSets(rows.embed(heads, "sat"), turns, rows.turned)
     drone, groups = rows.embed(heads, "held"), rows.groups["held"]
     picks = [sim.argmax(1) for sim in sets.similarities(drone)]
     halves = [(voters, scored, sets.similarities(means)) for means, voters, scored in _halves(drone, groups)]

@@ -58,14 +58,17 @@ class SelectionConfig(FitHeadsSection):
     holdout_by: str
     one_se_pool: str
     held_pairing: str
+    null_of: str
     SECTION: ClassVar[str] = "select"
     # keys added after heads were first saved, at the value that reproduces heads fitted before
     # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
     # recipe's defaults are fit-heads.yaml's.
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
-                                  "one_se_pool": "all", "held_pairing": "seen_first"}
+                                  "one_se_pool": "all", "held_pairing": "seen_first",
+                                  "null_of": "all"}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
-                               "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen")}
+                               "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen"),
+                               "null_of": ("all", "held")}
 
     def __post_init__(self):
         """Values checked when the recipe is composed, not minutes into a fit."""
@@ -200,7 +203,7 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
            log: Callable = print) -> Selection:
     split, folds = holdouts(views, cfg, seed)
     held = split.drone
-    rows = Rows(views, split, pairing=cfg.held_pairing)
+    rows = Rows(views, split, pairing=cfg.held_pairing, null_of=cfg.null_of)
     turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else []
     readings: dict = {}   # id(heads) -> (heads, its Reading, its criterion in its own space)
 
@@ -220,7 +223,8 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     if pick != "centre" and folds and not _trained_once(pick):
         gate = confirm(gate, views, folds,
                        lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                       lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold, pairing=cfg.held_pairing), turns))
+                       lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold, pairing=cfg.held_pairing,
+                                                                          null_of=cfg.null_of), turns))
     chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen

@@ -49,10 +49,11 @@ class SatelliteSets:
     per row where y turn(sat)^T costs n x D (~700 train satellites, up to thousands of
     dimensions)."""
 
-    def __init__(self, sat: np.ndarray, turns: list[Turns] = ()):
-        self.sat, self.flipped = sat, []
+    def __init__(self, sat: np.ndarray, turns: list[Turns] = (), only: np.ndarray | None = None):
+        # only: the satellites turned (their own mean and axes); the others stay as they are
+        self.sat, self.flipped, self.only = sat, [], only
         if turns:
-            self.mean, axes = principal(sat)
+            self.mean, axes = principal(sat if only is None else sat[only])
             self.axes = axes.astype(np.float32)
             flips = [turn.flip(axes.shape[1], sat.shape[1]) for turn in turns]
             self.flipped = [(f, np.ascontiguousarray(self.axes[:, f].T)) for f in flips]
@@ -65,11 +66,15 @@ class SatelliteSets:
         s = y @ self.sat.T
         if not self.flipped:
             return [s]
-        c = (s - (y @ self.mean)[:, None]) @ self.axes
+        part = s if self.only is None else s[:, self.only]
+        c = (part - (y @ self.mean)[:, None]) @ self.axes
         out = [s]
         for flip, axes_t in self.flipped:
             turned = c[:, flip] @ axes_t
             turned *= -2.0        # s - 2 (c_f U_f^T), in place: the same numbers, no temporaries
-            turned += s
+            turned += part
+            if self.only is not None:
+                turned, whole = s.copy(), turned
+                turned[:, self.only] = whole
             out.append(turned)
         return out
