@@ -36,7 +36,7 @@ from ..config import file_sha256
 from .. import store as st
 from .coarse_kmeans import two_level_centroids
 from .gpu_add import GpuAdder, GpuAddError
-from .index import save_index
+from .index import gpu_flat_l2, save_index
 from .ivf_rule import factory_string, train_size
 
 KMEANS_NITER = 10          # coarse k-means iterations (FAISS's default is 25; autofaiss uses 10-25)
@@ -119,14 +119,13 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
     # the rule (ivf_rule) already sized the codebooks to the sample; FAISS's "at least 39 points
     # a centroid" warnings would only repeat it for galleries of a few hundred
     inner.cp.min_points_per_centroid = pq_index.pq.cp.min_points_per_centroid = 1
-    resources = faiss.StandardGpuResources() if gpu is not None else None
-    # k-means assignment on the GPU (faiss-gpu); the index stays on the CPU. Held here: the
-    # IVF's pointer does not keep the GPU index alive
-    clustering = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(p["d_out"])) if gpu is not None else None
+    # k-means assignment on the GPU (faiss-gpu; index.py's resources of that GPU); the index
+    # stays on the CPU. Held here: the IVF's pointer does not keep the GPU index alive
+    clustering = gpu_flat_l2(p["d_out"], gpu) if gpu is not None else None
     if clustering is not None:
         inner.clustering_index = clustering
     if p.get("kmeans") == "two_level":  # a quantizer holding nlist centroids: train() skips k-means
-        centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu is not None)
+        centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu)
         inner.quantizer.train(centroids)
         inner.quantizer.add(centroids)
         lap("two_level_kmeans_s")
