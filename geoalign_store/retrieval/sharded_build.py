@@ -181,7 +181,7 @@ def _trained(folder: Path, gallery, params: dict, seed: int, gpu, parts: dict) -
                             "written); it was removed with the shards made from it: rerun the same "
                             "command to rebuild it")
     t0 = time.perf_counter()
-    save_index(sh.train(gallery, params, seed, gpu, parts), path)
+    save_index(sh.train(gallery, params, seed, gpu, parts, scratch=folder), path)
     st.write_json(folder / "build.json", {**build, "trained_sha256": file_sha256(path)})
     return round(time.perf_counter() - t0, 3)
 
@@ -277,7 +277,7 @@ def shard_task(source: dict, start: int, stop: int, threads: int | None = None) 
     return sh.add_shard(Path(source["folder"]), start, stop, _WORKER_GALLERIES[key], gpu)
 
 
-def _row_chunks(selection, chunk: int = 1 << 20):
+def _row_chunks(selection, chunk: int = 1 << 18):
     for start in range(0, len(selection), chunk):
         yield selection[start:start + chunk]
 
