@@ -156,3 +156,39 @@ def test_the_driver_holds_nothing_a_gallery_row_long(tmp_path):
     _retained_by_the_driver(small)              # (first imports and caches)
     grew = _retained_by_the_driver(large) - _retained_by_the_driver(small)
     assert grew < 28000, f"{grew} B more for 28,000 more tiles"
+
+
+@pytest.mark.parametrize("protocol", ["official", "query_locations"])
+def test_goods_counted_a_chunk_at_a_time_are_the_whole_gallerys(tmp_path, monkeypatch, protocol):
+    """score index=ivfpq counts each query's goods without the gallery's labels whole: equal to
+    metrics.good_counts of the labels read whole (junk and queries without goods included)."""
+    from geoalign_store.retrieval import good_counts, streamed_good_counts
+    monkeypatch.setattr(selections, "STEP_ROWS", 64)
+    store = _flagged_store(tmp_path / "s.zarr")
+    for mode in ("D2S", "S2D"):
+        root, _, _, sets = open_direction(compose("score", [f"store={store}", f"mode={mode}",
+                                                            f"gallery_protocol={protocol}"]))
+        for ds, (_, query, gallery) in zip(sets, _eager_sets(root, mode, protocol)):
+            labels = np.append(query.labels, [-1, 10 ** 6])          # junk and a label no item has
+            expected = good_counts(labels, gallery.labels)
+            np.testing.assert_array_equal(streamed_good_counts(labels, ds.gallery, chunk=50), expected)
+            np.testing.assert_array_equal(streamed_good_counts(labels, gallery), expected)
+            assert expected[-2:].tolist() == [0, 0] and expected.max() > 0
+
+
+def test_score_on_the_sharded_index_reads_no_gallery_array_whole(tmp_path, monkeypatch):
+    """index and score index=ivfpq (pictures off, no coordinates) never read the gallery's rows,
+    names or labels whole: labels of the retrieved rows and the goods counted in chunks; the
+    figures are the exact score's (a 35-item gallery: the re-ranked index is exact), and the
+    top-k names written are the exact score's."""
+    from geoalign_store.retrieval import StoredSide
+    from pipelines import index, score
+    store = write_plain_store(tmp_path / "s.zarr", noise=0.3)
+    exact = score.run(compose("score", [f"store={store}", "pictures=0"]))
+    monkeypatch.setattr(StoredSide, "_read_whole", lambda self, name: pytest.fail(f"read the gallery's {name} whole"))
+    index.run(compose("index", [f"store={store}", "index=ivfpq"]))
+    approx = score.run(compose("score", [f"store={store}", "index=ivfpq", "pictures=0"]))
+    assert approx["approximate"] and approx["recall"] == exact["recall"] and approx["ap"] == exact["ap"]
+    tops = [zarr.open_group(str(store), mode="r")[f"scores/{name}/D2S/all/topk_ids"][:]
+            for name in ("mine-none", "mine-none-ivfpq")]
+    assert (tops[0][:, :1] == tops[1][:, :1]).all()

@@ -131,6 +131,23 @@ def direction_sets(root, dataset: str, mode: str, protocol: str = "official") ->
     return sets
 
 
+def streamed_good_counts(query_labels: np.ndarray, gallery, chunk: int = 1 << 18) -> np.ndarray:
+    """metrics.good_counts(query_labels, gallery.labels): each query's number of gallery items of
+    its label (junk, -1, never good), the gallery's labels read a chunk at a time (a side or a
+    StoredSide), never whole."""
+    query_labels = np.asarray(query_labels, np.int64)
+    wanted = np.unique(query_labels[query_labels != -1])
+    counts = np.zeros(len(wanted), np.int64)
+    for start in range(0, len(gallery) if len(wanted) else 0, chunk):   # (no goods to count: none)
+        labels = gallery.labels_at(np.arange(start, min(start + chunk, len(gallery))))
+        at = np.clip(np.searchsorted(wanted, labels), 0, len(wanted) - 1)
+        counts += np.bincount(at[wanted[at] == labels], minlength=len(wanted))
+    if not len(wanted):
+        return np.zeros(len(query_labels), np.int64)
+    at = np.clip(np.searchsorted(wanted, query_labels), 0, len(wanted) - 1)
+    return np.where(wanted[at] == query_labels, counts[at], 0)   # (-1 is not wanted: 0)
+
+
 def raw_embedding(layer_desc: dict[int, np.ndarray], view: str) -> np.ndarray:
     """`heads=none`: each layer's descriptor L2-normalised, concatenated, L2-normalised."""
     parts = [layer_desc[k] for k in sorted(layer_desc)]
