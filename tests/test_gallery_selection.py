@@ -192,3 +192,18 @@ def test_score_on_the_sharded_index_reads_no_gallery_array_whole(tmp_path, monke
     tops = [zarr.open_group(str(store), mode="r")[f"scores/{name}/D2S/all/topk_ids"][:]
             for name in ("mine-none", "mine-none-ivfpq")]
     assert (tops[0][:, :1] == tops[1][:, :1]).all()
+
+
+@pytest.mark.parametrize("mode", ["D2S", "S2D"])
+def test_a_workers_gallery_side_is_the_direction_sets_without_the_query_view(tmp_path, monkeypatch, mode):
+    from geoalign_store.retrieval.embeddings import gallery_side
+    store = _flagged_store(tmp_path / "s.zarr")
+    root = st.open_store(str(store), mode="r")
+    sets = direction_sets(root, "mine", mode)
+    monkeypatch.setattr(st, "read_view", lambda *a: pytest.fail("read a view whole"))
+    for ds in sets:
+        side = gallery_side(root, "mine", mode, ds.subset)
+        assert side.view == ds.gallery.view
+        np.testing.assert_array_equal(np.asarray(side.selection), np.asarray(ds.gallery.selection))
+    with pytest.raises(st.StoreError, match="has no subset 'altitude=999'"):
+        gallery_side(root, "mine", "S2D", "altitude=999")

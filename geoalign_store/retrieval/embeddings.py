@@ -148,6 +148,19 @@ def streamed_good_counts(query_labels: np.ndarray, gallery, chunk: int = 1 << 18
     return np.where(wanted[at] == query_labels, counts[at], 0)   # (-1 is not wanted: 0)
 
 
+def gallery_side(root, dataset: str, mode: str, subset: str) -> StoredSide:
+    """The gallery of `mode`'s `subset` (a direction set's name) alone, as direction_sets gives
+    it, without reading the query view (a worker of an index build: S2D's queries are the
+    satellite view, a map's every tile)."""
+    g_view, keep = MODES[mode][1], None
+    if g_view == "drone" and subset != "all":
+        heights = st.extra_values(root, dataset, "test", "drone", "altitude")
+        keep = next((("altitude", h) for h in ([] if heights is None else heights) if f"altitude={int(h)}" == subset), None)
+        if keep is None:
+            raise st.StoreError(f"{mode} of {dataset} has no subset {subset!r} (its drone view's altitudes changed)")
+    return StoredSide(g_view, st.view_selection(root, dataset, "test", g_view, "in_gallery", keep))
+
+
 def raw_embedding(layer_desc: dict[int, np.ndarray], view: str) -> np.ndarray:
     """`heads=none`: each layer's descriptor L2-normalised, concatenated, L2-normalised."""
     parts = [layer_desc[k] for k in sorted(layer_desc)]

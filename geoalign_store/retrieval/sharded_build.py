@@ -26,7 +26,7 @@ from ..config import file_sha256, fingerprint, to_plain
 from . import shard_integrity as integrity
 from . import sharded as sh
 from .embedder import embedder_inputs, gallery_fingerprint, resolve_embedder, side_embeddings
-from .embeddings import direction_sets
+from .embeddings import DirectionSet, gallery_side
 from ..features import dask_client, local_worker_devices, local_workers
 from .index import gpu_available, gpu_for, save_index
 from .ivf_rule import build_params, choose_ivfpq, factory_string
@@ -291,8 +291,8 @@ def worker_gallery(source: dict):
     request = OmegaConf.create({k: source[k] for k in ("heads", "fusion", "fusion_weight", "layers")}
                                | {"store": source["store"]})
     embedder = resolve_embedder(root, request, source["dataset"])
-    ds = next((d for d in direction_sets(root, source["dataset"], source["mode"]) if d.subset == source["subset"]), None)
-    if ds is None or gallery_fingerprint(embedder, ds) != source["embeddings"]:
+    gallery = gallery_side(root, source["dataset"], source["mode"], source["subset"])
+    if gallery_fingerprint(embedder, DirectionSet(source["mode"], source["subset"], None, gallery)) != source["embeddings"]:
         raise RuntimeError(f"the store changed under the build of {source['folder']}: a worker's "
                            "gallery embeddings are not the ones the build is for")
-    return side_embeddings(root, source["dataset"], embedder, ds.gallery)
+    return side_embeddings(root, source["dataset"], embedder, gallery)
