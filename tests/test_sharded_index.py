@@ -353,3 +353,27 @@ def test_the_sample_is_read_once_and_is_the_one_two_reads_gave(tmp_path, monkeyp
     for field in ("A", "b"):                                                # the same reduction
         np.testing.assert_array_equal(faiss.vector_to_array(getattr(vt, field)), faiss.vector_to_array(getattr(old, field)))
     assert list(tmp_path.iterdir()) == [store]                              # the spill file is gone
+
+
+@pytest.mark.parametrize("n, size, before", [(20_000, 401, 0), (20_000, 5_000, 1), (100_000, 30_000, 2),
+                                             (1_000_000, 163_840, 0), (10_001, 10_000, 1), (60_000, 59_999, 3),
+                                             (1 << 20, 40_000, 2), (5_000, 4_000, 0)])
+def test_the_seeded_draw_is_numpys_without_an_array_the_gallery_long(n, size, before, monkeypatch):
+    """choice_without_replacement (its swaps always used here) gives rng.choice(n, size,
+    replace=False)'s rows in its order and leaves the generator in its state (a buffered 32-bit
+    half included: `before` odd), so sample_rows draws what it drew; numpy's own call is taken
+    where its arange(n) is the smaller (1e6: yes; 6e7, the rule's 1.3M-row sample: no)."""
+    from geoalign_store.retrieval import seeded_draw
+    from geoalign_store.retrieval.ivf_rule import train_size
+    monkeypatch.setattr(seeded_draw, "SWAP_BYTES", 0)
+    numpy_rng, ours = np.random.default_rng(before), np.random.default_rng(before)
+    for rng in (numpy_rng, ours):
+        rng.random(before)
+        if before % 2:
+            rng.random(dtype=np.float32)            # leaves half of a 64-bit draw buffered
+    np.testing.assert_array_equal(seeded_draw.choice_without_replacement(ours, n, size),
+                                  numpy_rng.choice(n, size, replace=False))
+    assert ours.bit_generator.state == numpy_rng.bit_generator.state and ours.random() == numpy_rng.random()
+    monkeypatch.undo()
+    swaps = lambda n: 8 * n > seeded_draw.SWAP_BYTES * train_size(n, choose_ivfpq(n, 768))  # noqa: E731
+    assert not swaps(1_000_000) and swaps(60_000_000)

@@ -39,6 +39,7 @@ from .coarse_kmeans import two_level_centroids
 from .gpu_add import GpuAdder, GpuAddError
 from .index import gpu_flat_l2, save_index
 from .ivf_rule import factory_string, train_size
+from .seeded_draw import choice_without_replacement
 
 KMEANS_NITER = 10          # coarse k-means iterations (FAISS's default is 25; autofaiss uses 10-25)
 REDUCTION_TRAIN = 65536    # rows the OPQ / PCA is trained on (OPQ's own cap is 256 x 256)
@@ -180,13 +181,13 @@ def sample_rows(n: int, size: int, unit: int, rng) -> np.ndarray:
     n_chunks = -(-n // unit) if unit else 0
     need = -(-size * SAMPLE_CHUNK_SHARE // unit) if unit else n_chunks
     if need >= n_chunks:
-        return np.sort(rng.choice(n, size, replace=False))
+        return np.sort(choice_without_replacement(rng, n, size))   # (numpy's draw, no arange(n))
     picked = np.sort(rng.choice(n_chunks, need, replace=False))
     starts = picked * unit
     pool = (starts[:, None] + np.arange(unit)).ravel()
     pool = pool[pool < n]
     if len(pool) < size:   # the short last chunk was among few
-        return np.sort(rng.choice(n, size, replace=False))
+        return np.sort(choice_without_replacement(rng, n, size))   # (numpy's draw, no arange(n))
     return np.sort(rng.choice(pool, size, replace=False))
 
 
