@@ -22,26 +22,30 @@ from geoalign_store import store as st
 from geoalign_store.config import to_plain
 from geoalign_store.features import device_name
 from geoalign_store.report import console, draw_retrievals, pooled_metrics, write_report
-from geoalign_store.retrieval import (IN_MEMORY_BYTES, embedder_inputs, good_counts, metrics_from_ranks,
+from geoalign_store.retrieval import (IN_MEMORY_BYTES, embedder_inputs, metrics_from_ranks,
                                       footprint_goods, map_distance_metrics, open_direction,
                                       pool_distance_metrics, recall_1pct_index,
                                       score_retrieval, score_streamed_queries, side_embeddings,
+                                      streamed_good_counts,
                                       top1_distance_metrics)
 
 SCHEMA_VERSION = 1
 
 
-def ann_metrics(index, queries: np.ndarray, q_labels, g_labels, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics from an approximate index's top-k lists (junk dropped, unfound goods ranked last)."""
+def ann_metrics(index, queries: np.ndarray, q_labels, gallery, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics from an approximate index's top-k lists (junk dropped, unfound goods ranked last).
+    `gallery`: the direction's gallery side; only the labels of the rows the index returned are
+    read, and each query's number of goods is counted a chunk of the gallery at a time."""
     from geoalign_store.retrieval import search  # faiss: loaded only for approximate indices
-    n_gal = len(g_labels)
+    n_gal = len(gallery)
     scores, ids = search(index, queries, min(n_gal, max(k, recall_1pct_index(n_gal) + 1, 10)))
     found = ids >= 0
-    labels = np.where(found, g_labels[np.maximum(ids, 0)], -1)
+    labels = np.full(ids.shape, -1, np.int64)
+    labels[found] = gallery.labels_at(ids[found])
     kept = found & (labels != -1)
     position = np.cumsum(kept, axis=1) - 1                     # rank among non-junk results
     good = kept & (labels == q_labels[:, None])
-    n_good = good_counts(q_labels, g_labels)
+    n_good = streamed_good_counts(q_labels, gallery)
     slots = max(int(n_good.max(initial=0)), 1)
     ranks = np.sort(np.where(good, position, np.iinfo(np.int64).max), axis=1)[:, :slots]
     ranks = np.pad(ranks, ((0, 0), (0, slots - ranks.shape[1])), constant_values=np.iinfo(np.int64).max)
@@ -60,7 +64,7 @@ def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.
     if cfg.index != "flat":
         from geoalign_store.retrieval import ensure_index
         index, _ = ensure_index(cfg, root, dataset, embedder, ds, device)
-        metrics, top_i, top_s = ann_metrics(index, queries.materialise(), ds.query.labels, ds.gallery.labels, k)
+        metrics, top_i, top_s = ann_metrics(index, queries.materialise(), ds.query.labels, ds.gallery, k)
         return {**metrics, "approximate": True}, top_i, top_s
     g_bytes = gallery.shape[0] * gallery.shape[1] * 4
     if g_bytes <= min(IN_MEMORY_BYTES, queries.shape[0] * queries.shape[1] * 4):
@@ -72,6 +76,14 @@ def score_set(cfg, root, dataset, embedder, ds, device="cpu") -> tuple[dict, np.
         res = score_retrieval(queries.materialise(), gallery, ds.query.labels, ds.gallery.labels,
                               topk=k, device=device, goods=goods)
     return {**res.metrics, "approximate": False}, res.topk_indices, res.topk_scores
+
+
+def retrieved_names(gallery, top_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(names of the gallery items in top_i, top_i as positions in those names; -1 kept): the
+    names of the rows retrieved, not of the whole gallery."""
+    shown = np.unique(top_i[top_i >= 0])
+    at = np.where(top_i >= 0, np.searchsorted(shown, np.maximum(top_i, 0)), -1)
+    return gallery.ids_at(shown), at
 
 
 def map_goods(root, dataset, ds, cfg):
@@ -131,7 +143,7 @@ def run(cfg) -> dict:
         # extra keys beside the schema, only when the store has coordinates: Dis@1, within 25/50/100 m
         subsets[ds.subset] = {**metrics, **distance_figures(root, dataset, ds, top_i)}
         st.write_topk(root, f"scores/{name}/{mode}/{ds.subset.replace('=', '')}",
-                      ds.query.ids, ds.gallery.ids, top_i, top_s)
+                      ds.query.ids, *retrieved_names(ds.gallery, top_i), top_s)
         if cfg.pictures and goods_rule(root, dataset) == "labels":  # a map: locate draws the map
             pictures.append(draw_retrievals(cfg, root, dataset, ds, top_i, folder, top_s=top_s))
     head = {"schema_version": SCHEMA_VERSION, "dataset": dataset, "mode": mode,

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from geoalign_store.config import compose
 from geoalign_store.retrieval import choose_ivfpq, load_merged, plan_shards, save_index, search
 from geoalign_store.retrieval import gpu_add
+from geoalign_store.retrieval import index as fx
 from geoalign_store.retrieval import sharded as sh
 from geoalign_store.retrieval import sharded_build
 from pipelines.cli import app
@@ -27,7 +28,7 @@ class FakeGpu:
 
     def __init__(self, monkeypatch, fail_add: bool = False):
         self.calls, self.fail_add = [], fail_add
-        monkeypatch.setattr(gpu_add, "_RESOURCES", {})
+        monkeypatch.setattr(fx, "_GPU_RESOURCES", {})
         monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
         monkeypatch.setattr(faiss, "StandardGpuResources", lambda: self._record("resources", None), raising=False)
         monkeypatch.setattr(faiss, "GpuClonerOptions", types.SimpleNamespace, raising=False)
@@ -157,8 +158,30 @@ def test_the_stage_on_a_gpu_trains_and_adds_there(tmp_path, monkeypatch):
     said = CliRunner().invoke(app, ["index", f"store={there}", "index=ivfpq", "shard_rows=4000", "device=cuda"])
     assert said.exit_code == 0 and "shards added: 3 on cuda:0" in said.output, said.output
     assert [s["index"] for s in fake.named("to_gpu")] == ["IndexFlatL2"] + ["IndexIVFPQ"] * 3   # k-means, shards
+    assert len(fake.named("resources")) == 1   # one StandardGpuResources for the k-means and every add
     a, b = load_merged(here / FOLDER, 16), load_merged(there / FOLDER, 16)
     assert inverted_lists(a.index) == inverted_lists(b.index)
+
+
+def test_one_gpu_resources_a_gpu_for_search_training_and_adds(tmp_path, monkeypatch):
+    """index.py owns faiss's GPU resources: the two-level k-means (each of its k-means), the
+    shards' adds and a search's index on GPU g all use the one StandardGpuResources of g; a
+    second GPU gets one of its own. The two-level centroids are those the CPU's k-means gives
+    (the fake GPU searches with faiss's CPU code)."""
+    from geoalign_store.retrieval import two_level_centroids
+    x = _gallery()
+    p = choose_ivfpq(len(x), 48, {"nlist": 64, "kmeans": "two_level", "d_out": 32})
+    cpu_centroids = two_level_centroids(x, 64, 10, 0)
+    fake = FakeGpu(monkeypatch)
+    np.testing.assert_array_equal(two_level_centroids(x, 64, 10, 0, gpu=0), cpu_centroids)
+    flat = len(fake.named("to_gpu"))
+    assert flat == 1 + 8 and all(s["index"] == "IndexFlatL2" for s in fake.named("to_gpu"))   # coarse + 8 fine
+    plan = _trained(tmp_path, x, p)
+    [sh.add_shard(tmp_path, a, b, x, 0) for a, b in plan]
+    fx.to_device(faiss.IndexFlatIP(48), use_gpu=True, gpu_id=0)
+    sh.add_shard(tmp_path, *plan[0], x, 1)
+    assert [s["device"] for s in fake.named("to_gpu")[flat:]] == [0] * len(plan) + [0, 1]
+    assert len(fake.named("resources")) == 2 and sorted(fx._GPU_RESOURCES) == [0, 1]
 
 
 @pytest.mark.parametrize("why, given, fail_add", [

@@ -313,3 +313,67 @@ def test_training_sample_reads_few_chunks_and_is_a_seeded_set_of_rows(n, size, u
     np.testing.assert_array_equal(rows, sh.sample_rows(n, size, unit, np.random.default_rng(3)))
     if unit and -(-4 * size // unit) < -(-n // unit):      # fewer chunks than the gallery's suffice
         assert len(np.unique(rows // unit)) <= -(-4 * size // unit)
+
+
+class _CountedReads:
+    """A gallery (StoredEmbeddings) whose reads are counted row by row."""
+
+    def __init__(self, gallery):
+        self.gallery, self.shape, self.read = gallery, gallery.shape, []
+
+    def __getitem__(self, key):
+        self.read.append(np.atleast_1d(np.arange(self.shape[0])[key]))
+        return self.gallery[key]
+
+
+@pytest.mark.parametrize("reduce", ["pca", "opq"])
+def test_the_sample_is_read_once_and_is_the_one_two_reads_gave(tmp_path, monkeypatch, reduce):
+    """The reduction's rows and the k-means sample come from one read of the gallery (spilled to
+    a scratch file and read back), not two; the reduction and the reduced sample are bitwise those
+    of training the reduction on gallery[sub] and reducing gallery[rows] as read (the old path),
+    so an index trained from the same seeded rows is the same index."""
+    from geoalign_store.retrieval import open_direction, side_embeddings
+    monkeypatch.setattr(sh, "READ_ROWS", 1000)       # several chunks at this size
+    store = _big_store(tmp_path / "s.zarr")
+    root, dataset, embedder, sets = open_direction(compose("index", [f"store={store}"]))
+    gallery = _CountedReads(side_embeddings(root, dataset, embedder, sets[0].gallery))
+    d, rng = gallery.shape[1], np.random.default_rng(5)
+    rows = np.sort(rng.choice(gallery.shape[0], 4500, replace=False))
+    sub = np.sort(rng.choice(rows, 1200, replace=False))
+    make = {"pca": lambda: faiss.PCAMatrix(d, 16, 0, True), "opq": lambda: faiss.OPQMatrix(d, 4, 16)}[reduce]
+    vt = make()
+    sample = sh.reduced_sample(gallery, rows, vt, sub, 16, tmp_path)
+    read = np.concatenate(gallery.read)
+    np.testing.assert_array_equal(np.sort(read), rows)                      # each sampled row once
+    old = make()
+    old.train(np.ascontiguousarray(gallery.gallery[sub]))
+    expected = np.concatenate([old.apply(np.ascontiguousarray(gallery.gallery[rows[a:a + 1000]]))
+                               for a in range(0, len(rows), 1000)])
+    np.testing.assert_array_equal(sample, expected)
+    for field in ("A", "b"):                                                # the same reduction
+        np.testing.assert_array_equal(faiss.vector_to_array(getattr(vt, field)), faiss.vector_to_array(getattr(old, field)))
+    assert list(tmp_path.iterdir()) == [store]                              # the spill file is gone
+
+
+@pytest.mark.parametrize("n, size, before", [(20_000, 401, 0), (20_000, 5_000, 1), (100_000, 30_000, 2),
+                                             (1_000_000, 163_840, 0), (10_001, 10_000, 1), (60_000, 59_999, 3),
+                                             (1 << 20, 40_000, 2), (5_000, 4_000, 0)])
+def test_the_seeded_draw_is_numpys_without_an_array_the_gallery_long(n, size, before, monkeypatch):
+    """choice_without_replacement (its swaps always used here) gives rng.choice(n, size,
+    replace=False)'s rows in its order and leaves the generator in its state (a buffered 32-bit
+    half included: `before` odd), so sample_rows draws what it drew; numpy's own call is taken
+    where its arange(n) is the smaller (1e6: yes; 6e7, the rule's 1.3M-row sample: no)."""
+    from geoalign_store.retrieval import seeded_draw
+    from geoalign_store.retrieval.ivf_rule import train_size
+    monkeypatch.setattr(seeded_draw, "SWAP_BYTES", 0)
+    numpy_rng, ours = np.random.default_rng(before), np.random.default_rng(before)
+    for rng in (numpy_rng, ours):
+        rng.random(before)
+        if before % 2:
+            rng.random(dtype=np.float32)            # leaves half of a 64-bit draw buffered
+    np.testing.assert_array_equal(seeded_draw.choice_without_replacement(ours, n, size),
+                                  numpy_rng.choice(n, size, replace=False))
+    assert ours.bit_generator.state == numpy_rng.bit_generator.state and ours.random() == numpy_rng.random()
+    monkeypatch.undo()
+    swaps = lambda n: 8 * n > seeded_draw.SWAP_BYTES * train_size(n, choose_ivfpq(n, 768))  # noqa: E731
+    assert not swaps(1_000_000) and swaps(60_000_000)

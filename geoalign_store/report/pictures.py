@@ -29,10 +29,13 @@ def draw_retrievals(cfg, root, dataset, ds, top_i, folder: Path, k: int = 5, siz
     sheet = Image.new("RGB", (max((k + 1) * (size + 8) + 8, 6 * len(LEGEND) + 16), top + len(picks) * row_h + 8), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 6), f"{dataset} {ds.mode} {ds.subset}: " + LEGEND, fill="black")
+    shown = np.maximum(top_i[picks, :k], 0)   # the names and labels of the rows drawn, no others
+    names = ds.gallery.ids_at(shown.ravel()).reshape(shown.shape)
+    labels = ds.gallery.labels_at(shown.ravel()).reshape(shown.shape)
     for r, q in enumerate(picks):
         cells = [(ds.query.ids[q], None, [str(ds.query.ids[q]).split("/")[-2:][0][:15], "query"])] + [
-            (ds.gallery.ids[g], ds.gallery.labels[g] == ds.query.labels[q],
-             [f"#{rank + 1} {str(ds.gallery.ids[g]).split('/')[-2:][0][:12]}",
+            (names[r, rank], labels[r, rank] == ds.query.labels[q],
+             [f"#{rank + 1} {str(names[r, rank]).split('/')[-2:][0][:12]}",
               f"{float(top_s[q, rank]):.3f}" if top_s is not None else ""])
             for rank, g in enumerate(top_i[q, :k]) if g >= 0]
         for c, (image_id, correct, caption) in enumerate(cells):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from .index import gpu_flat_l2
+
 COARSE_MAX_POINTS = 2000   # faiss contrib's first level: sample at most 2,000 points a centroid
 
 
@@ -34,12 +36,13 @@ def split_counts(sizes: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
-def two_level_centroids(sample: np.ndarray, nlist: int, niter: int, seed: int, gpu: bool = False) -> np.ndarray:
-    """(nlist, d) float32 centroids of `sample` (float32, C-contiguous, >= nlist rows)."""
+def two_level_centroids(sample: np.ndarray, nlist: int, niter: int, seed: int, gpu: int | None = None) -> np.ndarray:
+    """(nlist, d) float32 centroids of `sample` (float32, C-contiguous, >= nlist rows); each
+    k-means's assignment on GPU `gpu` when given (index.py's resources of that GPU)."""
     d = sample.shape[1]
-    options = {"niter": niter, "min_points_per_centroid": 1, "gpu": bool(gpu)}
+    options = {"niter": niter, "min_points_per_centroid": 1}
     n_coarse = max(1, int(np.sqrt(nlist)))
-    coarse = faiss.Kmeans(d, n_coarse, seed=seed, max_points_per_centroid=COARSE_MAX_POINTS, **options)
+    coarse = _on_gpu(faiss.Kmeans(d, n_coarse, seed=seed, max_points_per_centroid=COARSE_MAX_POINTS, **options), gpu)
     coarse.train(sample)
     assign = coarse.index.search(sample, 1)[1].ravel()
     sizes = np.bincount(assign, minlength=n_coarse)
@@ -48,7 +51,16 @@ def two_level_centroids(sample: np.ndarray, nlist: int, niter: int, seed: int, g
     starts = np.concatenate([[0], np.cumsum(sizes)])
     parts = []
     for c in np.flatnonzero(counts):   # one k-means per coarse cluster (sqrt(nlist) of them)
-        fine = faiss.Kmeans(d, int(counts[c]), seed=seed + 1 + int(c), **options)
+        fine = _on_gpu(faiss.Kmeans(d, int(counts[c]), seed=seed + 1 + int(c), **options), gpu)
         fine.train(np.ascontiguousarray(sample[order[starts[c]:starts[c + 1]]]))
         parts.append(fine.centroids)
     return np.ascontiguousarray(np.vstack(parts), np.float32)
+
+
+def _on_gpu(kmeans, gpu: int | None):
+    """`kmeans` searching its centroids on GPU `gpu` (None: as made, on the CPU). Not faiss's
+    Kmeans(gpu=True): that clones to every GPU with resources of its own, a second owner of
+    each GPU's scratch memory beside index.py's."""
+    if gpu is not None:
+        kmeans.index = gpu_flat_l2(kmeans.d, gpu)
+    return kmeans

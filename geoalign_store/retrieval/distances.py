@@ -54,7 +54,7 @@ def top1_distance_metrics(root, dataset: str, ds, top_i: np.ndarray) -> dict | N
     if q is None or g is None or top_i.shape[1] == 0:
         return None
     first = top_i[:, 0]
-    predicted = np.where(first[:, None] >= 0, g[ds.gallery.rows[np.maximum(first, 0)]], np.nan)
+    predicted = np.where(first[:, None] >= 0, g[ds.gallery.selection[np.maximum(first, 0)]], np.nan)
     return distance_metrics(predicted, q[ds.query.rows])
 
 

@@ -146,12 +146,14 @@ def side_embeddings(root, dataset: str, embedder: Embedder, side) -> StoredEmbed
 
 def gallery_fingerprint(embedder: Embedder, ds: DirectionSet) -> str:
     return fingerprint({**embedder.spec, "view": ds.gallery.view, "subset": ds.subset,
-                        "rows": rows_fingerprint(ds.gallery.rows)})
+                        "rows": rows_fingerprint(ds.gallery.selection)})
 
 
-def rows_fingerprint(rows: np.ndarray, chunk: int = 1 << 20) -> str:
+def rows_fingerprint(rows, chunk: int = 1 << 18) -> str:
     """fingerprint(rows.tolist()) (the sha256 of the JSON list "[0,1,...]"), hashed chunk by chunk:
-    the whole list's text took 300 MB at 1e7 rows."""
+    the whole list's text took 300 MB at 1e7 rows, a chunk of 2^20 rows 100 MB. `rows`: an
+    array, or a side's selection (store.RowSelection: its rows read a chunk at a time from the
+    store, never held whole)."""
     digest = hashlib.sha256(b"[")
     for start in range(0, len(rows), chunk):
         part = ",".join(map(str, rows[start:start + chunk].tolist()))

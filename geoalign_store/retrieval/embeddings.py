@@ -28,13 +28,71 @@ class Side:
     ids: np.ndarray
     labels: np.ndarray
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def selection(self) -> np.ndarray:
+        """Position -> view row (what StoredEmbeddings and the fingerprints index)."""
+        return self.rows
+
+    def labels_at(self, positions) -> np.ndarray:
+        return self.labels[positions]
+
+    def ids_at(self, positions) -> np.ndarray:
+        return self.ids[positions]
+
+
+class StoredSide:
+    """A side as its rows' selection in the store (store.RowSelection), not as arrays: a gallery
+    of millions in the driver of an index build, which needs none of its rows, names or labels
+    (issue 23). `labels_at` / `ids_at` read the positions asked (an approximate index's answers);
+    `.rows`, `.ids`, `.labels` read them whole on first use and keep them (the exact score and
+    the pictures need them all). `junk_unless`: labels outside it read as -1 (query_locations)."""
+
+    def __init__(self, view: str, selection, junk_unless: np.ndarray | None = None):
+        self.view, self.selection, self.junk_unless = view, selection, junk_unless
+        self._whole: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.selection)
+
+    def _read_whole(self, name: str) -> np.ndarray:
+        if name not in self._whole:
+            every = np.arange(len(self.selection))
+            self._whole[name] = {"rows": lambda: np.asarray(self.selection), "ids": lambda: self.ids_at(every),
+                                 "labels": lambda: self.labels_at(every)}[name]()
+        return self._whole[name]
+
+    rows = property(lambda self: self._read_whole("rows"))
+    ids = property(lambda self: self._read_whole("ids"))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._read_whole("labels")
+
+    @labels.setter
+    def labels(self, value: np.ndarray) -> None:
+        self._whole["labels"] = value
+
+    def labels_at(self, positions) -> np.ndarray:
+        if "labels" in self._whole:
+            return self._whole["labels"][positions]
+        labels = self.selection.values("labels", positions).astype(np.int64)
+        if self.junk_unless is not None:
+            labels = np.where(np.isin(labels, self.junk_unless), labels, -1)
+        return labels
+
+    def ids_at(self, positions) -> np.ndarray:
+        return self._whole["ids"][positions] if "ids" in self._whole else self.selection.values("ids", positions)
+
 
 @dataclass
 class DirectionSet:
     mode: str
     subset: str               # "all", or e.g. "altitude=150"
     query: Side
-    gallery: Side
+    gallery: Side | StoredSide
 
 
 def _side(meta: dict, view: str, flag: str, keep: np.ndarray | None = None) -> Side:
@@ -46,26 +104,61 @@ def _side(meta: dict, view: str, flag: str, keep: np.ndarray | None = None) -> S
 
 
 def direction_sets(root, dataset: str, mode: str, protocol: str = "official") -> list[DirectionSet]:
+    """The direction's query and gallery sides, per altitude where the drone view has one. The
+    queries are read whole (they are embedded and searched whole); the gallery is a StoredSide:
+    nothing a gallery row long is held until asked for."""
     if mode not in MODES:
         raise st.StoreError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if protocol not in PROTOCOLS:
         raise st.StoreError(f"unknown gallery_protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     q_view, g_view = MODES[mode]
-    meta = {v: st.read_view(root, dataset, "test", v) for v in (q_view, g_view)}
-    altitude = meta["drone"]["extra"].get("altitude")
-    subsets = [("all", None)] if altitude is None else [
-        (f"altitude={int(h)}", altitude == h) for h in np.unique(altitude)]
+    meta = st.read_view(root, dataset, "test", q_view)
+    altitude = (meta["extra"].get("altitude") if q_view == "drone"
+                else st.extra_values(root, dataset, "test", "drone", "altitude"))
+    heights = None if altitude is None else np.unique(altitude)
+    subsets = [("all", None)] if heights is None else [(f"altitude={int(h)}", h) for h in heights]
     sets = []
-    for name, keep in subsets:
-        query = _side(meta[q_view], q_view, "in_query", keep if q_view == "drone" else None)
-        gallery = _side(meta[g_view], g_view, "in_gallery", keep if g_view == "drone" else None)
-        if len(query.rows) == 0 or len(gallery.rows) == 0:
-            raise st.StoreError(f"{mode} {name} of {dataset}: {len(query.rows)} queries and "
-                                f"{len(gallery.rows)} gallery items; both must be non-empty")
+    for name, h in subsets:
+        query = _side(meta, q_view, "in_query", None if h is None or q_view != "drone" else altitude == h)
+        keep = ("altitude", h) if h is not None and g_view == "drone" else None
+        gallery = StoredSide(g_view, st.view_selection(root, dataset, "test", g_view, "in_gallery", keep))
+        if len(query) == 0 or len(gallery) == 0:
+            raise st.StoreError(f"{mode} {name} of {dataset}: {len(query)} queries and "
+                                f"{len(gallery)} gallery items; both must be non-empty")
         if protocol == "query_locations":  # gallery items of locations without a query: junk
-            gallery.labels = np.where(np.isin(gallery.labels, query.labels), gallery.labels, -1)
+            gallery.junk_unless = np.unique(query.labels)
         sets.append(DirectionSet(mode, name, query, gallery))
     return sets
+
+
+def streamed_good_counts(query_labels: np.ndarray, gallery, chunk: int = 1 << 18) -> np.ndarray:
+    """metrics.good_counts(query_labels, gallery.labels): each query's number of gallery items of
+    its label (junk, -1, never good), the gallery's labels read a chunk at a time (a side or a
+    StoredSide), never whole."""
+    query_labels = np.asarray(query_labels, np.int64)
+    wanted = np.unique(query_labels[query_labels != -1])
+    counts = np.zeros(len(wanted), np.int64)
+    for start in range(0, len(gallery) if len(wanted) else 0, chunk):   # (no goods to count: none)
+        labels = gallery.labels_at(np.arange(start, min(start + chunk, len(gallery))))
+        at = np.clip(np.searchsorted(wanted, labels), 0, len(wanted) - 1)
+        counts += np.bincount(at[wanted[at] == labels], minlength=len(wanted))
+    if not len(wanted):
+        return np.zeros(len(query_labels), np.int64)
+    at = np.clip(np.searchsorted(wanted, query_labels), 0, len(wanted) - 1)
+    return np.where(wanted[at] == query_labels, counts[at], 0)   # (-1 is not wanted: 0)
+
+
+def gallery_side(root, dataset: str, mode: str, subset: str) -> StoredSide:
+    """The gallery of `mode`'s `subset` (a direction set's name) alone, as direction_sets gives
+    it, without reading the query view (a worker of an index build: S2D's queries are the
+    satellite view, a map's every tile)."""
+    g_view, keep = MODES[mode][1], None
+    if g_view == "drone" and subset != "all":
+        heights = st.extra_values(root, dataset, "test", "drone", "altitude")
+        keep = next((("altitude", h) for h in ([] if heights is None else heights) if f"altitude={int(h)}" == subset), None)
+        if keep is None:
+            raise st.StoreError(f"{mode} of {dataset} has no subset {subset!r} (its drone view's altitudes changed)")
+    return StoredSide(g_view, st.view_selection(root, dataset, "test", g_view, "in_gallery", keep))
 
 
 def raw_embedding(layer_desc: dict[int, np.ndarray], view: str) -> np.ndarray:
@@ -87,7 +180,7 @@ class StoredEmbeddings:
             if array.ndim != 2 or array.shape[0] != n:
                 raise st.StoreError(f"{array.path} has shape {array.shape} but the view has {n} "
                                     "labels: every array of a view needs one row per image")
-        self.rows, self.view, self.embed = side.rows, side.view, embed
+        self.rows, self.view, self.embed = side.selection, side.view, embed   # position -> view row
         self.dim = dim or embed({k: np.ones((1, a.shape[1]), np.float32)
                                  for k, a in self.arrays.items()}, side.view).shape[1]
         self.shape = (len(self.rows), self.dim)

@@ -26,15 +26,9 @@ from __future__ import annotations
 
 import faiss
 
+from .index import gpu_resources   # one StandardGpuResources a GPU a process: reserved once, not a shard
+
 GPU_PQ_BYTES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)  # faiss GPU IVF-PQ's code sizes
-_RESOURCES: dict[int, object] = {}   # one StandardGpuResources a GPU a process: its scratch memory
-                                     # (a share of the GPU's) is reserved once, not once a shard
-
-
-def _resources(gpu: int):
-    if gpu not in _RESOURCES:
-        _RESOURCES[gpu] = faiss.StandardGpuResources()
-    return _RESOURCES[gpu]
 
 
 class GpuAddError(RuntimeError):
@@ -70,7 +64,7 @@ class GpuAdder:
         self.index, self.ivf = index, faiss.extract_index_ivf(index)
         chain = index.chain if isinstance(index, faiss.IndexPreTransform) else None
         self.transforms = [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size() if chain else 0)]
-        self.resources = self._guarded(_resources, gpu)
+        self.resources = self._guarded(gpu_resources, gpu)
         options = faiss.GpuClonerOptions()
         options.useFloat16 = True     # search tables only (adding computes none): lets m <= 96 pass
         if hasattr(options, "use_cuvs"):

@@ -23,7 +23,10 @@ DEFAULT_PARAMS = {
     "ivfpq": {"nlist": 1024, "m": 64, "nbits": 8, "nprobe": 32},
     "hnsw": {"M": 32, "efConstruction": 200, "efSearch": 128},
 }
-_GPU_RESOURCES = None  # one StandardGpuResources per process, kept alive with its indices
+# One StandardGpuResources a GPU a process, the one owner every GPU use here calls (a search's
+# index, training's k-means, a shard's add): each reserves scratch memory (a share of the GPU's)
+# when made, so one a call would reserve it again and again; kept alive with the indices made on it
+_GPU_RESOURCES: dict[int, object] = {}
 
 
 class IndexConfigError(ConfigError):
@@ -43,6 +46,18 @@ def gpu_for(device) -> int | None:
     if not text.startswith("cuda") or not gpu_available():
         return None
     return int(text.split(":", 1)[1]) if ":" in text else 0
+
+
+def gpu_resources(gpu: int):
+    """This process's StandardGpuResources of GPU `gpu`, made on first use."""
+    if gpu not in _GPU_RESOURCES:
+        _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[gpu]
+
+
+def gpu_flat_l2(d: int, gpu: int):
+    """An empty IndexFlatL2 on GPU `gpu`: the nearest-centroid search of a k-means."""
+    return faiss.index_cpu_to_gpu(gpu_resources(gpu), gpu, faiss.IndexFlatL2(d))
 
 
 def resolve_params(index_type: str, params: dict | None = None) -> dict:
@@ -116,16 +131,13 @@ def _trained_ivfpq(embeddings, n, dim, p, train_size, seed):
 def to_device(index, use_gpu: bool | None = None, gpu_id: int = 0):
     """Move a flat / IVF-PQ index to GPU `gpu_id` if asked (None: when available); HNSW stays
     on the CPU."""
-    global _GPU_RESOURCES
     want = gpu_available() if use_gpu is None else use_gpu
     if not want or isinstance(index, faiss.IndexHNSW):
         return index
     if not gpu_available():
         raise IndexConfigError("use_gpu=True but faiss has no GPU support or sees no CUDA device")
-    if _GPU_RESOURCES is None:
-        _GPU_RESOURCES = faiss.StandardGpuResources()
     nprobe = getattr(index, "nprobe", None)
-    gpu_index = faiss.index_cpu_to_gpu(_GPU_RESOURCES, gpu_id, index)
+    gpu_index = faiss.index_cpu_to_gpu(gpu_resources(gpu_id), gpu_id, index)
     if nprobe is not None:
         faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
     return gpu_index

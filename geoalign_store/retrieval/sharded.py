@@ -26,6 +26,7 @@ import mmap
 import os
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +37,9 @@ from ..config import file_sha256
 from .. import store as st
 from .coarse_kmeans import two_level_centroids
 from .gpu_add import GpuAdder, GpuAddError
-from .index import save_index
+from .index import gpu_flat_l2, save_index
 from .ivf_rule import factory_string, train_size
+from .seeded_draw import choice_without_replacement
 
 KMEANS_NITER = 10          # coarse k-means iterations (FAISS's default is 25; autofaiss uses 10-25)
 REDUCTION_TRAIN = 65536    # rows the OPQ / PCA is trained on (OPQ's own cap is 256 x 256)
@@ -81,12 +83,14 @@ def memory_mb() -> dict:
     return out
 
 
-def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | None = None):
+def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | None = None,
+          scratch: Path | None = None):
     """The trained, empty index of `p` (ivf_rule) over `gallery` (any row-indexable (n, d)
-    array): train_size(n, p) seeded rows, read in chunks; the reduction trains on a seeded
-    subset of them and the sample is reduced as it is read, so the driver holds the sample at
-    d_out, not d, dimensions. `parts`: filled with the seconds of each step (reading the
-    reduction's rows and training it, reading the sample, clustering and the PQ)."""
+    array): train_size(n, p) seeded rows, read once, in chunks (reduced_sample); the reduction
+    trains on a seeded subset of them and the driver holds the sample at d_out, not d,
+    dimensions. `scratch`: the folder of the sample's unnamed spill file (default: the system's
+    temporary folder). `parts`: filled with the seconds of each step (reading the sample,
+    training the reduction, reducing the sample, clustering and the PQ)."""
     parts = {} if parts is None else parts
     clock = time.perf_counter()
 
@@ -101,15 +105,9 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
     rows = sample_rows(n, train_size(n, p), int(chunks[0]) if chunks else 0, rng)
     vt = {"opq": lambda: faiss.OPQMatrix(d, p["m"], p["d_out"]),
           "pca": lambda: faiss.PCAMatrix(d, p["d_out"], 0, True), "none": lambda: None}[p["reduce"]]()
-    if vt is not None:
-        sub = rows if len(rows) <= REDUCTION_TRAIN else np.sort(rng.choice(rows, REDUCTION_TRAIN, replace=False))
-        vt.train(_read(gallery, sub))
-    lap("reduction_s")
-    sample = np.empty((len(rows), p["d_out"]), np.float32)
-    for a in range(0, len(rows), READ_ROWS):
-        block = _read(gallery, rows[a:a + READ_ROWS])
-        sample[a:a + len(block)] = block if vt is None else vt.apply(block)
-    lap("sample_s")
+    sub = None if vt is None else rows if len(rows) <= REDUCTION_TRAIN else \
+        np.sort(rng.choice(rows, REDUCTION_TRAIN, replace=False))
+    sample = reduced_sample(gallery, rows, vt, sub, p["d_out"], scratch, lap)
     ivf = faiss.index_factory(p["d_out"], factory_string({**p, "reduce": "none"}, d), faiss.METRIC_L2)
     inner = faiss.extract_index_ivf(ivf)
     inner.cp.niter = KMEANS_NITER
@@ -119,14 +117,13 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
     # the rule (ivf_rule) already sized the codebooks to the sample; FAISS's "at least 39 points
     # a centroid" warnings would only repeat it for galleries of a few hundred
     inner.cp.min_points_per_centroid = pq_index.pq.cp.min_points_per_centroid = 1
-    resources = faiss.StandardGpuResources() if gpu is not None else None
-    # k-means assignment on the GPU (faiss-gpu); the index stays on the CPU. Held here: the
-    # IVF's pointer does not keep the GPU index alive
-    clustering = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(p["d_out"])) if gpu is not None else None
+    # k-means assignment on the GPU (faiss-gpu; index.py's resources of that GPU); the index
+    # stays on the CPU. Held here: the IVF's pointer does not keep the GPU index alive
+    clustering = gpu_flat_l2(p["d_out"], gpu) if gpu is not None else None
     if clustering is not None:
         inner.clustering_index = clustering
     if p.get("kmeans") == "two_level":  # a quantizer holding nlist centroids: train() skips k-means
-        centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu is not None)
+        centroids = two_level_centroids(sample, p["nlist"], KMEANS_NITER, seed, gpu)
         inner.quantizer.train(centroids)
         inner.quantizer.add(centroids)
         lap("two_level_kmeans_s")
@@ -134,6 +131,44 @@ def train(gallery, p: dict, seed: int, gpu: int | None = None, parts: dict | Non
     lap("ivf_train_s")   # the flat k-means (unless two-level ran), then the PQ
     inner.clustering_index = None
     return ivf if vt is None else faiss.IndexPreTransform(vt, ivf)
+
+
+def reduced_sample(gallery, rows: np.ndarray, vt, sub: np.ndarray | None, d_out: int,
+                   scratch: Path | None = None, lap=lambda name: None) -> np.ndarray:
+    """gallery[rows] reduced by `vt` trained on gallery[sub] (sub: sorted rows of `rows`), the
+    gallery read once: each chunk of rows as read spilled to an unnamed file (the sample at d
+    dimensions: 0.5 GB at 1e6 x 768, 4 GB at 6e7; on disk, not in memory) and the reduction's
+    rows kept; the reduction trained, the spill read back a chunk at a time and reduced. The
+    chunks are those a read of gallery[rows] alone would make, so the sample is the one two
+    reads gave (the reduction's rows, then the sample; each touches every chunk of the store:
+    120 s and 42 s of the 179 s of training at 1e7)."""
+    sample = np.empty((len(rows), d_out), np.float32)
+    if vt is None:
+        for a in range(0, len(rows), READ_ROWS):
+            block = _read(gallery, rows[a:a + READ_ROWS])
+            sample[a:a + len(block)] = block
+        lap("sample_read_s")
+        return sample
+    keep = np.isin(rows, sub)
+    train_rows, k = np.empty((int(keep.sum()), gallery.shape[1]), np.float32), 0
+    with tempfile.TemporaryFile(dir=scratch) as spill:
+        for a in range(0, len(rows), READ_ROWS):
+            block = _read(gallery, rows[a:a + READ_ROWS])
+            spill.write(memoryview(block).cast("B"))
+            picked = block[keep[a:a + READ_ROWS]]
+            train_rows[k:k + len(picked)], k = picked, k + len(picked)
+        lap("sample_read_s")
+        vt.train(train_rows)
+        del train_rows
+        lap("reduction_s")
+        spill.seek(0)
+        block = np.empty((min(READ_ROWS, len(rows)), gallery.shape[1]), np.float32)
+        for a in range(0, len(rows), READ_ROWS):
+            part = block[:min(READ_ROWS, len(rows) - a)]
+            spill.readinto(memoryview(part).cast("B"))
+            sample[a:a + len(part)] = vt.apply(part)
+    lap("sample_s")
+    return sample
 
 
 def sample_rows(n: int, size: int, unit: int, rng) -> np.ndarray:
@@ -146,13 +181,13 @@ def sample_rows(n: int, size: int, unit: int, rng) -> np.ndarray:
     n_chunks = -(-n // unit) if unit else 0
     need = -(-size * SAMPLE_CHUNK_SHARE // unit) if unit else n_chunks
     if need >= n_chunks:
-        return np.sort(rng.choice(n, size, replace=False))
+        return np.sort(choice_without_replacement(rng, n, size))   # (numpy's draw, no arange(n))
     picked = np.sort(rng.choice(n_chunks, need, replace=False))
     starts = picked * unit
     pool = (starts[:, None] + np.arange(unit)).ravel()
     pool = pool[pool < n]
     if len(pool) < size:   # the short last chunk was among few
-        return np.sort(rng.choice(n, size, replace=False))
+        return np.sort(choice_without_replacement(rng, n, size))   # (numpy's draw, no arange(n))
     return np.sort(rng.choice(pool, size, replace=False))
 
 

@@ -26,7 +26,7 @@ from ..config import file_sha256, fingerprint, to_plain
 from . import shard_integrity as integrity
 from . import sharded as sh
 from .embedder import embedder_inputs, gallery_fingerprint, resolve_embedder, side_embeddings
-from .embeddings import DirectionSet, Side
+from .embeddings import DirectionSet, gallery_side
 from ..features import dask_client, local_worker_devices, local_workers
 from .index import gpu_available, gpu_for, save_index
 from .ivf_rule import build_params, choose_ivfpq, factory_string
@@ -132,9 +132,9 @@ def _build(cfg, folder, gallery, params, want, embedder, dataset, ds, device) ->
     if not (folder / "build.json").exists():
         st.write_json(folder / "build.json", {"fingerprint": fingerprint(want), "spec": want, "n": n, "dim": d,
                                               "rerun": rerun_command(cfg, embedder, ds)})
-        # faiss id i -> view row; the names stay in the store (a JSON of 1e7 names took 1 GB of
-        # the driver's memory to write)
-        np.save(folder / "gallery_rows.npy", ds.gallery.rows)
+        # faiss id i -> view row, written a chunk at a time (never held whole); the names stay in
+        # the store (a JSON of 1e7 names took 1 GB of the driver's memory to write)
+        st.write_npy_chunks(folder / "gallery_rows.npy", np.int64, len(ds.gallery), _row_chunks(ds.gallery.selection))
     train_parts: dict = {}
     timings = {"train_s": _trained(folder, gallery, params, int(cfg.seed), gpu, train_parts),
                "train_parts": train_parts}
@@ -181,7 +181,7 @@ def _trained(folder: Path, gallery, params: dict, seed: int, gpu, parts: dict) -
                             "written); it was removed with the shards made from it: rerun the same "
                             "command to rebuild it")
     t0 = time.perf_counter()
-    save_index(sh.train(gallery, params, seed, gpu, parts), path)
+    save_index(sh.train(gallery, params, seed, gpu, parts, scratch=folder), path)
     st.write_json(folder / "build.json", {**build, "trained_sha256": file_sha256(path)})
     return round(time.perf_counter() - t0, 3)
 
@@ -277,17 +277,22 @@ def shard_task(source: dict, start: int, stop: int, threads: int | None = None) 
     return sh.add_shard(Path(source["folder"]), start, stop, _WORKER_GALLERIES[key], gpu)
 
 
+def _row_chunks(selection, chunk: int = 1 << 18):
+    for start in range(0, len(selection), chunk):
+        yield selection[start:start + chunk]
+
+
 def worker_gallery(source: dict):
-    """The driver's gallery embeddings rebuilt in a worker from the store, checked to be the
-    very embeddings the build is for (its fingerprint)."""
+    """The driver's gallery embeddings rebuilt in a worker from the store (its rows' selection:
+    nothing a gallery row long held here either), checked to be the very embeddings the build
+    is for (its fingerprint)."""
     from omegaconf import OmegaConf
     root = st.open_store(source["store"], mode="r")
     request = OmegaConf.create({k: source[k] for k in ("heads", "fusion", "fusion_weight", "layers")}
                                | {"store": source["store"]})
     embedder = resolve_embedder(root, request, source["dataset"])
-    rows = np.load(Path(source["folder"]) / "gallery_rows.npy")
-    side = Side(source["view"], rows, rows, rows)
-    if gallery_fingerprint(embedder, DirectionSet(source["mode"], source["subset"], side, side)) != source["embeddings"]:
+    gallery = gallery_side(root, source["dataset"], source["mode"], source["subset"])
+    if gallery_fingerprint(embedder, DirectionSet(source["mode"], source["subset"], None, gallery)) != source["embeddings"]:
         raise RuntimeError(f"the store changed under the build of {source['folder']}: a worker's "
                            "gallery embeddings are not the ones the build is for")
-    return side_embeddings(root, source["dataset"], embedder, side)
+    return side_embeddings(root, source["dataset"], embedder, gallery)

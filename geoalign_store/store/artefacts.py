@@ -71,3 +71,26 @@ def write_npy(path: Path, array) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
     np.save(tmp, array, allow_pickle=False)
     os.replace(tmp, path)
+
+
+def write_npy_chunks(path: Path, dtype, n: int, chunks) -> None:
+    """A 1-d .npy of n values of `dtype` written from `chunks` (arrays, in order) through a file,
+    never held whole nor memory-mapped (a mapped file's dirty pages count as the writer's memory):
+    the bytes np.save writes of their concatenation, to a temp file moved into place."""
+    import numpy as np
+    dtype = np.dtype(dtype)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+    written = 0
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": (n,)})
+            for chunk in chunks:
+                part = np.ascontiguousarray(chunk, dtype=dtype)
+                f.write(part.tobytes())
+                written += len(part)
+        if written != n:
+            raise ValueError(f"write_npy_chunks: {written} values given for a .npy of {n}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
