@@ -86,6 +86,7 @@ def unread_keys_removed(spec: dict, cfg) -> dict:
         del spec["center"], spec["isms"], spec["agra"]["teacher"]
         if cfg.select.holdout_by == "flights":   # held-out flights are measured against the pairing space's claims
             spec["select"].pop("held_pairing", None)
+            spec["select"].pop("second_opinion", None)
         if cfg.select.holdout_by == "flights" or not cfg.select.null_adjust:   # no held-out satellites / no null
             spec["select"].pop("null_of", None)
         if not cfg.select.agra:

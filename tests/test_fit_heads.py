@@ -271,7 +271,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
                                                ("holdout_by", "flights", "regions"),
                                                ("held_pairing", "seen_first", "joint"),
                                                ("held_pairing", "seen_first", "seen_on_seen"),
-                                               ("null_of", "all", "held")])
+                                               ("null_of", "all", "held"),
+                                               ("second_opinion", "none", "joint_held")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -309,6 +310,8 @@ def test_held_pairing_stays_out_of_the_fingerprint_where_only_flights_are_held_o
     flights = ["select.holdout_by=flights"]
     assert fingerprint(_spec(monkeypatch, flights + ["select.held_pairing=joint"])) == \
         fingerprint(_spec(monkeypatch, flights + ["select.held_pairing=seen_first"]))
+    assert fingerprint(_spec(monkeypatch, flights + ["select.second_opinion=joint_held"])) == \
+        fingerprint(_spec(monkeypatch, flights))   # the second opinion pairs held-out locations too
     assert fingerprint(_spec(monkeypatch, ["select.held_pairing=joint"])) != \
         fingerprint(_spec(monkeypatch, ["select.held_pairing=seen_first"]))
 
@@ -329,6 +332,7 @@ def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_
                                             ("select.holdout_by=locations", "select.holdout_by: 'locations'"),
                                             ("select.held_pairing=both", "select.held_pairing: 'both'"),
                                             ("select.null_of=seen", "select.null_of: 'seen'"),
+                                            ("select.second_opinion=maybe", "select.second_opinion: 'maybe'"),
                                             ("select.n_maps=[]", "select.n_maps")])
 def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
     """Refused at the start of the stage (the store is not even opened), naming the key."""

@@ -39,7 +39,8 @@ def sim():
 
 @pytest.mark.parametrize("estimate", [{}, {"held_pairing": "joint", "null_adjust": False},
                                       {"held_pairing": "seen_on_seen"}, {"null_of": "held"},
-                                      {"held_pairing": "joint", "null_of": "held"}])
+                                      {"held_pairing": "joint", "null_of": "held"},
+                                      {"second_opinion": "joint_held"}])
 def test_selection_beats_centring_where_a_map_explains_the_views(sim, estimate):
     """Distorted views of a manifold: the chosen heads beat centring on the test split by far,
     and the criterion (train split only) ranks them above centring too; with the default
@@ -274,6 +275,45 @@ def test_gate_keeps_centring_unless_the_gain_clears_its_standard_errors():
     lumpy[groups >= 17] = -0.1
     chosen, reason = Gate("orth(1)", lumpy, groups, "flights").decide(2.0, 0.01)
     assert chosen == "centre" and "within 2 standard errors" in reason and "over 20 flights" in reason
+
+
+def test_the_pick_must_pass_every_estimates_gate():
+    """select.second_opinion: a gain the selection's estimate clears but the second estimate does
+    not keeps centring, and says which estimate refused it; a gain both clear is the pick's."""
+    from geoalign_store.method.confirmation import Gate, decide_all
+    groups = np.repeat(np.arange(20), 5)
+    clear, none = Gate("orth(1)", np.full(100, 0.3), groups, "flights"), Gate("orth(1)", np.zeros(100), groups, "flights")
+    names = ["the selection's estimate", "the joint pairing with the held-out null"]
+    assert decide_all([clear, clear], names, 2.0, 0.01)[0] == "orth(1)"
+    chosen, reason = decide_all([clear, none], names, 2.0, 0.01, "; rule")
+    assert chosen == "centre" and reason.startswith("by the joint pairing with the held-out null: orth(1) gains +0.000")
+    assert reason.endswith("centring kept; rule")
+    chosen, reason = decide_all([none, clear], names, 2.0, 0.01)
+    assert chosen == "centre" and "joint" not in reason
+
+
+def test_confirmation_refits_once_per_fold_for_every_estimate():
+    """confirm: each fold's refit serves every estimate's gate (a refit is the costly part), and
+    each gate joins its own estimate's differences on every fold."""
+    from geoalign_store.method.confirmation import Gate, confirm
+
+    class Fold:
+        of_locations = True
+
+        def __init__(self, rows):
+            self.drone = rows
+
+        def seen(self, views):
+            return views
+
+    views = cand.TrainViews({}, {}, np.repeat(np.arange(6), 2), ())
+    folds = [Fold(np.arange(12) // 4 == f) for f in (1, 2)]
+    refits = []
+    first = [Gate("m", np.ones(4), views.groups[:4], "x"), Gate("m", -np.ones(4), views.groups[:4], "x")]
+    rank = lambda gain: lambda fit, fold: {"m": (0, np.full(4, gain)), "centre": (0, np.zeros(4))}  # noqa: E731
+    gates = confirm(first, views, folds, lambda v: refits.append(v) or ("fit", None), [rank(0.5), rank(-0.5)])
+    assert len(refits) == 2 and [g.flights for g in gates] == [6, 6]
+    assert gates[0].diff.tolist() == [1] * 4 + [0.5] * 8 and gates[1].diff.tolist() == [-1] * 4 + [-0.5] * 8
 
 
 def test_confirmation_measures_the_gate_on_every_flight(sim):

@@ -59,15 +59,33 @@ def confirm_folds(groups: np.ndarray, held: np.ndarray, n: int, seed: int) -> li
     return [np.isin(groups, p) for p in parts]
 
 
-def confirm(first: Gate, views, folds: list, refit: Callable, rank: Callable) -> Gate:
-    """`first` (the pick's gain on its own held-out part) joined by its gain on every fold
-    (holdout.Holdout: flights, or whole regions with their satellites): refit(seen views) ->
-    (fitted {"centre", pick}, pairing space) without the fold; rank(that, fold) -> {name:
-    (criterion, per image)} on the fold's flights."""
-    diffs, groups = [first.diff], [first.groups]
+def confirm(firsts: list[Gate], views, folds: list, refit: Callable, ranks: list[Callable]) -> list[Gate]:
+    """Each of `firsts` (the pick's gain on its own held-out part, by one estimate each) joined by
+    its gain on every fold (holdout.Holdout: flights, or whole regions with their satellites):
+    refit(seen views) -> (fitted {"centre", pick}, pairing space) without the fold, once per fold
+    whatever the estimates; ranks[i](that, fold) -> {name: (criterion, per image)} on the fold's
+    flights by the estimate of firsts[i]."""
+    pick = firsts[0].pick
+    diffs, groups = [[g.diff] for g in firsts], [firsts[0].groups]
     for fold in folds:
-        results = rank(refit(fold.seen(views)), fold)
-        diffs.append(results[first.pick][1] - results["centre"][1])
+        fit = refit(fold.seen(views))
+        for diff, rank in zip(diffs, ranks):
+            results = rank(fit, fold)
+            diff.append(results[pick][1] - results["centre"][1])
         groups.append(views.groups[fold.drone])
     where = "flights of regions, each held out once" if folds and folds[0].of_locations else "flights, each held out once"
-    return Gate(first.pick, np.concatenate(diffs), np.concatenate(groups), where)
+    return [Gate(pick, np.concatenate(d), np.concatenate(groups), where) for d in diffs]
+
+
+def decide_all(gates: list[Gate], names: list[str], margin_se: float, min_gain: float,
+               rule: str = "") -> tuple[str, str]:
+    """The pick when it passes every gate (one per estimate, `names` saying which), else
+    centring, with the first failing gate's reason: a gain one estimate flatters has to hold by
+    an estimate biased otherwise (select.second_opinion)."""
+    chosen, reason = gates[0].decide(margin_se, min_gain, rule)
+    for gate, name in zip(gates[1:], names[1:]):
+        if chosen == "centre":
+            break
+        chosen, second = gate.decide(margin_se, min_gain)
+        reason = f"{reason}; by {name}: {second}" if chosen != "centre" else f"by {name}: {second}{rule}"
+    return chosen, reason

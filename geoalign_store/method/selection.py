@@ -32,7 +32,7 @@ import numpy as np
 
 from ..config import ConfigError
 from . import candidates as cand
-from .confirmation import Gate, confirm, confirm_folds, flight_se
+from .confirmation import Gate, confirm, confirm_folds, decide_all, flight_se
 from .holdout import Holdout, flights_only, region_folds
 from .criterion import Rows, adjusted, read, seen_claims, stream_order
 from .turns import NULL_TURNS, Turns
@@ -59,16 +59,17 @@ class SelectionConfig(FitHeadsSection):
     one_se_pool: str
     held_pairing: str
     null_of: str
+    second_opinion: str
     SECTION: ClassVar[str] = "select"
     # keys added after heads were first saved, at the value that reproduces heads fitted before
     # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
     # recipe's defaults are fit-heads.yaml's.
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
                                   "one_se_pool": "all", "held_pairing": "seen_first",
-                                  "null_of": "all"}
+                                  "null_of": "all", "second_opinion": "none"}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
                                "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen"),
-                               "null_of": ("all", "held")}
+                               "null_of": ("all", "held"), "second_opinion": ("none", "joint_held")}
 
     def __post_init__(self):
         """Values checked when the recipe is composed, not minutes into a fit."""
@@ -219,17 +220,37 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     margins = spread(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
     pick, rule = _pick(results, margins, cfg.one_se_pool)
     where = "held-out regions' flights" if split.of_locations else "held-out flights"
-    gate = Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)
+    estimates = _gate_estimates(cfg, split)
+    gates = [Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)]
+    if pick != "centre" and len(estimates) > 1:
+        second = ranked({n: fitted[n] for n in ("centre", pick)}, fitted[chain[-1]],
+                        Rows(views, split, pairing=estimates[1][1], null_of=estimates[1][2]), turns)
+        gates.append(Gate(pick, second[pick][1] - second["centre"][1], views.groups[held], where))
     if pick != "centre" and folds and not _trained_once(pick):
-        gate = confirm(gate, views, folds,
-                       lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                       lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold, pairing=cfg.held_pairing,
-                                                                          null_of=cfg.null_of), turns))
-    chosen, reason = gate.decide(cfg.margin_se, cfg.min_gain, rule)
+        gates = confirm(gates, views, folds, lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
+                        [_fold_rank(pairing, null_of, views, turns) for _, pairing, null_of in estimates])
+    chosen, reason = decide_all(gates, [name for name, _, _ in estimates], cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
     return Selection(heads, chosen, {name: r[0] for name, r in results.items()}, fitted, " -> ".join(chain),
-                     int(len(np.unique(views.groups[held]))), reason, gate.flights, margins)
+                     int(len(np.unique(views.groups[held]))), reason, gates[0].flights, margins)
+
+
+def _gate_estimates(cfg: SelectionConfig, split: Holdout) -> list[tuple[str, str, str]]:
+    """(name, held_pairing, null_of) of each estimate the pick's gain must pass: the selection's
+    own, and with select.second_opinion=joint_held (held-out locations) the joint pairing with
+    the held-out satellites' null, whose biases lie elsewhere: the default is pessimistic for a
+    space that pairs some seen flights wrongly (they take held-out satellites first), the joint
+    one with that null for a centring that is already right (README, Heads)."""
+    own = [("the selection's estimate", cfg.held_pairing, cfg.null_of)]
+    if cfg.second_opinion == "joint_held" and split.of_locations:
+        return own + [("the joint pairing with the held-out null", "joint", "held")]
+    return own
+
+
+def _fold_rank(pairing: str, null_of: str, views: cand.TrainViews, turns: list) -> Callable:
+    """rank(fit, fold) for `confirm`: the fold's criterion by one estimate."""
+    return lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold, pairing=pairing, null_of=null_of), turns)
 
 
 def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
