@@ -86,3 +86,23 @@ def test_a_null_of_some_satellites_turns_those_alone_as_a_set_of_their_own():
         rest = np.setdiff1d(np.arange(len(sat)), only)
         np.testing.assert_array_equal(sim[:, rest], (y @ sat.T)[:, rest])
         assert np.abs(sim[:, only] - (y @ sat.T)[:, only]).max() > 0.1
+
+
+@pytest.mark.parametrize("pairing,null_of", [("joint", "held"), ("seen_on_seen", "all"), ("seen_first", "all")])
+def test_rows_under_another_estimate_read_as_rows_built_for_it(fitted, pairing, null_of):
+    """Rows.estimated_by (select.second_opinion: one embedding cache for both estimates): every
+    candidate's criterion, after the first estimate has filled the cache, bitwise what Rows built
+    for that estimate alone gives; the first estimate's rows keep their own."""
+    from geoalign_store.method.criterion import adjusted, read
+    from geoalign_store.method.holdout import region_folds
+    views, candidates = fitted
+    split = region_folds(views, 0.25, 0, seed=2)[0]
+    turns = [Turns(0, i) for i in range(2)]
+    first = Rows(views, split)
+    before = {n: adjusted(read(h, first, turns, own_claims=True))[0] for n, h in candidates.items()}
+    other, fresh = first.estimated_by(pairing, null_of), Rows(views, split, pairing=pairing, null_of=null_of)
+    for name, heads in candidates.items():
+        got, want = adjusted(read(heads, other, turns, True)), adjusted(read(heads, fresh, turns, True))
+        assert got[0] == want[0] and np.array_equal(got[1], want[1]), name
+        assert adjusted(read(heads, first, turns, True))[0] == before[name]
+    assert first.joint is False and other.joint is (pairing == "joint")

@@ -277,19 +277,26 @@ def test_gate_keeps_centring_unless_the_gain_clears_its_standard_errors():
     assert chosen == "centre" and "within 2 standard errors" in reason and "over 20 flights" in reason
 
 
-def test_the_pick_must_pass_every_estimates_gate():
-    """select.second_opinion: a gain the selection's estimate clears but the second estimate does
-    not keeps centring, and says which estimate refused it; a gain both clear is the pick's."""
+def test_the_pick_must_pass_its_gate_and_gain_by_every_further_estimate():
+    """select.second_opinion: a gain the selection's estimate clears (two standard errors) keeps
+    centring when the second estimate finds a loss, and says which estimate refused it; a small
+    gain there (under its own two standard errors) is agreement; failing the first gate is the
+    first gate's reason."""
     from geoalign_store.method.confirmation import Gate, decide_all
     groups = np.repeat(np.arange(20), 5)
-    clear, none = Gate("orth(1)", np.full(100, 0.3), groups, "flights"), Gate("orth(1)", np.zeros(100), groups, "flights")
+    noise = np.random.default_rng(0).normal(0, 0.5, 20)
+    clear = Gate("orth(1)", np.full(100, 0.3), groups, "flights")
+    small = Gate("orth(1)", 0.02 + (noise - noise.mean())[groups], groups, "flights")   # +0.02, within 2 se
+    loss = Gate("orth(1)", np.full(100, -0.02), groups, "flights")
     names = ["the selection's estimate", "the joint pairing with the held-out null"]
+    assert small.decide(2.0, 0.01)[0] == "centre" and small.diff.mean() > 0
     assert decide_all([clear, clear], names, 2.0, 0.01)[0] == "orth(1)"
-    chosen, reason = decide_all([clear, none], names, 2.0, 0.01, "; rule")
-    assert chosen == "centre" and reason.startswith("by the joint pairing with the held-out null: orth(1) gains +0.000")
-    assert reason.endswith("centring kept; rule")
-    chosen, reason = decide_all([none, clear], names, 2.0, 0.01)
-    assert chosen == "centre" and "joint" not in reason
+    assert decide_all([clear, small], names, 2.0, 0.01)[0] == "orth(1)"
+    chosen, reason = decide_all([clear, loss], names, 2.0, 0.01, "; rule")
+    assert chosen == "centre" and reason.startswith("by the joint pairing with the held-out null: orth(1) gains -0.020")
+    assert "no gain" in reason and reason.endswith("centring kept; rule")
+    chosen, reason = decide_all([small, clear], names, 2.0, 0.01)
+    assert chosen == "centre" and "joint" not in reason and "within 2 standard errors" in reason
 
 
 def test_confirmation_refits_once_per_fold_for_every_estimate():

@@ -36,6 +36,7 @@ is computed once (bitwise what `Heads.embed` gives).
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -66,6 +67,15 @@ class Rows:
         # claimed set fixed when the split was built (that set is the split space's own pairing:
         # its mistakes would count as right there and as wrong in every space that avoids them)
         self.claims_per_space = split.of_locations
+        self.split = split
+        self._estimate(pairing, null_of)
+        self.rows = {"held": held_rows, "seen": seen_rows}
+        self.groups = {part: views.groups[r] for part, r in self.rows.items()}
+        self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
+                                               "output": OrderedDict()}
+
+    def _estimate(self, pairing: str, null_of: str) -> None:
+        split = self.split
         # select.held_pairing=joint (held-out locations only): the seen and the held-out flights
         # are assigned to the satellites together, no side first (see `Reading.scores`)
         self.joint = split.of_locations and pairing == "joint"
@@ -74,10 +84,13 @@ class Rows:
         # select.null_of=held (held-out locations only): the null turns the held-out satellites
         # alone, so that the seen flights keep competing for their real ones
         self.turned = np.flatnonzero(split.sat) if null_of == "held" and split.of_locations else None
-        self.rows = {"held": held_rows, "seen": seen_rows}
-        self.groups = {part: views.groups[r] for part, r in self.rows.items()}
-        self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
-                                               "output": OrderedDict()}
+
+    def estimated_by(self, pairing: str, null_of: str) -> "Rows":
+        """The same rows and embedding cache under another estimate (select.second_opinion: the
+        pick and centring are embedded once for both)."""
+        other = copy.copy(self)
+        other._estimate(pairing, null_of)
+        return other
 
     def embed(self, heads: Heads, part: str) -> np.ndarray:
         with torch.inference_mode():

@@ -19,6 +19,8 @@
    own measure. With `confirm_folds` > 0 that gain is measured on every flight (confirmation.py):
    the other flights are held out fold by fold while the pick and centring are refitted without
    them, and join the pick's own held-out flights, which are few.
+   With `second_opinion=joint_held` (the default) the pick must also gain, on the same flights,
+   by the joint pairing with the held-out null, whose bias lies elsewhere.
 5. The winner is refitted on all flights when it is closed-form (AGRA is trained once).
 No cross-view label is read: drone group ids only group a flight's images.
 """
@@ -224,11 +226,11 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     gates = [Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)]
     if pick != "centre" and len(estimates) > 1:
         second = ranked({n: fitted[n] for n in ("centre", pick)}, fitted[chain[-1]],
-                        Rows(views, split, pairing=estimates[1][1], null_of=estimates[1][2]), turns)
+                        rows.estimated_by(*estimates[1][1:]), turns)
         gates.append(Gate(pick, second[pick][1] - second["centre"][1], views.groups[held], where))
     if pick != "centre" and folds and not _trained_once(pick):
         gates = confirm(gates, views, folds, lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                        [_fold_rank(pairing, null_of, views, turns) for _, pairing, null_of in estimates])
+                        _fold_ranks(estimates, views, turns))
     chosen, reason = decide_all(gates, [name for name, _, _ in estimates], cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
@@ -248,9 +250,18 @@ def _gate_estimates(cfg: SelectionConfig, split: Holdout) -> list[tuple[str, str
     return own
 
 
-def _fold_rank(pairing: str, null_of: str, views: cand.TrainViews, turns: list) -> Callable:
-    """rank(fit, fold) for `confirm`: the fold's criterion by one estimate."""
-    return lambda fit, fold: ranked(fit[0], fit[1], Rows(views, fold, pairing=pairing, null_of=null_of), turns)
+def _fold_ranks(estimates: list, views: cand.TrainViews, turns: list) -> list[Callable]:
+    """rank(fit, fold) for `confirm`, one per estimate: the fold's criterion, every estimate
+    reading one `Rows` of the fold (its embeddings made once)."""
+    rows_of: dict = {}
+
+    def rank(pairing: str, null_of: str) -> Callable:
+        def fold_rank(fit, fold):
+            if rows_of.get("fold") is not fold:   # a new fold: its rows, embedded afresh
+                rows_of.update(fold=fold, rows=Rows(views, fold))
+            return ranked(fit[0], fit[1], rows_of["rows"].estimated_by(pairing, null_of), turns)
+        return fold_rank
+    return [rank(pairing, null_of) for _, pairing, null_of in estimates]
 
 
 def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
