@@ -93,8 +93,7 @@ def test_rows_under_another_estimate_read_as_rows_built_for_it(fitted, pairing, 
     """Rows.estimated_by (select.second_opinion: one embedding cache for both estimates): every
     candidate's criterion, after the first estimate has filled the cache, bitwise what Rows built
     for that estimate alone gives; the first estimate's rows keep their own."""
-    from geoalign_store.method.criterion import adjusted, read
-    from geoalign_store.method.holdout import region_folds
+    from geoalign_store.method import adjusted, read, region_folds
     views, candidates = fitted
     split = region_folds(views, 0.25, 0, seed=2)[0]
     turns = [Turns(0, i) for i in range(2)]

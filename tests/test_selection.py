@@ -282,7 +282,8 @@ def test_the_pick_must_pass_its_gate_and_gain_by_every_further_estimate():
     centring when the second estimate finds a loss, and says which estimate refused it; a small
     gain there (under its own two standard errors) is agreement; failing the first gate is the
     first gate's reason."""
-    from geoalign_store.method.confirmation import Gate, decide_all
+    from geoalign_store.method import Gate
+    from geoalign_store.method.confirmation import decide_all
     groups = np.repeat(np.arange(20), 5)
     noise = np.random.default_rng(0).normal(0, 0.5, 20)
     clear = Gate("orth(1)", np.full(100, 0.3), groups, "flights")
@@ -302,7 +303,8 @@ def test_the_pick_must_pass_its_gate_and_gain_by_every_further_estimate():
 def test_confirmation_refits_once_per_fold_for_every_estimate():
     """confirm: each fold's refit serves every estimate's gate (a refit is the costly part), and
     each gate joins its own estimate's differences on every fold."""
-    from geoalign_store.method.confirmation import Gate, confirm
+    from geoalign_store.method import Gate
+    from geoalign_store.method.confirmation import confirm
 
     class Fold:
         of_locations = True
