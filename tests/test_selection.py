@@ -319,8 +319,9 @@ def test_confirmation_refits_once_per_fold_for_every_estimate():
     folds = [Fold(np.arange(12) // 4 == f) for f in (1, 2)]
     refits = []
     first = [Gate("m", np.ones(4), views.groups[:4], "x"), Gate("m", -np.ones(4), views.groups[:4], "x")]
-    rank = lambda gain: lambda fit, fold: {"m": (0, np.full(4, gain)), "centre": (0, np.zeros(4))}  # noqa: E731
-    gates = confirm(first, views, folds, lambda v: refits.append(v) or ("fit", None), [rank(0.5), rank(-0.5)])
+    result = lambda gain: {"m": (0, np.full(4, gain)), "centre": (0, np.zeros(4))}  # noqa: E731
+    gates = confirm(first, views, folds, lambda v: refits.append(v) or ("fit", None),
+                    lambda fit, fold: [result(0.5), result(-0.5)])
     assert len(refits) == 2 and [g.flights for g in gates] == [6, 6]
     assert gates[0].diff.tolist() == [1] * 4 + [0.5] * 8 and gates[1].diff.tolist() == [-1] * 4 + [-0.5] * 8
 

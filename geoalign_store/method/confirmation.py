@@ -45,7 +45,8 @@ class Gate:
         gain, se = float(self.diff.mean()), flight_se(self.diff, np.unique(self.groups, return_inverse=True)[1])
         where = f"over {self.flights} {self.where}"
         if gain <= max(margin_se * se, min_gain):
-            bar = f"within {margin_se:g} standard errors" if margin_se > 0 else "no gain"
+            bar = (f"within {margin_se:g} standard errors" if margin_se > 0 else
+                   f"under {min_gain:g}" if min_gain > 0 else "no gain")
             return "centre", f"{self.pick} gains {gain:+.3f} over centring, {bar} ({se:.3f}, {where}): centring kept{rule}"
         return self.pick, f"gains {gain:+.3f} over centring (standard error {se:.3f}, {where}){rule}"
 
@@ -59,18 +60,16 @@ def confirm_folds(groups: np.ndarray, held: np.ndarray, n: int, seed: int) -> li
     return [np.isin(groups, p) for p in parts]
 
 
-def confirm(firsts: list[Gate], views, folds: list, refit: Callable, ranks: list[Callable]) -> list[Gate]:
+def confirm(firsts: list[Gate], views, folds: list, refit: Callable, rank: Callable) -> list[Gate]:
     """Each of `firsts` (the pick's gain on its own held-out part, by one estimate each) joined by
     its gain on every fold (holdout.Holdout: flights, or whole regions with their satellites):
     refit(seen views) -> (fitted {"centre", pick}, pairing space) without the fold, once per fold
-    whatever the estimates; ranks[i](that, fold) -> {name: (criterion, per image)} on the fold's
-    flights by the estimate of firsts[i]."""
+    whatever the estimates; rank(that, fold) -> one {name: (criterion, per image)} on the fold's
+    flights per estimate, in the order of `firsts`."""
     pick = firsts[0].pick
     diffs, groups = [[g.diff] for g in firsts], [firsts[0].groups]
     for fold in folds:
-        fit = refit(fold.seen(views))
-        for diff, rank in zip(diffs, ranks):
-            results = rank(fit, fold)
+        for diff, results in zip(diffs, rank(refit(fold.seen(views)), fold)):
             diff.append(results[pick][1] - results["centre"][1])
         groups.append(views.groups[fold.drone])
     where = "flights of regions, each held out once" if folds and folds[0].of_locations else "flights, each held out once"
@@ -84,7 +83,7 @@ def decide_all(gates: list[Gate], names: list[str], margin_se: float, min_gain: 
     centring, with the refusing gate's reason: a gain one estimate finds where an estimate
     biased otherwise finds a loss is that first estimate's bias (select.second_opinion). The
     further estimates' own two standard errors were measured too and refused more than they
-    saved (README, Heads: `altitude` 86.9 -> 1.5)."""
+    saved (README, Heads: `altitude` 90.1 -> 1.5)."""
     chosen, reason = gates[0].decide(margin_se, min_gain, rule)
     for gate, name in zip(gates[1:], names[1:]):
         if chosen == "centre":

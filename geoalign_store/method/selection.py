@@ -222,15 +222,13 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     margins = spread(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
     pick, rule = _pick(results, margins, cfg.one_se_pool)
     where = "held-out regions' flights" if split.of_locations else "held-out flights"
-    estimates = _gate_estimates(cfg, split)
-    gates = [Gate(pick, results[pick][1] - results["centre"][1], views.groups[held], where)]
-    if pick != "centre" and len(estimates) > 1:
-        second = ranked({n: fitted[n] for n in ("centre", pick)}, fitted[chain[-1]],
-                        rows.estimated_by(*estimates[1][1:]), turns)
-        gates.append(Gate(pick, second[pick][1] - second["centre"][1], views.groups[held], where))
+    estimates, pair = _gate_estimates(cfg, split), {n: fitted[n] for n in ("centre", pick)}
+    by_estimate = [results] + [ranked(pair, fitted[chain[-1]], rows.estimated_by(pairing, null_of), turns)
+                               for _, pairing, null_of in estimates[1:] if pick != "centre"]
+    gates = [Gate(pick, r[pick][1] - r["centre"][1], views.groups[held], where) for r in by_estimate]
     if pick != "centre" and folds and not _trained_once(pick):
         gates = confirm(gates, views, folds, lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                        _fold_ranks(estimates, views, turns))
+                        _fold_rank(estimates, views, turns))
     chosen, reason = decide_all(gates, [name for name, _, _ in estimates], cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
@@ -250,18 +248,13 @@ def _gate_estimates(cfg: SelectionConfig, split: Holdout) -> list[tuple[str, str
     return own
 
 
-def _fold_ranks(estimates: list, views: cand.TrainViews, turns: list) -> list[Callable]:
-    """rank(fit, fold) for `confirm`, one per estimate: the fold's criterion, every estimate
-    reading one `Rows` of the fold (its embeddings made once)."""
-    rows_of: dict = {}
-
-    def rank(pairing: str, null_of: str) -> Callable:
-        def fold_rank(fit, fold):
-            if rows_of.get("fold") is not fold:   # a new fold: its rows, embedded afresh
-                rows_of.update(fold=fold, rows=Rows(views, fold))
-            return ranked(fit[0], fit[1], rows_of["rows"].estimated_by(pairing, null_of), turns)
-        return fold_rank
-    return [rank(pairing, null_of) for _, pairing, null_of in estimates]
+def _fold_rank(estimates: list, views: cand.TrainViews, turns: list) -> Callable:
+    """rank(fit, fold) for `confirm`: the fold's criterion by every estimate, all reading one
+    `Rows` of the fold (its embeddings made once)."""
+    def rank(fit, fold) -> list[dict]:
+        rows = Rows(views, fold)
+        return [ranked(fit[0], fit[1], rows.estimated_by(pairing, null_of), turns) for _, pairing, null_of in estimates]
+    return rank
 
 
 def ranked(fitted: dict, pairing: Heads, rows: Rows, turns: list, readings: dict | None = None) -> dict:
