@@ -89,6 +89,8 @@ def unread_keys_removed(spec: dict, cfg) -> dict:
             spec["select"].pop("second_opinion", None)
         if cfg.select.holdout_by == "flights" or not cfg.select.null_adjust:   # no held-out satellites / no null
             spec["select"].pop("null_of", None)
+        if "ridge" not in cfg.select.map_kinds:   # no ridge map to shrink
+            spec["select"].pop("ridge_folds", None)
         if not cfg.select.agra:
             del spec["agra"]
     return spec

@@ -272,7 +272,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
                                                ("held_pairing", "seen_first", "joint"),
                                                ("held_pairing", "seen_first", "seen_on_seen"),
                                                ("null_of", "all", "held"),
-                                               ("second_opinion", "none", "joint_held")])
+                                               ("second_opinion", "none", "joint_held"),
+                                               ("ridge_folds", "1", "5")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -316,6 +317,15 @@ def test_held_pairing_stays_out_of_the_fingerprint_where_only_flights_are_held_o
         fingerprint(_spec(monkeypatch, ["select.held_pairing=seen_first"]))
 
 
+def test_ridge_folds_stays_out_of_the_fingerprint_without_ridge_maps(monkeypatch):
+    """select.ridge_folds chooses the ridge maps' shrinkage; with map_kinds=[orth] there is none."""
+    from geoalign_store.config import fingerprint
+    orth = ["select.map_kinds=[orth]"]
+    assert fingerprint(_spec(monkeypatch, orth + ["select.ridge_folds=1"])) == \
+        fingerprint(_spec(monkeypatch, orth + ["select.ridge_folds=5"]))
+    assert fingerprint(_spec(monkeypatch, ["select.ridge_folds=1"])) != fingerprint(_spec(monkeypatch, []))
+
+
 def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_out_satellite(monkeypatch):
     """select.null_of picks which satellites the null turns: with holdout_by=flights no satellite
     is held out, with null_adjust=false there is no null; then it changes nothing."""
@@ -333,6 +343,7 @@ def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_
                                             ("select.held_pairing=both", "select.held_pairing: 'both'"),
                                             ("select.null_of=seen", "select.null_of: 'seen'"),
                                             ("select.second_opinion=maybe", "select.second_opinion: 'maybe'"),
+                                            ("select.ridge_folds=6", "select.ridge_folds: how many"),
                                             ("select.n_maps=[]", "select.n_maps")])
 def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
     """Refused at the start of the stage (the store is not even opened), naming the key."""

@@ -117,28 +117,71 @@ def test_holdout_is_seeded_by_flight_and_never_takes_all():
     assert not holdout_mask(np.zeros(4), 0.5, 1).any()
 
 
-def test_ridge_maps_recover_a_linear_view_change():
-    """Drones = a fixed linear mixing of their satellite + noise, strong enough that single
-    images rarely find their satellite but whole flights (means of 16) still do: flights paired
-    one-to-one in the centred space, the fitted ridge map retrieves new locations."""
-    rng = np.random.default_rng(0)
-    dim, n = 24, 150
+def _mixed_flights(rng, dim: int = 24):
+    """Drones = a fixed linear mixing of their satellite + noise: views_for(locations, per flight)."""
     mix = 0.5 * np.eye(dim) + rng.standard_normal((dim, dim)) / np.sqrt(dim)
     def views_for(n_loc, per):  # noqa: E306
         sat = rng.standard_normal((n_loc, dim))
         drone = np.repeat(sat, per, axis=0) @ mix + 0.6 * rng.standard_normal((n_loc * per, dim))
         norm = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
         return {k: norm(sat) for k in LAYERS}, {k: norm(drone) for k in LAYERS}
+    return views_for
+
+
+@pytest.mark.parametrize("ridge_folds", [1, 5])
+def test_ridge_maps_recover_a_linear_view_change(ridge_folds):
+    """Drones = a fixed linear mixing of their satellite + noise, strong enough that single
+    images rarely find their satellite but whole flights (means of 16) still do: flights paired
+    one-to-one in the centred space, the fitted ridge map retrieves new locations."""
+    n, views_for = 150, _mixed_flights(np.random.default_rng(0))
     sat, drone = views_for(n, 16)
     views = TrainViews(sat, drone, np.repeat(np.arange(n) + 500, 16), LAYERS)
     centre = cand.centring(views)
     basis = cand.principal_basis(centre, views)
-    heads = cand.maps(centre, basis, views, centre, 1, 0, "ridge")["lda"]
+    heads = cand.maps(centre, basis, views, centre, 1, 0, "ridge", ridge_folds=ridge_folds)["lda"]
     tsat, tdrone = views_for(40, 2)
     pick = np.argmax(heads.embed(tdrone, "drone") @ heads.embed(tsat, "satellite").T, axis=1)
     raw = np.argmax(centre.embed(tdrone, "drone") @ centre.embed(tsat, "satellite").T, axis=1)
     truth = np.repeat(np.arange(40), 2)
     assert np.mean(pick == truth) > 0.7 and np.mean(pick == truth) > np.mean(raw == truth) + 0.15
+
+
+def _shrinkage_by_hand(x, y, flights, seed, folds):
+    """The slow, plain rule: per lambda, per fifth, solve ridge on the other flights and count the
+    fifth's rows whose mapped drone is nearest (cosine) its own target among the fifth's targets."""
+    uniq = np.random.default_rng(seed).permutation(np.unique(flights))
+    n_val = max(1, len(uniq) // 5)
+    fifths = [uniq[i * n_val:(i + 1) * n_val] for i in range(4)] + [uniq[4 * n_val:]]
+    totals, per_fold_lams = {}, []
+    for held in fifths[:folds]:
+        val = np.isin(flights, held)
+        a, b = x[~val].astype(np.float64), y[~val].astype(np.float64)
+        unit = np.trace(a.T @ a) / x.shape[1]
+        targets = np.unique(y[val], axis=0)
+        per_fold_lams.append([])
+        for i, rel in enumerate(np.logspace(-3, 1, 9)):
+            w = np.linalg.solve(a.T @ a + rel * unit * np.eye(x.shape[1]), a.T @ b)
+            mapped = x[val] @ w
+            mapped /= np.linalg.norm(mapped, axis=1, keepdims=True)
+            own = [int(np.flatnonzero((targets == t).all(1))[0]) for t in y[val]]
+            totals[i] = totals.get(i, 0) + int(np.sum(np.argmax(mapped @ targets.T, 1) == own))
+            per_fold_lams[-1].append(rel * unit * len(x) / len(a))
+    best = max(totals, key=lambda i: (totals[i], -i))   # ties: the least shrinkage
+    return float(np.mean([lams[best] for lams in per_fold_lams]))
+
+
+@pytest.mark.parametrize("folds", [1, 3, 5])
+def test_ridge_shrinkage_pools_the_hits_of_each_fifth_held_out_in_turn(folds):
+    """select.ridge_folds: the fast path (one eigendecomposition per fifth) agrees with the
+    plain rule; folds=1 is the rule before (one fifth), which earlier heads were fitted by."""
+    from geoalign_store.method import ridge_lambda
+    rng = np.random.default_rng(folds)
+    sat, drone = _mixed_flights(rng, 16)(43, 3)
+    x, y = drone[LAYERS[0]], np.repeat(sat[LAYERS[0]], 3, axis=0)
+    flights = np.repeat(np.arange(43) * 7, 3)
+    for seed in (0, 1):
+        assert ridge_lambda(x, y, flights, seed, folds) == pytest.approx(_shrinkage_by_hand(x, y, flights, seed, folds),
+                                                                         rel=1e-6)
 
 
 def test_criterion_counts_a_held_out_image_right_only_on_its_flights_satellite():

@@ -24,6 +24,7 @@ import torch
 
 from .headset import Heads, l2n
 from .heads import ISMS, MapBank
+from .shrinkage import ridge, ridge_lambda
 from .teacher import flight_means, flight_rows  # noqa: F401  (flight_means: used by selection too)
 
 
@@ -114,25 +115,47 @@ def flight_pairs(centre: Heads, views: TrainViews, teacher: Heads, per_flight: i
     return x, y, inverse[keep]
 
 
-def maps(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, n_maps: int, seed: int,
-         kind: str = "ridge", rank: int = 512, em_iters: int = 6) -> dict:
-    """K linear maps drone -> satellite of the leading `rank` principal directions (identity
-    elsewhere), fitted to the flights' one-to-one satellite matches in the `teacher` space by EM
-    over the drone images (each image to the map that aligns it best with its flight's
-    satellite). kind="ridge": ridge maps, the shrinkage chosen on a fifth of the flights;
-    kind="orth": orthogonal maps. -> {"lda": heads whose gate is a linear discriminant of the EM's
-    split, "subspace": heads that pick the map landing most in the satellites' principal
-    subspace} (one entry, "lda", for a single map)."""
+@dataclass(frozen=True)
+class MapPairs:
+    """What every K of one kind and teacher fits on: the flights' drone rows and their matched
+    satellites in map coordinates (the `rank` leading principal directions `q`), each row's
+    flight, and the ridge shrinkage per row (None for orthogonal maps). Built once, shared by
+    the K: the pairs and the shrinkage search do not depend on K."""
+    x: np.ndarray
+    y: np.ndarray
+    flights: np.ndarray
+    q: np.ndarray
+    lam_per_row: float | None
+
+
+def map_pairs(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, seed: int, kind: str = "ridge",
+              rank: int = 512, ridge_folds: int = 1) -> MapPairs:
+    if kind not in ("ridge", "orth"):
+        raise ValueError(f"map kind must be ridge or orth, got {kind!r}")
     x, y, flights = flight_pairs(centre, views, teacher)
     q = basis.axes[:, :min(rank, basis.axes.shape[1])].astype(np.float32)
     xq, yq = x @ q, y @ q
-    if kind == "orth":
+    lam = ridge_lambda(xq, yq, flights, seed, ridge_folds) / len(xq) if kind == "ridge" else None
+    return MapPairs(xq, yq, flights, q, lam)
+
+
+def maps(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, n_maps: int, seed: int,
+         kind: str = "ridge", rank: int = 512, em_iters: int = 6, ridge_folds: int = 1,
+         pairs: MapPairs | None = None) -> dict:
+    """K linear maps drone -> satellite of the leading `rank` principal directions (identity
+    elsewhere), fitted to the flights' one-to-one satellite matches in the `teacher` space by EM
+    over the drone images (each image to the map that aligns it best with its flight's
+    satellite). kind="ridge": ridge maps, the shrinkage chosen on `ridge_folds` fifths of the flights;
+    kind="orth": orthogonal maps; `pairs` (map_pairs of the same arguments) saves building them
+    again. -> {"lda": heads whose gate is a linear discriminant of the EM's split, "subspace":
+    heads that pick the map landing most in the satellites' principal subspace} (one entry,
+    "lda", for a single map)."""
+    pairs = pairs or map_pairs(centre, basis, views, teacher, seed, kind, rank, ridge_folds)
+    xq, yq, q = pairs.x, pairs.y, pairs.q
+    if pairs.lam_per_row is None:
         fit_one = lambda a, b: _procrustes(a, b, q.shape[1])  # noqa: E731
-    elif kind == "ridge":
-        lam = ridge_lambda(xq, yq, flights, seed) / len(xq)
-        fit_one = lambda a, b: ridge(a, b, lam * len(a))  # noqa: E731
     else:
-        raise ValueError(f"map kind must be ridge or orth, got {kind!r}")
+        fit_one = lambda a, b: ridge(a, b, pairs.lam_per_row * len(a))  # noqa: E731
     label = kmeans(xq, n_maps, seed)
     xt, yt = torch.from_numpy(xq), torch.from_numpy(l2n(yq))
     for _ in range(em_iters if n_maps > 1 else 1):
@@ -159,37 +182,6 @@ def _principal_share(sat: np.ndarray, share: float = 0.9) -> np.ndarray:
     energy = np.cumsum(sv ** 2) / max(float((sv ** 2).sum()), 1e-12)
     m = int(min(np.searchsorted(energy, share) + 1, max(1, sat.shape[1] // 2)))
     return vt[:m].T.astype(np.float32)
-
-
-def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    xt = x.T.astype(np.float64)
-    return np.linalg.solve(xt @ x + lam * np.eye(x.shape[1]), xt @ y).astype(np.float32)
-
-
-def ridge_path(x: np.ndarray, y: np.ndarray):
-    """Ridge solutions for many lambdas from one eigendecomposition of x^T x: lam -> W."""
-    evals, evecs = np.linalg.eigh(x.T @ x)
-    xty = evecs.T @ (x.T @ y)
-    return lambda lam: evecs @ (xty / (evals + lam)[:, None])
-
-
-def ridge_lambda(x, y, flights, seed: int) -> float:
-    """Shrinkage chosen like the simulator's oracle, but on pseudo-pairs: fit on four fifths of
-    the flights, pick the lambda whose mapped drones of the other fifth retrieve their flight's
-    satellite best among those flights' satellites."""
-    uniq = np.unique(flights)
-    val = np.isin(flights, np.random.default_rng(seed).permutation(uniq)[: max(1, len(uniq) // 5)])
-    fit_x = x[~val].astype(np.float64)
-    path = ridge_path(fit_x, y[~val].astype(np.float64))
-    scale = float(np.trace(fit_x.T @ fit_x)) / x.shape[1]
-    targets, target_of = np.unique(y[val], axis=0, return_inverse=True)
-    best, best_lam = -1.0, scale
-    for lam in scale * np.logspace(-3, 1, 9):
-        w = path(lam)
-        hit = np.mean(np.argmax(l2n((x[val] @ w).astype(np.float32)) @ targets.T, 1) == target_of.ravel())
-        if hit > best:
-            best, best_lam = hit, lam
-    return float(best_lam) * len(x) / max(int((~val).sum()), 1)
 
 
 def _procrustes(x: np.ndarray, y: np.ndarray, r: int) -> np.ndarray:

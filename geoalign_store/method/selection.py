@@ -62,13 +62,14 @@ class SelectionConfig(FitHeadsSection):
     held_pairing: str
     null_of: str
     second_opinion: str
+    ridge_folds: int
     SECTION: ClassVar[str] = "select"
     # keys added after heads were first saved, at the value that reproduces heads fitted before
     # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
     # recipe's defaults are fit-heads.yaml's.
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
                                   "one_se_pool": "all", "held_pairing": "seen_first",
-                                  "null_of": "all", "second_opinion": "none"}
+                                  "null_of": "all", "second_opinion": "none", "ridge_folds": 1}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
                                "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen"),
                                "null_of": ("all", "held"), "second_opinion": ("none", "joint_held")}
@@ -85,6 +86,9 @@ class SelectionConfig(FitHeadsSection):
                 raise ConfigError(f"select.{key}: a non-empty list of integers >= 1, got {list(getattr(self, key))}")
         if any(not 0 < float(w) < 1 for w in self.fusion_weights):
             raise ConfigError(f"select.fusion_weights: weights strictly between 0 and 1, got {list(self.fusion_weights)}")
+        if not 1 <= self.ridge_folds <= 5:
+            raise ConfigError(f"select.ridge_folds: how many of the flights' five fifths judge the ridge shrinkage, "
+                              f"1 to 5, got {self.ridge_folds}")
         if self.confirm_folds < 0 or not 0 < self.holdout < 1 or self.rounds < 1 or self.map_rank < 1:
             raise ConfigError("select: confirm_folds >= 0, 0 < holdout < 1, rounds >= 1 and map_rank >= 1 "
                               f"(got {self.confirm_folds}, {self.holdout}, {self.rounds}, {self.map_rank})")
@@ -146,10 +150,13 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
         # map that paired the flights is never overwritten by its refit
         tag = "" if round_ == 0 else f" r{round_ + 1}"
         for kind in cfg.map_kinds:
+            pairs = None   # the flight pairs and the shrinkage search, shared by every K
             for k in cfg.n_maps:
                 names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}"}
                 if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
-                    fitted = cand.maps(centre, basis, views, out[chain[round_]], k, seed, kind, cfg.map_rank)
+                    pairs = pairs or cand.map_pairs(centre, basis, views, out[chain[round_]], seed, kind,
+                                                    cfg.map_rank, cfg.ridge_folds)
+                    fitted = cand.maps(centre, basis, views, out[chain[round_]], k, seed, pairs=pairs)
                     maps.update({names[gate]: heads for gate, heads in fitted.items()})
         out.update(maps)
         if score is None or round_ + 1 == rounds:
