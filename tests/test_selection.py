@@ -138,7 +138,8 @@ def test_ridge_maps_recover_a_linear_view_change(ridge_folds):
     views = TrainViews(sat, drone, np.repeat(np.arange(n) + 500, 16), LAYERS)
     centre = cand.centring(views)
     basis = cand.principal_basis(centre, views)
-    heads = cand.maps(centre, basis, views, centre, 1, 0, "ridge", ridge_folds=ridge_folds)["lda"]
+    pairs = cand.map_pairs(centre, basis, views, centre, 0, "ridge", ridge_folds=ridge_folds)
+    heads = cand.maps(centre, views, pairs, 1, 0)["lda"]
     tsat, tdrone = views_for(40, 2)
     pick = np.argmax(heads.embed(tdrone, "drone") @ heads.embed(tsat, "satellite").T, axis=1)
     raw = np.argmax(centre.embed(tdrone, "drone") @ centre.embed(tsat, "satellite").T, axis=1)

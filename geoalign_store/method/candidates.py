@@ -130,6 +130,9 @@ class MapPairs:
 
 def map_pairs(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, seed: int, kind: str = "ridge",
               rank: int = 512, ridge_folds: int = 1) -> MapPairs:
+    """The flights' one-to-one satellite matches in the `teacher` space, in the `rank` leading
+    principal directions; kind="ridge": with the shrinkage chosen on `ridge_folds` fifths of the
+    flights, kind="orth": none (orthogonal maps)."""
     if kind not in ("ridge", "orth"):
         raise ValueError(f"map kind must be ridge or orth, got {kind!r}")
     x, y, flights = flight_pairs(centre, views, teacher)
@@ -139,18 +142,13 @@ def map_pairs(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, se
     return MapPairs(xq, yq, flights, q, lam)
 
 
-def maps(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, n_maps: int, seed: int,
-         kind: str = "ridge", rank: int = 512, em_iters: int = 6, ridge_folds: int = 1,
-         pairs: MapPairs | None = None) -> dict:
-    """K linear maps drone -> satellite of the leading `rank` principal directions (identity
-    elsewhere), fitted to the flights' one-to-one satellite matches in the `teacher` space by EM
-    over the drone images (each image to the map that aligns it best with its flight's
-    satellite). kind="ridge": ridge maps, the shrinkage chosen on `ridge_folds` fifths of the flights;
-    kind="orth": orthogonal maps; `pairs` (map_pairs of the same arguments) saves building them
-    again. -> {"lda": heads whose gate is a linear discriminant of the EM's split, "subspace":
-    heads that pick the map landing most in the satellites' principal subspace} (one entry,
-    "lda", for a single map)."""
-    pairs = pairs or map_pairs(centre, basis, views, teacher, seed, kind, rank, ridge_folds)
+def maps(centre: Heads, views: TrainViews, pairs: MapPairs, n_maps: int, seed: int, em_iters: int = 6) -> dict:
+    """K linear maps drone -> satellite of the pairs' leading principal directions (identity
+    elsewhere), fitted to `pairs` (map_pairs: ridge maps with its shrinkage, or orthogonal maps)
+    by EM over the drone images (each image to the map that aligns it best with its flight's
+    satellite). -> {"lda": heads whose gate is a linear discriminant of the EM's split,
+    "subspace": heads that pick the map landing most in the satellites' principal subspace}
+    (one entry, "lda", for a single map)."""
     xq, yq, q = pairs.x, pairs.y, pairs.q
     if pairs.lam_per_row is None:
         fit_one = lambda a, b: _procrustes(a, b, q.shape[1])  # noqa: E731

@@ -156,7 +156,7 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
                 if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
                     pairs = pairs or cand.map_pairs(centre, basis, views, out[chain[round_]], seed, kind,
                                                     cfg.map_rank, cfg.ridge_folds)
-                    fitted = cand.maps(centre, basis, views, out[chain[round_]], k, seed, pairs=pairs)
+                    fitted = cand.maps(centre, views, pairs, k, seed)
                     maps.update({names[gate]: heads for gate, heads in fitted.items()})
         out.update(maps)
         if score is None or round_ + 1 == rounds:

@@ -15,10 +15,16 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     return np.linalg.solve(xt @ x + lam * np.eye(x.shape[1]), xt @ y).astype(np.float32)
 
 
+def _eigen_ridge(x: np.ndarray, y: np.ndarray):
+    """x^T x = V diag(e) V^T and V^T x^T y: the ridge solution for any lambda is
+    V diag(1 / (e + lam)) V^T x^T y."""
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    return evals, evecs, evecs.T @ (x.T @ y)
+
+
 def ridge_path(x: np.ndarray, y: np.ndarray):
     """Ridge solutions for many lambdas from one eigendecomposition of x^T x: lam -> W."""
-    evals, evecs = np.linalg.eigh(x.T @ x)
-    xty = evecs.T @ (x.T @ y)
+    evals, evecs, xty = _eigen_ridge(x, y)
     return lambda lam: evecs @ (xty / (evals + lam)[:, None])
 
 
@@ -47,9 +53,8 @@ def _fold_hits(x, y, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per lambda of the grid, the held-out rows `val` retrieving their target among the
     held-out targets, with ridge fitted on the other rows; and the grid in all rows' units."""
     fit_x = x[~val].astype(np.float64)
-    evals, evecs = np.linalg.eigh(fit_x.T @ fit_x)
-    xty = evecs.T @ (fit_x.T @ y[~val].astype(np.float64))   # ridge_path's, with the rows rotated once
-    rotated = x[val].astype(np.float64) @ evecs
+    evals, evecs, xty = _eigen_ridge(fit_x, y[~val].astype(np.float64))
+    rotated = x[val].astype(np.float64) @ evecs   # the held-out rows in the eigenbasis, once for every lambda
     lams = RIDGE_GRID * float(np.trace(fit_x.T @ fit_x)) / x.shape[1]
     targets, target_of = np.unique(y[val], axis=0, return_inverse=True)
     hits = [np.sum(np.argmax(l2n(((rotated / (evals + lam)) @ xty).astype(np.float32)) @ targets.T, 1)
