@@ -107,8 +107,10 @@ def spearman(x, y) -> float:
 
 
 def kind(name: str) -> str:
-    """A candidate's kind: centre, whiten, ridge, orth, agra, or fusion."""
-    return "fusion" if " + " in name else name.split("(")[0]
+    """A candidate's kind: centre, whiten, ridge, orth, agra, or fusion; a best-of-maps bank's
+    (fused or not) apart, e.g. "orth, best of maps"."""
+    base = "fusion" if " + " in name else name.split("(")[0]
+    return f"{base}, best of maps" if "best of maps" in name else base
 
 
 def centring_all(family: str, seed: int) -> float:

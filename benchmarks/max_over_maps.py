@@ -1,5 +1,7 @@
-"""Issue 24 item 4, an experiment (not a product path): the max-over-maps retrieval rule against
-the gate, on the very same maps.
+"""Issue 24 item 4, the experiment that came first: the max-over-maps retrieval rule against the
+gate, on the very same maps. The rule is now a candidate of the product (`select.best_of_maps`:
+`ridge(K, best of maps)`, method/map_bank.py; scored, indexed and located through
+retrieval/multi_vector.py); `benchmarks/heads.py` measures the selection with it.
 
     python benchmarks/max_over_maps.py 0 30 /tmp/maxmaps.json      # worlds 0..29, ~8 min
 

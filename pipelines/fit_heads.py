@@ -91,6 +91,8 @@ def unread_keys_removed(spec: dict, cfg) -> dict:
             spec["select"].pop("null_of", None)
         if "ridge" not in cfg.select.map_kinds:   # no ridge map to shrink
             spec["select"].pop("ridge_folds", None)
+        if not cfg.select.map_kinds or max(cfg.select.n_maps) < 2:   # no bank of several maps
+            spec["select"].pop("best_of_maps", None)
         if not cfg.select.agra:
             del spec["agra"]
     return spec

@@ -273,7 +273,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
                                                ("held_pairing", "seen_first", "seen_on_seen"),
                                                ("null_of", "all", "held"),
                                                ("second_opinion", "none", "joint_held"),
-                                               ("ridge_folds", "1", "5")])
+                                               ("ridge_folds", "1", "5"),
+                                               ("best_of_maps", "false", "true")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -326,6 +327,15 @@ def test_ridge_folds_stays_out_of_the_fingerprint_without_ridge_maps(monkeypatch
     assert fingerprint(_spec(monkeypatch, ["select.ridge_folds=1"])) != fingerprint(_spec(monkeypatch, []))
 
 
+def test_best_of_maps_stays_out_of_the_fingerprint_without_a_bank_of_several_maps(monkeypatch):
+    """select.best_of_maps adds the gate-free banks of K > 1 maps; with n_maps=[1] there is none."""
+    from geoalign_store.config import fingerprint
+    one = ["select.n_maps=[1]"]
+    assert fingerprint(_spec(monkeypatch, one + ["select.best_of_maps=false"])) == \
+        fingerprint(_spec(monkeypatch, one + ["select.best_of_maps=true"]))
+    assert fingerprint(_spec(monkeypatch, ["select.best_of_maps=true"])) != fingerprint(_spec(monkeypatch, []))
+
+
 def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_out_satellite(monkeypatch):
     """select.null_of picks which satellites the null turns: with holdout_by=flights no satellite
     is held out, with null_adjust=false there is no null; then it changes nothing."""
@@ -344,7 +354,8 @@ def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_
                                             ("select.null_of=seen", "select.null_of: 'seen'"),
                                             ("select.second_opinion=maybe", "select.second_opinion: 'maybe'"),
                                             ("select.ridge_folds=6", "select.ridge_folds: how many"),
-                                            ("select.n_maps=[]", "select.n_maps")])
+                                            ("select.n_maps=[]", "select.n_maps"),
+                                            ("select.best_of_maps=maybe", "select.best_of_maps takes true or false")])
 def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
     """Refused at the start of the stage (the store is not even opened), naming the key."""
     from geoalign_store.config import ConfigError

@@ -26,7 +26,8 @@ def views_of(data) -> TrainViews:
 def r1_of(heads, data) -> float:
     desc = lambda a: {k: a[f"layer_{k}/desc"] for k in LAYERS}  # noqa: E731
     q, g = data["test", "drone"], data["test", "satellite"]
-    best = np.argmax(heads.embed(desc(q), "drone") @ heads.embed(desc(g), "satellite").T, axis=1)
+    sims = heads.embed(desc(q), "drone") @ heads.embed(desc(g), "satellite").T
+    best = np.argmax(sims.max(1) if sims.ndim == 3 else sims, axis=1)   # best of maps: max over the K
     return float(np.mean(g["labels"][best] == q["labels"]))
 
 
@@ -439,3 +440,23 @@ def test_gate_keeps_centring_unless_the_gain_clears_the_margin():
     assert clear.decide(2.0, 0.01)[0] == "m"
     loss = Gate("m", per_flight - 0.2, flights, "held-out flights")
     assert loss.decide(2.0, 0.01)[0] == "centre"
+
+
+def test_best_of_maps_candidates_never_pair_flights_and_refit_by_name(sim):
+    """select.best_of_maps: gate-free banks of K > 1 maps join the candidates, each pair scored
+    by its best map. Their drones are K vectors, so they never become the space that pairs the
+    flights again, even when they score highest; a chosen one (fused too) is refitted with its
+    K vectors; best_of_maps=false fits none."""
+    from geoalign_store.method import selection
+    views = views_of(sim)
+    favour = lambda heads: 1.0 if heads.vectors("drone") > 1 else 0.5   # noqa: E731
+    on = replace(FAST, best_of_maps=True)
+    fitted, chain = selection.candidates(views, on, 0, None, favour, lambda *_: None)
+    best_of = [n for n in fitted if "best of maps" in n]
+    assert "ridge(2, best of maps)" in best_of and "orth(2, best of maps) r2" not in best_of
+    assert chain == ["centre"] and all(fitted[n].vectors("drone") == 2 for n in best_of)
+    fused = f"0.5 ridge(2, best of maps) + 0.5 {chain[0]}"
+    refit = selection._refit(fused, fitted[fused], views, on, 0, chain)
+    assert refit.vectors("drone") == 2 and refit.kinds == ["maps", "centre"]
+    plain, _ = selection.candidates(views, FAST, 0, None, favour, lambda *_: None)   # the default: off
+    assert not [n for n in plain if "best of maps" in n] and set(plain) < set(fitted)

@@ -12,8 +12,9 @@ from ..faces import face
 
 IMPORTS = ("config", "store")
 __getattr__, __dir__, __all__ = face(__name__, {
-    "heads": ("AGRA", "ISMS", "LayerScale", "MapBank", "RMSNorm", "agra_dim_error", "export_state_dict",
+    "heads": ("AGRA", "ISMS", "LayerScale", "RMSNorm", "agra_dim_error", "export_state_dict",
               "fuse", "isms_losses"),
+    "map_bank": ("MapBank",),
     "release_weights": ("load_release_agra", "load_release_isms", "read_release_checkpoint",
                         "unwrap_state_dict"),
     "headset": ("Heads", "l2n", "legacy_recipe"),

@@ -8,7 +8,8 @@ serves selection, scoring and locate alike. Candidates:
 - ``whiten(L)``: PCA whitening of the L leading directions of the centred drone rows (ISMS);
 - ``ridge(K)`` / ``orth(K)``: K ridge or orthogonal linear maps drone -> satellite, fitted to
   drone flights matched one-to-one with satellites (the Hungarian assignment of flight means in
-  a teacher space), by EM over the drone images; a gate picks one map per drone image;
+  a teacher space), by EM over the drone images; a gate picks one map per drone image, or (the
+  best-of rule, ``ridge(K, best of maps)``) each (drone, satellite) pair scores as its best map;
 - ``agra``: AGRA taught by the flight teacher (teacher.agra_candidate, the improved recipe);
 - fusions of these (headset.Heads with two streams and a weight).
 Every map acts on the leading principal subspace only and is the identity elsewhere, so it is
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from .headset import Heads, l2n
-from .heads import ISMS, MapBank
+from .heads import ISMS
+from .map_bank import MapBank
 from .shrinkage import ridge, ridge_lambda
 from .teacher import flight_means, flight_rows  # noqa: F401  (flight_means: used by selection too)
 
@@ -147,8 +149,9 @@ def maps(centre: Heads, views: TrainViews, pairs: MapPairs, n_maps: int, seed: i
     elsewhere), fitted to `pairs` (map_pairs: ridge maps with its shrinkage, or orthogonal maps)
     by EM over the drone images (each image to the map that aligns it best with its flight's
     satellite). -> {"lda": heads whose gate is a linear discriminant of the EM's split,
-    "subspace": heads that pick the map landing most in the satellites' principal subspace}
-    (one entry, "lda", for a single map)."""
+    "subspace": heads that pick the map landing most in the satellites' principal subspace,
+    "best": heads with no gate, each pair scored by its best map (MapBank's best_of)} (one entry,
+    "lda", for a single map)."""
     xq, yq, q = pairs.x, pairs.y, pairs.q
     if pairs.lam_per_row is None:
         fit_one = lambda a, b: _procrustes(a, b, q.shape[1])  # noqa: E731
@@ -169,6 +172,7 @@ def maps(centre: Heads, views: TrainViews, pairs: MapPairs, n_maps: int, seed: i
     if n_maps > 1:
         axes = _principal_share(centre.embed(views.sat, "satellite") @ q)
         out["subspace"] = centre.with_streams([("maps", MapBank.build(q, mats, *gate, axes))], [1.0])
+        out["best"] = centre.with_streams([("maps", MapBank.build(q, mats, best_of=True))], [1.0])
     return out
 
 

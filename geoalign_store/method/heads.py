@@ -33,7 +33,7 @@ from torch import nn
 
 __all__ = [
     "AGRA", "ISMS", "MoELayer", "TransformerExpert", "RMSNorm", "LayerScale",
-    "isms_losses", "fuse", "l2n", "export_state_dict", "agra_dim_error", "MapBank",
+    "isms_losses", "fuse", "l2n", "export_state_dict", "agra_dim_error",
 ]
 
 SATELLITE_VIEWS = ("satellite", "sat")
@@ -324,51 +324,3 @@ def export_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()
             if not k.startswith("dec2.")}
 
-
-# --------------------------------------------------------------------------- map bank (issue 8)
-class MapBank(nn.Module):
-    """K linear maps of the centred concat space for drone images, each acting on the leading
-    principal subspace (basis `q`, D x r: coordinates c = x q, mapped to c M_k) and the identity
-    elsewhere. One map per image is picked by a linear gate on the coordinates (`gate_weight`,
-    `gate_bias`) or, when `sat_axes` (r x m, m > 0) is set, by the map that puts the largest
-    share of the image into the satellites' principal subspace. Satellites pass unchanged."""
-
-    def __init__(self, dim: int, rank: int, n_maps: int, sat_dims: int = 0):
-        super().__init__()
-        self.register_buffer("basis", torch.zeros(dim, rank))
-        self.register_buffer("maps", torch.eye(rank).repeat(n_maps, 1, 1))
-        self.register_buffer("gate_weight", torch.zeros(n_maps, rank))
-        self.register_buffer("gate_bias", torch.zeros(n_maps))
-        self.register_buffer("sat_axes", torch.zeros(rank, sat_dims))
-
-    @classmethod
-    def build(cls, basis, maps, gate_weight, gate_bias, sat_axes=None) -> "MapBank":
-        sat_axes = np.zeros((basis.shape[1], 0), np.float32) if sat_axes is None else sat_axes
-        bank = cls(basis.shape[0], basis.shape[1], len(maps), sat_axes.shape[1])
-        for name, value in (("basis", basis), ("maps", maps), ("gate_weight", gate_weight),
-                            ("gate_bias", gate_bias), ("sat_axes", sat_axes)):
-            getattr(bank, name).copy_(torch.as_tensor(value))
-        return bank.eval()
-
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> "MapBank":
-        return cls.build(sd["basis"], sd["maps"], sd["gate_weight"], sd["gate_bias"], sd.get("sat_axes"))
-
-    def choose(self, coords: torch.Tensor) -> torch.Tensor:
-        if self.sat_axes.shape[1] == 0:
-            return (coords @ self.gate_weight.T + self.gate_bias).argmax(1)
-        mapped = torch.einsum("nr,krs->nks", coords, self.maps)
-        share = (mapped @ self.sat_axes).pow(2).sum(-1) / mapped.pow(2).sum(-1).clamp_min(1e-12)
-        return share.argmax(1)
-
-    def embed(self, x: torch.Tensor, view: str) -> torch.Tensor:
-        if view in SATELLITE_VIEWS:
-            return l2n(x)
-        coords = x @ self.basis
-        pick = self.choose(coords)
-        moved = torch.zeros_like(coords)
-        for k in range(len(self.maps)):   # a handful of maps: each applied to its rows at once
-            rows = (pick == k).nonzero(as_tuple=True)[0]
-            if rows.numel():
-                moved[rows] = coords[rows] @ self.maps[k] - coords[rows]
-        return l2n(x + moved @ self.basis.T)

@@ -8,7 +8,9 @@ products are w cos_1 + (1 - w) cos_2). Stream kinds and what they read:
 - ``centre``: concat of the (centred) layers, L2 (the centring candidate; no weights);
 - ``isms``: ISMS on concat(layer a, layer b) (the whitening autoencoder, or PCA whitening);
 - ``agra``: AGRA on layer b (the drone branch adds its expert rectification);
-- ``maps``: a MapBank on the ``centre`` vector (drones mapped, satellites unchanged).
+- ``maps``: a MapBank on the ``centre`` vector (drones mapped, satellites unchanged). Under the
+  best-of-maps rule a drone image embeds as K unit vectors, shape (n, K, d), and a pair scores as
+  its best map's (`vectors`); fused with a second stream, each of the K is fused with it.
 
 On disk (heads/<name>/): centering.safetensors, one <kind>.safetensors per stream with weights,
 and the recipe (`Heads.recipe()`: layers, stream kinds, weights) inside heads.json.
@@ -24,18 +26,19 @@ import torch.nn.functional as F
 
 from ..store import load_tensors, save_tensors
 from .checkpoints import save_module
-from .heads import MapBank, fuse
+from .heads import fuse
+from .map_bank import MapBank
 from .release_weights import load_release_agra, load_release_isms
 
 KINDS = ("centre", "isms", "agra", "maps")
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised, bitwise as F.normalize (the heads' training and selection use it).
+    """Rows (the last axis) L2-normalised, bitwise as F.normalize (the heads' training and selection use it).
     torch, not numpy: multi-threaded and ~5x faster on U1652-sized blocks here (0.34 s vs 1.9 s
     for 37,854 x 2 x 1280). heads=none scoring never calls it (retrieval's raw embedding
     normalises in numpy), so it never loads torch."""
-    return F.normalize(torch.from_numpy(np.ascontiguousarray(x)), dim=1, eps=1e-12).numpy()
+    return F.normalize(torch.from_numpy(np.ascontiguousarray(x)), dim=-1, eps=1e-12).numpy()
 
 
 class Heads:
@@ -64,6 +67,13 @@ class Heads:
         """How many numbers were fitted (centring means excluded): a model-size measure."""
         return sum(t.numel() for _, module in self.streams if module is not None
                    for t in [*module.parameters(), *module.buffers()])
+
+    def vectors(self, view: str) -> int:
+        """Vectors per image of `view`: K for drones under a best-of-maps stream (the embedding is
+        (n, K, d) and a pair scores as max over the K), else 1."""
+        if view in ("satellite", "sat"):
+            return 1
+        return max([getattr(module, "vectors", 1) for _, module in self.streams if module is not None], default=1)
 
     # ----- embedding
     def centred(self, desc: dict, view: str) -> dict:
@@ -100,7 +110,10 @@ class Heads:
         """The retrieval vectors from the streams' outputs (fused when there are two)."""
         if len(parts) == 1:
             return l2n(parts[0].float().numpy())
-        return fuse(parts[0].float(), parts[1].float(), self.weights[0]).numpy()
+        first, second = parts[0].float(), parts[1].float()
+        if first.ndim == 3:    # best of K maps: each mapped vector fused with the second stream
+            second = second[:, None, :].expand(-1, first.shape[1], -1)
+        return fuse(first, second, self.weights[0]).numpy()
 
     def embed(self, desc: dict, view: str) -> np.ndarray:
         with torch.inference_mode():

@@ -63,13 +63,15 @@ class SelectionConfig(FitHeadsSection):
     null_of: str
     second_opinion: str
     ridge_folds: int
+    best_of_maps: bool
     SECTION: ClassVar[str] = "select"
     # keys added after heads were first saved, at the value that reproduces heads fitted before
     # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
     # recipe's defaults are fit-heads.yaml's.
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
                                   "one_se_pool": "all", "held_pairing": "seen_first",
-                                  "null_of": "all", "second_opinion": "none", "ridge_folds": 1}
+                                  "null_of": "all", "second_opinion": "none", "ridge_folds": 1,
+                                  "best_of_maps": False}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
                                "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen"),
                                "null_of": ("all", "held"), "second_opinion": ("none", "joint_held")}
@@ -152,16 +154,20 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
         for kind in cfg.map_kinds:
             pairs = None   # the flight pairs and the shrinkage search, shared by every K
             for k in cfg.n_maps:
-                names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}"}
+                names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}",
+                         "best": f"{kind}({k}, best of maps){tag}"}
+                if not cfg.best_of_maps:
+                    del names["best"]
                 if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
                     pairs = pairs or cand.map_pairs(centre, basis, views, out[chain[round_]], seed, kind,
                                                     cfg.map_rank, cfg.ridge_folds)
                     fitted = cand.maps(centre, views, pairs, k, seed)
-                    maps.update({names[gate]: heads for gate, heads in fitted.items()})
+                    maps.update({names[gate]: heads for gate, heads in fitted.items() if gate in names})
         out.update(maps)
         if score is None or round_ + 1 == rounds:
             continue
-        best = max(maps, key=lambda n: score(maps[n]))
+        # the flights are paired again in one vector an image: a best-of-maps space has K
+        best = max((n for n in maps if maps[n].vectors("drone") == 1), key=lambda n: score(maps[n]))
         if score(maps[best]) <= score(out[chain[-1]]):
             break
         chain.append(best)                                 # pair again in the best map's space

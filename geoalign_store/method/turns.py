@@ -62,7 +62,11 @@ class SatelliteSets:
         return 1 + len(self.flipped)
 
     def similarities(self, y: np.ndarray) -> list[np.ndarray]:
-        """[y sat^T, then y turn(sat)^T for each turn]."""
+        """[y sat^T, then y turn(sat)^T for each turn]. Rows of K vectors each, (n, K, d) (the
+        best-of-maps rule), score each satellite by their best: max over the K."""
+        if y.ndim == 3:
+            n, k, d = y.shape
+            return [sim.reshape(n, k, -1).max(1) for sim in self.similarities(y.reshape(n * k, d))]
         s = y @ self.sat.T
         if not self.flipped:
             return [s]

@@ -47,6 +47,10 @@ class NumpyOps:
         """a @ b.T into out."""
         return np.matmul(a, b.T, out=out)
 
+    def amax(self, x, axes, out):
+        """The maximum over `axes`, into out."""
+        return np.amax(x, axis=axes, out=out)
+
     def index(self, idx):
         return idx
 
@@ -148,6 +152,9 @@ class TorchOps:
 
     def matmul(self, a, b, out):
         return self.torch.matmul(a, b.T, out=out)
+
+    def amax(self, x, axes, out):
+        return self.torch.amax(x, dim=axes, out=out)
 
     def index(self, idx):
         return self.torch.from_numpy(np.asarray(idx)).to(self.device)

@@ -170,7 +170,8 @@ def raw_embedding(layer_desc: dict[int, np.ndarray], view: str) -> np.ndarray:
 class StoredEmbeddings:
     """Embeddings of some rows of a view, computed lazily in row chunks from the store, so that
     a gallery of millions is never held in memory at once. Supports `.shape`, `e[a:b]` and
-    `e[int_array]` (what the streamed metrics read)."""
+    `e[int_array]` (what the streamed metrics read). Heads that embed an image as K vectors
+    (best of maps: (n, K, d)) give rows of K * d and `vectors` = K (retrieval/multi_vector.py)."""
 
     def __init__(self, root, dataset: str, split: str, side: Side, layers: list[int],
                  embed: Callable[[dict, str], np.ndarray] = raw_embedding, dim: int | None = None):
@@ -181,8 +182,9 @@ class StoredEmbeddings:
                 raise st.StoreError(f"{array.path} has shape {array.shape} but the view has {n} "
                                     "labels: every array of a view needs one row per image")
         self.rows, self.view, self.embed = side.selection, side.view, embed   # position -> view row
-        self.dim = dim or embed({k: np.ones((1, a.shape[1]), np.float32)
-                                 for k, a in self.arrays.items()}, side.view).shape[1]
+        probe = embed({k: np.ones((1, a.shape[1]), np.float32) for k, a in self.arrays.items()}, side.view)
+        self.vectors = probe.shape[1] if probe.ndim == 3 else 1
+        self.dim = dim or int(np.prod(probe.shape[1:]))
         self.shape = (len(self.rows), self.dim)
 
     def __len__(self) -> int:
@@ -212,14 +214,15 @@ class StoredEmbeddings:
     def _fill(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         if self.embed is raw_embedding:
             return _raw_embedding_into(self.arrays, rows, out)
-        out[:] = self.embed({k: read_rows(a, rows) for k, a in self.arrays.items()}, self.view)
+        out[:] = self.embed({k: read_rows(a, rows) for k, a in self.arrays.items()}, self.view).reshape(len(rows), -1)
         return out
 
     def materialise(self, chunk: int = 65536) -> np.ndarray:
+        """Every row in memory: (n, dim), or (n, K, d) for items of K vectors."""
         out = np.empty(self.shape, np.float32)
         for start in range(0, len(self), chunk):
             self.read_into(slice(start, start + chunk), out[start:start + chunk])
-        return out
+        return out if self.vectors == 1 else out.reshape(len(self), self.vectors, -1)
 
 
 def _normalise_layers_(out: np.ndarray, widths: list[int]) -> np.ndarray:

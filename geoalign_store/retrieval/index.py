@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from ..config import ConfigError
+from .multi_vector import search_best
 
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 DEFAULT_PARAMS = {
@@ -170,7 +171,11 @@ def load_index(path, *, use_gpu: bool | None = None, gpu_id: int = 0,
 
 def search(index, queries, k: int, *, chunk_size: int = 4096):
     """(scores float32, ids int64), each (n_queries, k), best first, in query chunks; ids are -1
-    (scores -inf-like) where the index holds fewer than k items or the ANN probe found fewer."""
+    (scores -inf-like) where the index holds fewer than k items or the ANN probe found fewer.
+    Queries of K vectors, (n, K, d) (best-of-maps heads): each vector searched, the results
+    merged by item at its best score (multi_vector.py; exact for a flat index)."""
+    if len(getattr(queries, "shape", ())) == 3:
+        return search_best(lambda rows, kk: search(index, rows, kk, chunk_size=chunk_size), queries, k)
     n, dim = _shape(queries)
     if dim != index.d:
         raise ValueError(f"dimension mismatch: queries have dim {dim}, index dim {index.d}")

@@ -26,6 +26,7 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
     with faiss-gpu on `device` when it is a CUDA device and faiss has GPU support."""
     name = index_name(dataset, embedder, ds, cfg.index)
     folder = st.artefact_dir(cfg.store, "indices", name)
+    _one_vector_an_item(root, dataset, embedder, ds)
     if cfg.index == "ivfpq":  # any size: sharded, resumable, on cluster= (sharded_build.py)
         from .sharded_build import ensure_sharded
         index, meta = ensure_sharded(cfg, root, dataset, embedder, ds, folder, device)
@@ -81,3 +82,15 @@ def _stale_message(folder, old: dict, want: dict) -> str:
     what = ("its type or parameters changed" if old.get("embeddings") == want["embeddings"] else
             "the embeddings it holds changed (features, their content, heads, layers or gallery rows)")
     return f"{folder} is stale: {what}; add overwrite=true to rebuild it"
+
+
+def _one_vector_an_item(root, dataset, embedder, ds) -> None:
+    """An index holds one vector an item; heads with the best-of-maps rule give a drone image K
+    (a query's K are searched and merged, but a gallery of drones would need K rows an item)."""
+    vectors = side_embeddings(root, dataset, embedder, ds.gallery).vectors
+    if vectors > 1:
+        raise fx.IndexConfigError(
+            f"{ds.mode}'s gallery ({ds.gallery.view}) has {vectors} vectors an image under heads "
+            f"{embedder.name} ({embedder.description}: a pair scores as its best map): an index holds one "
+            "a gallery item. Score this direction exactly with index=flat (no FAISS index), or use "
+            "mode=D2S, whose gallery (satellites) has one")

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .block_ops import ops_for, to_numpy
+from .multi_vector import block, pair_dots, rows_and_vectors
 
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of one similarity block (and of one gallery chunk)
 # Up to this many goods per query, counting the items above each good score by comparison
@@ -94,9 +95,13 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
     top-k. device: where the similarity blocks, the top-k and the rank counting run (a
     torch.device or its name); the gallery is read on the CPU and each chunk moved there.
     backend="torch" runs the GPU code path on the CPU (tests). goods: (gallery positions per
-    query, padded; count per query) when right answers are not a shared label (a map's tiles)."""
+    query, padded; count per query) when right answers are not a shared label (a map's tiles).
+    Items of several vectors (3-D (n, K, d), or a lazy gallery with `vectors`: the best-of-maps
+    heads) score as their best pair of vectors (multi_vector.py)."""
     ops = ops_for(device, backend)
-    q, n_gal, dtype = _check_inputs(query_emb, gallery_emb, ks, topk)
+    query_emb, q_vectors = rows_and_vectors(query_emb)
+    gallery_emb, g_vectors = rows_and_vectors(gallery_emb)
+    q, n_gal, dtype = _check_inputs(query_emb, gallery_emb, ks, topk, (q_vectors, g_vectors))
     gallery_emb = to_numpy(gallery_emb) if hasattr(gallery_emb, "detach") else gallery_emb
     n_q = q.shape[0]
     gl = np.zeros(n_gal, np.int64) if gallery_labels is None else _labels(gallery_labels, n_gal, "gallery")
@@ -110,9 +115,11 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
     n_slots = gidx.shape[1]
     junk = np.flatnonzero(gl == -1)
     g_step, q_step = _plan_chunks(gallery_emb, q, chunk_size, gallery_chunk_size, memory_budget)
+    if not chunk_size:   # a block of several vectors an item passes through one K times larger
+        q_step = max(1, q_step // (q_vectors * g_vectors))
     # several gallery chunks: good scores must be known before any chunk is counted
-    good_scores = ops.asarray(_pair_scores(q, gallery_emb, gidx, n_good, memory_budget), dtype) if (
-        n_slots and g_step < n_gal) else None
+    good_scores = ops.asarray(_pair_scores(q, gallery_emb, gidx, n_good, memory_budget, (q_vectors, g_vectors)),
+                              dtype) if (n_slots and g_step < n_gal) else None
     counts = ops.full((n_q, n_slots), 0, np.int64)
     best = _empty_topk(ops, n_q, topk, dtype)
     buf = ops.empty(q_step * g_step, dtype)
@@ -124,7 +131,7 @@ def score_retrieval(query_emb, gallery_emb, query_labels=None, gallery_labels=No
         jc = ops.index(junk[(junk >= g0) & (junk < g1)] - g0)
         for q0 in range(0, n_q, q_step):
             q1 = min(q0 + q_step, n_q)
-            s = ops.matmul(qd[q0:q1], gc, out=buf[: (q1 - q0) * (g1 - g0)].reshape(q1 - q0, g1 - g0))
+            s = block(ops, qd[q0:q1], gc, q_vectors, g_vectors, buf[: (q1 - q0) * (g1 - g0)].reshape(q1 - q0, g1 - g0))
             if len(jc):
                 s[:, jc] = -np.inf
             if topk:
@@ -192,15 +199,16 @@ def metrics_from_ranks(ranks, n_good, n_gallery, ks=(1, 5, 10)) -> dict:
 
 # ----------------------------------------------------------------------------- internals
 
-def _check_inputs(query_emb, gallery_emb, ks, topk):
+def _check_inputs(query_emb, gallery_emb, ks, topk, vectors=(1, 1)):
     """Queries as one numpy array in the compute dtype (float64 if either side is, else
     float32); clear ValueErrors for what the official script would silently get wrong."""
     g_shape = tuple(getattr(gallery_emb, "shape", ()))
     q = to_numpy(query_emb)  # checked here, moved to the device later
     if q.ndim != 2 or len(g_shape) != 2:
         raise ValueError(f"embeddings must be 2-D (n, dim); got queries {tuple(q.shape)}, gallery {g_shape}")
-    if q.shape[1] != g_shape[1]:
-        raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, gallery dim {g_shape[1]}")
+    if q.shape[1] * vectors[1] != g_shape[1] * vectors[0] or vectors[0] > 1 < vectors[1]:
+        raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]} ({vectors[0]} vectors), "
+                         f"gallery dim {g_shape[1]} ({vectors[1]} vectors)")
     if g_shape[0] == 0:
         raise ValueError("empty gallery: nothing to rank against")
     if q.shape[0] == 0:
@@ -259,7 +267,7 @@ def _gather_goods(ops, s, gidx, n_good):
     return _sort_desc(ops, ops.gather(s, ops.index(gidx)), valid)
 
 
-def _pair_scores(q, gallery, gidx, n_good, budget) -> np.ndarray:
+def _pair_scores(q, gallery, gidx, n_good, budget, vectors=(1, 1)) -> np.ndarray:
     """Good scores from the good rows alone, read in ascending row order (chunk-friendly), in
     blocks of ~budget/4 bytes (numpy's einsum: ~7x faster than torch for these row dots)."""
     valid = np.arange(gidx.shape[1]) < n_good[:, None]
@@ -272,7 +280,7 @@ def _pair_scores(q, gallery, gidx, n_good, budget) -> np.ndarray:
         sel = order[a:a + block]
         uniq, inv = np.unique(gi[sel], return_inverse=True)
         rows = _read_rows(gallery, uniq, q.dtype)
-        out[qi[sel], si[sel]] = np.einsum("ij,ij->i", q[qi[sel]], rows[inv])
+        out[qi[sel], si[sel]] = pair_dots(q[qi[sel]], rows[inv], *vectors)
     return _sort_desc(ops_for("cpu"), out, valid)
 
 

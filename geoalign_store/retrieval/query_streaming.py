@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .block_ops import ops_for, to_numpy
+from .multi_vector import block, rows_and_vectors
 from .metrics import (DEFAULT_MEMORY_BUDGET, RetrievalResult, _check_ks, _count_above,
                       _empty_topk, _gather_goods, _good_table, _labels, _result)
 from ..store import DEFAULT_SLAB_BYTES, prefetched_slabs, slab_rows
@@ -24,13 +25,16 @@ def score_streamed_queries(queries, gallery, query_labels, gallery_labels, *, ks
     """score_retrieval's metrics and top-k. queries: lazy rows with `.shape`,
     `.read_into(slice, out)` and optionally `.chunks` (e.g. StoredEmbeddings); gallery: a
     (n, d) array or tensor, computed in float64 if it is float64, else float32. goods: as
-    score_retrieval's (right answers per query given, not labels)."""
+    score_retrieval's (right answers per query given, not labels). Queries of several vectors
+    (their `vectors`, the best-of-maps heads' drones) score a satellite by their best."""
     ops = ops_for(device, backend)
+    q_vectors = int(getattr(queries, "vectors", 1))
+    gallery, g_vectors = rows_and_vectors(gallery)
     g_host = to_numpy(gallery)
     dtype = np.float64 if g_host.dtype == np.float64 else np.float32
     g = ops.asarray(g_host, dtype)
     (n_q, dim), n_gal = queries.shape, g.shape[0]
-    _check(dim, g, n_q, ks, topk)
+    _check(dim * g_vectors, g, n_q, ks, topk, q_vectors)
     gl = _labels(gallery_labels, n_gal, "gallery")
     gidx, n_good = goods if goods is not None else _good_table(_labels(query_labels, n_q, "query"), gl)
     junk = ops.index(np.flatnonzero(gl == -1))
@@ -38,12 +42,12 @@ def score_streamed_queries(queries, gallery, query_labels, gallery_labels, *, ks
     best = _empty_topk(ops, n_q, topk, dtype)
     unit = (getattr(queries, "chunks", None) or (0,))[0]
     item = np.dtype(dtype).itemsize
-    step = min(slab_rows(dim * item, unit, slab_bytes), max(1, memory_budget // (item * n_gal)))
-    block = ops.empty(step * n_gal, dtype)
+    step = min(slab_rows(dim * item, unit, slab_bytes), max(1, memory_budget // (item * n_gal * q_vectors * g_vectors)))
+    sims = ops.empty(step * n_gal, dtype)
     slabs = prefetched_slabs(n_q, step, lambda a, b, out: queries.read_into(slice(a, b), out),
                              lambda: np.empty((step, dim), dtype))
     for a, b, slab in slabs:
-        s = ops.matmul(ops.asarray(slab, dtype), g, out=block[: (b - a) * n_gal].reshape(b - a, n_gal))
+        s = block(ops, ops.asarray(slab, dtype), g, q_vectors, g_vectors, sims[: (b - a) * n_gal].reshape(b - a, n_gal))
         if len(junk):
             s[:, junk] = -np.inf
         if topk:  # the whole gallery is in this block: its top-k is the answer
@@ -55,8 +59,8 @@ def score_streamed_queries(queries, gallery, query_labels, gallery_labels, *, ks
     return _result(ops, counts, best, n_good, n_gal, ks)
 
 
-def _check(dim, g, n_q, ks, topk) -> None:
-    if g.ndim != 2 or g.shape[1] != dim:
+def _check(dim, g, n_q, ks, topk, q_vectors: int = 1) -> None:
+    if g.ndim != 2 or g.shape[1] * q_vectors != dim:
         raise ValueError(f"dimension mismatch: queries have dim {dim}, gallery shape {tuple(g.shape)}")
     if g.shape[0] == 0 or n_q == 0:
         raise ValueError(f"{n_q} queries against {g.shape[0]} gallery items: both must be non-empty")
