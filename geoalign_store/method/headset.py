@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..store import load_tensors, save_tensors
 from .checkpoints import save_module
-from .heads import fuse
+from .heads import SATELLITE_VIEWS, fuse
 from .map_bank import MapBank
 from .release_weights import load_release_agra, load_release_isms
 
@@ -71,7 +71,7 @@ class Heads:
     def vectors(self, view: str) -> int:
         """Vectors per image of `view`: K for drones under a best-of-maps stream (the embedding is
         (n, K, d) and a pair scores as max over the K), else 1."""
-        if view in ("satellite", "sat"):
+        if view in SATELLITE_VIEWS:
             return 1
         return max([getattr(module, "vectors", 1) for _, module in self.streams if module is not None], default=1)
 

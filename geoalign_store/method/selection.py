@@ -154,10 +154,9 @@ def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
         for kind in cfg.map_kinds:
             pairs = None   # the flight pairs and the shrinkage search, shared by every K
             for k in cfg.n_maps:
-                names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}",
-                         "best": f"{kind}({k}, best of maps){tag}"}
-                if not cfg.best_of_maps:
-                    del names["best"]
+                names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}"}
+                if cfg.best_of_maps:
+                    names["best"] = f"{kind}({k}, best of maps){tag}"
                 if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
                     pairs = pairs or cand.map_pairs(centre, basis, views, out[chain[round_]], seed, kind,
                                                     cfg.map_rank, cfg.ridge_folds)

@@ -26,7 +26,8 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
     with faiss-gpu on `device` when it is a CUDA device and faiss has GPU support."""
     name = index_name(dataset, embedder, ds, cfg.index)
     folder = st.artefact_dir(cfg.store, "indices", name)
-    _one_vector_an_item(root, dataset, embedder, ds)
+    gallery = side_embeddings(root, dataset, embedder, ds.gallery)
+    _one_vector_an_item(gallery, embedder, ds)
     if cfg.index == "ivfpq":  # any size: sharded, resumable, on cluster= (sharded_build.py)
         from .sharded_build import ensure_sharded
         index, meta = ensure_sharded(cfg, root, dataset, embedder, ds, folder, device)
@@ -55,7 +56,6 @@ def ensure_index(cfg, root, dataset, embedder, ds, device=None) -> tuple[object,
             raise st.split_damage(root, dataset, "test") or st.StoreError(
                 _stale_message(folder, meta.get("spec", {}), want))
     t0 = time.perf_counter()
-    gallery = side_embeddings(root, dataset, embedder, ds.gallery)
     index = fx.build_index(gallery, cfg.index, params, seed=int(cfg.seed),
                            use_gpu=gpu is not None, gpu_id=gpu or 0)
     fx.save_index(index, folder / "index.faiss")
@@ -84,10 +84,10 @@ def _stale_message(folder, old: dict, want: dict) -> str:
     return f"{folder} is stale: {what}; add overwrite=true to rebuild it"
 
 
-def _one_vector_an_item(root, dataset, embedder, ds) -> None:
+def _one_vector_an_item(gallery, embedder, ds) -> None:
     """An index holds one vector an item; heads with the best-of-maps rule give a drone image K
     (a query's K are searched and merged, but a gallery of drones would need K rows an item)."""
-    vectors = side_embeddings(root, dataset, embedder, ds.gallery).vectors
+    vectors = gallery.vectors
     if vectors > 1:
         raise fx.IndexConfigError(
             f"{ds.mode}'s gallery ({ds.gallery.view}) has {vectors} vectors an image under heads "
