@@ -33,7 +33,11 @@ times / threads mean the run was starved.
 
     python benchmarks/fit.py [--compare [--epochs 5] [--warmup 1] [--no-cycle] [--profile]
                              [--teacher isms|self]] [--threads N] [--device auto|cpu|cuda[:N]]
-                             [--set KEY=VALUE ...]
+                             [--pages both] [--set KEY=VALUE ...]
+
+Torch's large tensors go on huge pages as the CLI has them (features/host_memory.py) unless
+``THP_MEM_ALLOC_ENABLE=0``; ``--pages both`` runs the default recipe without them, then with them,
+one after the other in child processes (torch reads the switch once), and prints the ratio.
 
 ``--device`` (default cpu) is fit-heads' ``device=``: where AGRA trains (and the ISMS teacher's
 embeddings run); with ``--compare`` on a GPU the release design is not run (it is a CPU figure).
@@ -44,14 +48,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from geoalign_store.features import use_huge_pages  # noqa: E402
+
+use_huge_pages()   # as the CLI does; before torch loads (it reads the switch once)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fit_modules, when run as a script
 
@@ -173,10 +183,32 @@ def time_default_recipe(a, overrides=()) -> dict:
           f"agra.epochs={recipe.epochs}, device {device}), selection "
           f"included: {total:.1f} s = {total / 60:.2f} min (AGRA candidate {spent['agra']:.1f} s, everything "
           f"else {total - spent['agra']:.1f} s; {len(sel.estimates)} candidates); chosen {sel.chosen}")
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # KiB on Linux
+    pages = "huge pages" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "4 KiB pages"
+    print(f"  peak resident memory {peak_gib:.2f} GiB (torch's large tensors on {pages})")
     if device.type == "cpu":
         print(f"  target <= {TARGET_MINUTES:.0f} min on 2 CPU cores: {'MET' if total <= 60 * TARGET_MINUTES else 'NOT MET'}")
     return {"total_s": total, "agra_s": spent["agra"], "candidates": len(sel.estimates),
-            "chosen": sel.chosen, "device": str(device)}
+            "chosen": sel.chosen, "device": str(device), "peak_gib": peak_gib}
+
+
+def pages_both(argv: list[str]) -> None:
+    """The default recipe with torch's tensors on 4 KiB pages, then on huge pages: one child
+    process each (torch reads the switch once), the same arguments otherwise."""
+    rest = [x for i, x in enumerate(argv) if x != "--pages" and (i == 0 or argv[i - 1] != "--pages")]
+    totals = {}
+    for mode, switch in (("4 KiB", "0"), ("huge", "1")):
+        child = subprocess.Popen([sys.executable, __file__, *rest], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, env={**os.environ, "THP_MEM_ALLOC_ENABLE": switch})
+        lines = []
+        for text in child.stdout:    # shown as it comes: a child runs for minutes
+            print(text, end="", flush=True)
+            lines.append(text)
+        child.wait()
+        line = next((x for x in lines if x.startswith("default recipe")), "")
+        totals[mode] = float(line.split("included: ")[1].split(" s")[0]) if "included: " in line else float("nan")
+    print(f"huge pages / 4 KiB pages: {totals['huge']:.1f} s / {totals['4 KiB']:.1f} s = "
+          f"{totals['huge'] / totals['4 KiB']:.2f}")
 
 
 def main(argv=None):
@@ -200,7 +232,11 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=25, help="rows of the profile table")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="fit-heads overrides of the recipe timed (e.g. select.confirm_folds=4)")
+    ap.add_argument("--pages", choices=["both"], default=None,
+                    help="the default recipe on 4 KiB pages, then on huge pages (torch's large tensors)")
     a = ap.parse_args(argv)
+    if a.pages:
+        return pages_both(sys.argv[1:] if argv is None else list(argv))
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     if not a.compare:

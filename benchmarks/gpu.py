@@ -38,7 +38,11 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from geoalign_store.features import use_huge_pages
+
+use_huge_pages()   # as the CLI does; before torch loads (it reads the switch once)
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

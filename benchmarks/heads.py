@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from geoalign_store.config import compose, to_plain
+from geoalign_store.features import use_huge_pages
 from geoalign_store.method import (AgraRecipe, SelectionConfig, TrainViews, agra_candidate, centring, holdouts,
                                    select)
 from geoalign_store.retrieval import raw_embedding, retrieval_metrics
@@ -261,6 +262,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="fit-heads overrides of the recipe measured (e.g. select.null_adjust=true)")
     args = parser.parse_args()
+    use_huge_pages()   # as the CLI does, before torch loads
     args.recipe = compose("fit-heads", args.set) if args.set else DEFAULT
     families = [f for f in FAMILIES if f != "random"] if args.family == "all" else [args.family]
     if args.worlds:

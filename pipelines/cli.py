@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from geoalign_store.config import ConfigError, compose
 from geoalign_store.datasets import DatasetLayoutError
+from geoalign_store.features import use_huge_pages
 from geoalign_store.report import console, crash_log
 from geoalign_store.store import StoreError
 
@@ -345,6 +346,7 @@ def demo(overrides: Optional[List[str]] = OVERRIDES, as_json: bool = JSON) -> No
 
 
 def main() -> None:
+    use_huge_pages()   # before torch loads: large temporaries fault 2 MiB pages (features/host_memory.py)
     app()
 
 

@@ -3,8 +3,9 @@ rasterio windows resampled on the fly (no tile file written), decoding ahead of 
 forward pass, the DINOv3 ViT forward and its weights (a Hugging Face folder, or the official
 `.pth` converted key by key), the paper's pooling (per-position L2, GeM p=3, L2; CLS), the
 extraction engine that writes whole blocks to the store in-process or as dask tasks (one GPU per
-worker), the dask client those tasks (and the index's shards) run on (`cluster=`), and where
-computation runs (`device=`).
+worker), the dask client those tasks (and the index's shards) run on (`cluster=`), where
+computation runs (`device=`), and torch's large CPU tensors on huge pages (`use_huge_pages`,
+set by the CLI and the benchmarks before torch loads).
 
 May import: config, datasets, store.
 """
@@ -29,4 +30,5 @@ __getattr__, __dir__, __all__ = face(__name__, {
     "devices": ("device_name", "local_worker_devices", "resolve_device"),
     "worker_devices": ("DevicePerWorker", "worker_device"),
     "cluster": ("dask_client", "environment_kept", "local_workers"),
+    "host_memory": ("use_huge_pages",),
 })
