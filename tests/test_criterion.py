@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from geoalign_store.method import Rows, SatelliteSets, Turns, holdout_mask, select, stream_order
+from geoalign_store.method import Rows, SatelliteSets, TrainViews, Turns, holdout_mask, select, stream_order
 from geoalign_store.sim import generate
 from test_selection import FAST, views_of
 
@@ -37,6 +37,22 @@ def test_rows_embed_every_candidate_bitwise_as_heads_do(fitted, keep):
         for part, (desc, view) in parts.items():
             np.testing.assert_array_equal(rows.embed(candidates[name], part), candidates[name].embed(desc, view),
                                           err_msg=f"{name} / {part}")
+
+
+def test_held_per_flight_reads_evenly_spaced_images_of_every_held_out_flight():
+    """select.held_per_flight=k: each held-out flight keeps min(k, its images), spread over its
+    images in row order; no flight is dropped; 0 reads every image."""
+    groups = np.repeat(np.arange(6), [1, 2, 3, 9, 12, 4])
+    views = TrainViews({26: np.zeros((6, 2))}, {}, groups, (26,))
+    held = np.isin(groups, [0, 3, 4])
+    every = Rows(views, held).rows["held"]
+    capped = Rows(views, held, held_per_flight=3)
+    assert every.tolist() == np.flatnonzero(held).tolist()
+    assert sorted(np.unique(groups[capped.rows["held"]])) == [0, 3, 4]
+    assert np.bincount(capped.groups["held"], minlength=6)[[0, 3, 4]].tolist() == [1, 3, 3]
+    assert groups[capped.rows["held"]].tolist() == capped.groups["held"].tolist()
+    start = np.flatnonzero(groups == 3)[0]
+    assert (capped.rows["held"][capped.groups["held"] == 3] - start).tolist() == [0, 3, 6]
 
 
 def test_stream_order_puts_each_fusion_after_the_stream_it_starts_with(fitted):

@@ -366,9 +366,22 @@ def test_confirmation_refits_once_per_fold_for_every_estimate():
     first = [Gate("m", np.ones(4), views.groups[:4], "x"), Gate("m", -np.ones(4), views.groups[:4], "x")]
     result = lambda gain: {"m": (0, np.full(4, gain)), "centre": (0, np.zeros(4))}  # noqa: E731
     gates = confirm(first, views, folds, lambda v: refits.append(v) or ("fit", None),
-                    lambda fit, fold: [result(0.5), result(-0.5)])
+                    lambda fit, fold: ([result(0.5), result(-0.5)], views.groups[fold.drone]))
     assert len(refits) == 2 and [g.flights for g in gates] == [6, 6]
     assert gates[0].diff.tolist() == [1] * 4 + [0.5] * 8 and gates[1].diff.tolist() == [-1] * 4 + [-0.5] * 8
+
+
+def test_held_per_flight_above_every_flights_images_changes_nothing_and_below_keeps_the_flights(sim):
+    """select.held_per_flight caps the images the criterion reads of each held-out flight: a cap
+    no flight reaches is the rule before (0), bit for bit; a smaller one reads fewer images of the
+    same flights, the gate confirmed on every flight still."""
+    views = views_of(sim)
+    every = select(views, replace(FAST, held_per_flight=0), seed=0, log=lambda *_: None)
+    above = select(views, replace(FAST, held_per_flight=4), seed=0, log=lambda *_: None)
+    two = select(views, replace(FAST, held_per_flight=2), seed=0, log=lambda *_: None)
+    assert above.estimates == every.estimates and above.chosen == every.chosen and above.reason == every.reason
+    assert two.estimates != every.estimates and two.held_out_flights == every.held_out_flights
+    assert two.gate_flights == every.gate_flights == len(np.unique(views.groups))
 
 
 def test_confirmation_measures_the_gate_on_every_flight(sim):

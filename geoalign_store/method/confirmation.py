@@ -65,13 +65,14 @@ def confirm(firsts: list[Gate], views, folds: list, refit: Callable, rank: Calla
     its gain on every fold (holdout.Holdout: flights, or whole regions with their satellites):
     refit(seen views) -> (fitted {"centre", pick}, pairing space) without the fold, once per fold
     whatever the estimates; rank(that, fold) -> one {name: (criterion, per image)} on the fold's
-    flights per estimate, in the order of `firsts`."""
+    flights per estimate, in the order of `firsts`, and the flight of each image they read."""
     pick = firsts[0].pick
     diffs, groups = [[g.diff] for g in firsts], [firsts[0].groups]
     for fold in folds:
-        for diff, results in zip(diffs, rank(refit(fold.seen(views)), fold)):
+        by_estimate, fold_groups = rank(refit(fold.seen(views)), fold)
+        for diff, results in zip(diffs, by_estimate):
             diff.append(results[pick][1] - results["centre"][1])
-        groups.append(views.groups[fold.drone])
+        groups.append(fold_groups)
     where = "flights of regions, each held out once" if folds and folds[0].of_locations else "flights, each held out once"
     return [Gate(pick, np.concatenate(d), np.concatenate(groups), where) for d in diffs]
 

@@ -50,17 +50,19 @@ from .turns import SatelliteSets, Turns
 
 
 class Rows:
-    """The satellites ("sat"), the held-out drone rows ("held") and up to `per_flight` images of
-    every seen flight ("seen") of `views`, embedded in any candidate's space through one cache:
+    """The satellites ("sat"), the held-out drone rows ("held"; up to `held_per_flight` images of
+    each held-out flight, 0: all) and up to `per_flight` images of every seen flight ("seen") of `views`, embedded in any candidate's space through one cache:
     each part's centred layers and stream inputs, and the last `keep` stream outputs of each part
     (a stream is reused by the fusions that follow it: see `stream_order`). At University-1652
     size a held-out part is ~80 MB per entry."""
 
     def __init__(self, views: cand.TrainViews, held, per_flight: int = 8, keep: int = 2,
-                 pairing: str = "seen_first", null_of: str = "all"):
+                 pairing: str = "seen_first", null_of: str = "all", held_per_flight: int = 0):
         split = held if isinstance(held, Holdout) else flights_only(views, np.asarray(held, bool))
         held = split.drone
         held_rows = np.flatnonzero(held)
+        if held_per_flight:   # select.held_per_flight: evenly spaced images of each held-out flight
+            held_rows = held_rows[cand.flight_sample(views.groups[held_rows], held_per_flight)]
         seen_rows = np.flatnonzero(~held)[cand.flight_sample(views.groups[~held], per_flight)]
         self.views, self.keep = views, keep
         # held-out locations: each space's seen flights claim satellites in that space, never a

@@ -64,6 +64,7 @@ class SelectionConfig(FitHeadsSection):
     second_opinion: str
     ridge_folds: int
     best_of_maps: bool
+    held_per_flight: int
     SECTION: ClassVar[str] = "select"
     # keys added after heads were first saved, at the value that reproduces heads fitted before
     # the key existed (their fingerprint leaves the key out at that value). Not defaults: the
@@ -71,7 +72,7 @@ class SelectionConfig(FitHeadsSection):
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
                                   "one_se_pool": "all", "held_pairing": "seen_first",
                                   "null_of": "all", "second_opinion": "none", "ridge_folds": 1,
-                                  "best_of_maps": False}
+                                  "best_of_maps": False, "held_per_flight": 0}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
                                "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen"),
                                "null_of": ("all", "held"), "second_opinion": ("none", "joint_held")}
@@ -88,6 +89,9 @@ class SelectionConfig(FitHeadsSection):
                 raise ConfigError(f"select.{key}: a non-empty list of integers >= 1, got {list(getattr(self, key))}")
         if any(not 0 < float(w) < 1 for w in self.fusion_weights):
             raise ConfigError(f"select.fusion_weights: weights strictly between 0 and 1, got {list(self.fusion_weights)}")
+        if self.held_per_flight < 0 or self.held_per_flight == 1:
+            raise ConfigError("select.held_per_flight: images a held-out flight's criterion reads, 0 (every one) or "
+                              f">= 2 (its images vote in two halves), got {self.held_per_flight}")
         if not 1 <= self.ridge_folds <= 5:
             raise ConfigError(f"select.ridge_folds: how many of the flights' five fifths judge the ridge shrinkage, "
                               f"1 to 5, got {self.ridge_folds}")
@@ -218,7 +222,7 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
            log: Callable = print) -> Selection:
     split, folds = holdouts(views, cfg, seed)
     held = split.drone
-    rows = Rows(views, split, pairing=cfg.held_pairing, null_of=cfg.null_of)
+    rows = Rows(views, split, pairing=cfg.held_pairing, null_of=cfg.null_of, held_per_flight=cfg.held_per_flight)
     turns = [Turns(seed, i) for i in range(NULL_TURNS)] if cfg.null_adjust else []
     readings: dict = {}   # id(heads) -> (heads, its Reading, its criterion in its own space)
 
@@ -231,16 +235,16 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
     fitted, chain = candidates(split.seen(views), cfg, seed, train_agra, score, log)
     results = ranked(fitted, fitted[chain[-1]], rows, turns, {k: v[1] for k, v in readings.items()})
     readings.clear()   # the readings hold ~8 MB each at University-1652 size
-    margins = spread(results, views.groups[held], {n: h.size() for n, h in fitted.items()})
+    margins = spread(results, rows.groups["held"], {n: h.size() for n, h in fitted.items()})
     pick, rule = _pick(results, margins, cfg.one_se_pool)
     where = "held-out regions' flights" if split.of_locations else "held-out flights"
     estimates, pair = _gate_estimates(cfg, split), {n: fitted[n] for n in ("centre", pick)}
     by_estimate = [results] + [ranked(pair, fitted[chain[-1]], rows.estimated_by(pairing, null_of), turns)
                                for _, pairing, null_of in estimates[1:] if pick != "centre"]
-    gates = [Gate(pick, r[pick][1] - r["centre"][1], views.groups[held], where) for r in by_estimate]
+    gates = [Gate(pick, r[pick][1] - r["centre"][1], rows.groups["held"], where) for r in by_estimate]
     if pick != "centre" and folds and not _trained_once(pick):
         gates = confirm(gates, views, folds, lambda seen_views: _fold_fit(pick, seen_views, cfg, seed, chain),
-                        _fold_rank(estimates, views, turns))
+                        _fold_rank(estimates, views, turns, cfg.held_per_flight))
     chosen, reason = decide_all(gates, [name for name, _, _ in estimates], cfg.margin_se, cfg.min_gain, rule)
     heads = _refit(chosen, fitted[chosen], views, cfg, seed, chain)
     heads.name = chosen
@@ -260,12 +264,13 @@ def _gate_estimates(cfg: SelectionConfig, split: Holdout) -> list[tuple[str, str
     return own
 
 
-def _fold_rank(estimates: list, views: cand.TrainViews, turns: list) -> Callable:
+def _fold_rank(estimates: list, views: cand.TrainViews, turns: list, held_per_flight: int) -> Callable:
     """rank(fit, fold) for `confirm`: the fold's criterion by every estimate, all reading one
-    `Rows` of the fold (its embeddings made once)."""
-    def rank(fit, fold) -> list[dict]:
-        rows = Rows(views, fold)
-        return [ranked(fit[0], fit[1], rows.estimated_by(pairing, null_of), turns) for _, pairing, null_of in estimates]
+    `Rows` of the fold (its embeddings made once), and the flight of each image they read."""
+    def rank(fit, fold) -> tuple[list[dict], np.ndarray]:
+        rows = Rows(views, fold, held_per_flight=held_per_flight)
+        return ([ranked(fit[0], fit[1], rows.estimated_by(pairing, null_of), turns) for _, pairing, null_of in estimates],
+                rows.groups["held"])
     return rank
 
 
