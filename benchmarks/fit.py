@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoalign_store.features import use_huge_pages  # noqa: E402
+from geoalign_store.features import use_huge_pages
 
 use_huge_pages()   # as the CLI does; before torch loads (it reads the switch once)
 import torch  # noqa: E402

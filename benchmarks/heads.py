@@ -32,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from geoalign_store.config import compose, to_plain
 from geoalign_store.features import use_huge_pages
-from geoalign_store.method import (AgraRecipe, SelectionConfig, TrainViews, agra_candidate, centring, holdouts,
+
+use_huge_pages()   # as the CLI does; before torch loads (it reads the switch once)
+from geoalign_store.config import compose, to_plain  # noqa: E402
+from geoalign_store.method import (AgraRecipe, SelectionConfig, TrainViews, agra_candidate, centring, holdouts,  # noqa: E402
                                    select)
-from geoalign_store.retrieval import raw_embedding, retrieval_metrics
-from geoalign_store.sim import FAMILIES, LAYERS, baselines, generate
+from geoalign_store.retrieval import raw_embedding, retrieval_metrics  # noqa: E402
+from geoalign_store.sim import FAMILIES, LAYERS, baselines, generate  # noqa: E402
 
 DEFAULT = compose("fit-heads")          # the default recipe (preset=improved), as fit-heads runs it
 
@@ -262,7 +264,6 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="fit-heads overrides of the recipe measured (e.g. select.null_adjust=true)")
     args = parser.parse_args()
-    use_huge_pages()   # as the CLI does, before torch loads
     args.recipe = compose("fit-heads", args.set) if args.set else DEFAULT
     families = [f for f in FAMILIES if f != "random"] if args.family == "all" else [args.family]
     if args.worlds:

@@ -4,9 +4,9 @@ Every large temporary of a fit-heads (a held-out part's embeddings in one candid
 ~100 MB at University-1652 size, its float64 flight sums twice that) is a fresh `mmap` from
 glibc, unmapped when freed, so it is paid for again in page faults, the kernel zeroing each 4 KiB
 page: thousands of them, a quarter of the fit's CPU time spent in the kernel. Numpy already
-asks for huge pages on its large arrays; torch does when `THP_MEM_ALLOC_ENABLE=1` (c10's CPU allocator:
-allocations of 2 MiB and more aligned to 2 MiB and `madvise(MADV_HUGEPAGE)`), 512 times fewer
-faults. The resident memory is the same (a page is still only touched when used), and so are the
+asks for huge pages on its large arrays; torch does when `THP_MEM_ALLOC_ENABLE=1` (c10's CPU
+allocator: allocations of 2 MiB and more aligned to 2 MiB and `madvise(MADV_HUGEPAGE)`), 512
+times fewer faults. The resident memory is the same (a page is still only touched when used), and so are the
 numbers computed, bit for bit. `benchmarks/fit.py --pages both` measures it (README, Heads: Time).
 
 Tuning glibc's malloc instead to keep freed memory (M_MMAP_MAX = 0) was faster (0.82 of the

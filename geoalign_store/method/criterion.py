@@ -51,10 +51,11 @@ from .turns import SatelliteSets, Turns
 
 class Rows:
     """The satellites ("sat"), the held-out drone rows ("held"; up to `held_per_flight` images of
-    each held-out flight, 0: all) and up to `per_flight` images of every seen flight ("seen") of `views`, embedded in any candidate's space through one cache:
-    each part's centred layers and stream inputs, and the last `keep` stream outputs of each part
-    (a stream is reused by the fusions that follow it: see `stream_order`). At University-1652
-    size a held-out part is ~80 MB per entry."""
+    each held-out flight, 0: all) and up to `per_flight` images of every seen flight ("seen") of
+    `views`, embedded in any candidate's space through one cache: each part's centred layers and
+    stream inputs, and the last `keep` stream outputs of each part (a stream is reused by the
+    fusions that follow it: see `stream_order`). At University-1652 size a held-out part is ~80 MB
+    per entry."""
 
     def __init__(self, views: cand.TrainViews, held, per_flight: int = 8, keep: int = 2,
                  pairing: str = "seen_first", null_of: str = "all", held_per_flight: int = 0):
