@@ -46,6 +46,7 @@ import torch
 from . import candidates as cand
 from .headset import Heads
 from .holdout import Holdout, flights_only
+from .spaces import StreamBlock, space_of
 from .turns import SatelliteSets, Turns
 
 
@@ -74,8 +75,11 @@ class Rows:
         self._estimate(pairing, null_of)
         self.rows = {"held": held_rows, "seen": seen_rows}
         self.groups = {part: views.groups[r] for part, r in self.rows.items()}
+        # the rows whose flight means a reading takes: each half of the held-out images, every seen row
+        self.halves = _halves(self.groups["held"])
+        self.votes = {"held": [vote for vote, _, _ in self.halves], "seen": [np.ones(len(seen_rows), bool)]}
         self._cache: dict[str, OrderedDict] = {"centred": OrderedDict(), "input": OrderedDict(),
-                                               "output": OrderedDict()}
+                                               "output": OrderedDict(), "block": OrderedDict()}
 
     def _estimate(self, pairing: str, null_of: str) -> None:
         split = self.split
@@ -98,6 +102,25 @@ class Rows:
     def embed(self, heads: Heads, part: str) -> np.ndarray:
         with torch.inference_mode():
             return heads.combine([self._output(heads, kind, module, part) for kind, module in heads.streams])
+
+    def stream_block(self, heads: Heads, index: int, part: str, block: StreamBlock | None = None) -> StreamBlock:
+        """Stream `index` of `heads` on `part`: what a fusion's reading needs of it (spaces.py),
+        or `block` kept as that (a one-stream space's reading made it)."""
+        kind, module = heads.streams[index]
+
+        def make() -> StreamBlock:
+            if block is not None:
+                return block
+            with torch.inference_mode():
+                rows, sat = (self._output(heads, kind, module, p).float().numpy() for p in (part, "sat"))
+            return StreamBlock.of(rows, sat, self.groups[part], self.votes[part], picks=part == "held")
+
+        key = (id(module), id(heads.means), part, kind)
+        if block is not None:
+            self._cache["block"].pop(key, None)
+        # every stream's blocks are kept: a map is read while the candidates are fitted and its
+        # fusions only after them (~30 MB a stream at University-1652 size, ~15 streams)
+        return self._remember("block", key, (module, heads.means), make, keep=64)
 
     def _output(self, heads: Heads, kind: str, module, part: str) -> torch.Tensor:
         view = "satellite" if part == "sat" else "drone"
@@ -184,21 +207,27 @@ class Reading:
 
 def read(heads: Heads, rows: Rows, turns: list[Turns] = (), own_claims: bool = False) -> Reading:
     """The `Reading` of the space of `heads` (its satellites turned by each of `turns` too)."""
-    sets = SatelliteSets(rows.embed(heads, "sat"), turns, rows.turned)
-    drone, groups = rows.embed(heads, "held"), rows.groups["held"]
-    picks = [sim.argmax(1) for sim in sets.similarities(drone)]
-    halves = [(voters, scored, sets.similarities(means)) for means, voters, scored in _halves(drone, groups)]
-    reading = Reading(len(sets.sat), groups, picks, halves)
+    return read_space(space_of(heads, rows), rows, turns, own_claims)
+
+
+def read_space(space, rows: Rows, turns: list[Turns] = (), own_claims: bool = False) -> Reading:
+    """`read` through a given reading of the space (spaces.py: its vectors, or a fusion's streams)."""
+    sets = SatelliteSets(space.sat, turns, rows.turned)
+    picks = [sim.argmax(1) for sim in space.similarities(sets, "held")]
+    halves = [(voters, scored, space.flight_similarities(sets, "held", h))
+              for h, (_, voters, scored) in enumerate(rows.halves)]
+    reading = Reading(len(sets.sat), rows.groups["held"], picks, halves)
     if rows.joint:
-        reading.joint_pairs = joint_pairs(halves, seen_similarities(heads, rows, sets))
+        reading.joint_pairs = joint_pairs(halves, seen_similarities(space, sets))
     elif own_claims:
-        reading.own_claims = claimed(heads, rows, sets)
+        reading.own_claims = claimed(space, rows, sets)
+    space.share()
     return reading
 
 
-def seen_similarities(heads: Heads, rows: Rows, sets: SatelliteSets) -> list[np.ndarray]:
+def seen_similarities(space, sets: SatelliteSets) -> list[np.ndarray]:
     """The seen flights' mean embeddings' similarities with every satellite set of `sets`."""
-    return sets.similarities(cand.flight_means(rows.embed(heads, "seen"), rows.groups["seen"])[0])
+    return space.flight_similarities(sets, "seen", 0)
 
 
 def joint_pairs(halves: list, seen_sims: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -212,22 +241,23 @@ def joint_pairs(halves: list, seen_sims: list[np.ndarray]) -> list[list[np.ndarr
             for k, seen in enumerate(seen_sims)]
 
 
-def claimed(heads: Heads, rows: Rows, sets: SatelliteSets) -> list[np.ndarray]:
-    """For every satellite set of `sets` (in the space of `heads`): the satellites the seen
+def claimed(space, rows: Rows, sets: SatelliteSets) -> list[np.ndarray]:
+    """For every satellite set of `sets` (in `space`, a reading of it): the satellites the seen
     flights claim when they are assigned one-to-one, but for `rows.unclaimable`
     (held_pairing=seen_on_seen: the held-out satellites). A seen flight's satellite is a seen
     one: the split holds out satellites with their flights, so a seen flight assigned to a
     held-out satellite is paired wrongly in this space, and its claim would only take that
     satellite from the held-out flight whose images may sit on it (random world 26: centring's
     seen flights claimed 9 of the 34 held-out satellites)."""
-    claims = [cand.assign_similar(sim) for sim in seen_similarities(heads, rows, sets)]
+    claims = [cand.assign_similar(sim) for sim in seen_similarities(space, sets)]
     return [np.setdiff1d(c[c >= 0], rows.unclaimable) for c in claims]
 
 
 def seen_claims(heads: Heads, views: cand.TrainViews, held: np.ndarray, per_flight: int = 8) -> np.ndarray:
     """The satellites the seen flights (a sample of their images) take in the space of `heads`."""
     rows = Rows(views, held, per_flight)
-    return claimed(heads, rows, SatelliteSets(rows.embed(heads, "sat")))[0]
+    space = space_of(heads, rows)
+    return claimed(space, rows, SatelliteSets(space.sat))[0]
 
 
 def adjusted(reading: Reading, claims: list | None = None) -> tuple[float, np.ndarray]:
@@ -260,18 +290,17 @@ def null_adjusted(heads: Heads, rows: Rows, turns: list[Turns]):
     return adjusted(read(heads, rows, turns, True))
 
 
-def _halves(drone: np.ndarray, groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _halves(groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each half h of the held-out images (alternate images; a flight of one image votes in
-    half 0 and is scored in half 0): (the voting flights' mean embeddings, those flights' ids,
-    sorted, the rows scored)."""
+    half 0 and is scored in half 0): (the rows voting, those rows' flights' ids, sorted, the
+    rows scored)."""
     half = _alternate(groups)
     flights, counts = np.unique(groups, return_counts=True)
     single = np.isin(groups, flights[counts < 2])
     out = []
     for h in (0, 1):
         vote = (half == h) | single
-        out.append((cand.flight_means(drone[vote], groups[vote])[0], np.unique(groups[vote]),
-                    (half != h) | (single & (h == 0))))
+        out.append((vote, np.unique(groups[vote]), (half != h) | (single & (h == 0))))
     return out
 
 

@@ -40,13 +40,20 @@ def flight_means(drone_emb, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """The L2-normalised mean of each flight's L2-normalised drone embeddings (float64, rows in
     sorted group-id order) and, for every drone row, the index of its flight. Rows of K vectors,
     (n, K, d) (best of maps): the mean of each of the K, (flights, K, d)."""
+    sums, inverse = flight_sums(drone_emb, groups)
+    return torch.nn.functional.normalize(sums, dim=-1, eps=1e-12).numpy(), inverse
+
+
+def flight_sums(drone_emb, groups: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """`flight_means` before the last normalisation: each flight's sum of its L2-normalised rows
+    (float64), and every row's flight index."""
     _, inverse = np.unique(groups, return_inverse=True)
     sums = torch.zeros(int(inverse.max()) + 1, *drone_emb.shape[1:], dtype=torch.float64)
     # index_add_, not np.add.at: the latter was ~13 s of a 37 s selection at 800 flights
     # torch's float64 copy uses every core (numpy's astype one) and is bitwise the same
     rows = torch.from_numpy(np.ascontiguousarray(drone_emb)).double()
     sums.index_add_(0, torch.from_numpy(inverse), torch.nn.functional.normalize(rows, dim=-1, eps=1e-12))
-    return torch.nn.functional.normalize(sums, dim=-1, eps=1e-12).numpy(), inverse
+    return sums, inverse
 
 
 def flight_plan(sat_emb: np.ndarray, drone_emb: np.ndarray, groups: np.ndarray, epsilon: float,

@@ -67,11 +67,18 @@ class SatelliteSets:
         if y.ndim == 3:
             n, k, d = y.shape
             return [sim.reshape(n, k, -1).max(1) for sim in self.similarities(y.reshape(n * k, d))]
-        s = y @ self.sat.T
+        return self.with_turns(y @ self.sat.T, y)
+
+    def with_turns(self, s: np.ndarray, y: np.ndarray | None = None) -> list[np.ndarray]:
+        """[s, then each turned copy's similarities] from the rows' similarities `s` with the
+        satellites alone (a fusion read through its streams: spaces.py). The rows' inner
+        product with the turned satellites' mean is `y`'s with it when the rows are given, else
+        the mean of `s` over those satellites: the same number, to rounding."""
         if not self.flipped:
             return [s]
         part = s if self.only is None else s[:, self.only]
-        c = (part - (y @ self.mean)[:, None]) @ self.axes
+        at_mean = y @ self.mean if y is not None else part.mean(1)
+        c = (part - at_mean[:, None]) @ self.axes
         out = [s]
         for flip, axes_t in self.flipped:
             turned = c[:, flip] @ axes_t
