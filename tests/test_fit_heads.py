@@ -275,7 +275,8 @@ def test_bad_device_is_a_clear_error_before_anything_is_written(tmp_path):
                                                ("second_opinion", "none", "joint_held"),
                                                ("ridge_folds", "1", "5"),
                                                ("best_of_maps", "false", "true"),
-                                               ("held_per_flight", "0", "16")])
+                                               ("held_per_flight", "0", "16"),
+                                               ("other_map_ranks", "[]", "[4096]")])
 def test_heads_fitted_before_a_select_key_existed_keep_their_fingerprint(monkeypatch, key, earlier, other):
     """A select key added later, at the value that reproduces earlier heads, stays out of the
     fingerprint (no spurious "configs changed"); at any other value it is part of the recipe."""
@@ -358,7 +359,9 @@ def test_null_of_stays_out_of_the_fingerprint_where_there_is_no_null_or_no_held_
                                             ("select.n_maps=[]", "select.n_maps"),
                                             ("select.best_of_maps=maybe", "select.best_of_maps takes true or false"),
                                             ("select.held_per_flight=1", "select.held_per_flight: images"),
-                                            ("select.held_per_flight=-3", "select.held_per_flight: images")])
+                                            ("select.held_per_flight=-3", "select.held_per_flight: images"),
+                                            ("select.other_map_ranks=[0]", "select.other_map_ranks: ranks"),
+                                            ("select.other_map_ranks=[whole]", "select.other_map_ranks: ranks")])
 def test_bad_select_values_stop_before_anything_is_read_or_written(tmp_path, override, named):
     """Refused at the start of the stage (the store is not even opened), naming the key."""
     from geoalign_store.config import ConfigError

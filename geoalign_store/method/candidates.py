@@ -131,13 +131,14 @@ class MapPairs:
 
 
 def map_pairs(centre: Heads, basis: Basis, views: TrainViews, teacher: Heads, seed: int, kind: str = "ridge",
-              rank: int = 512, ridge_folds: int = 1) -> MapPairs:
+              rank: int = 512, ridge_folds: int = 1, flight_xy: tuple | None = None) -> MapPairs:
     """The flights' one-to-one satellite matches in the `teacher` space, in the `rank` leading
     principal directions; kind="ridge": with the shrinkage chosen on `ridge_folds` fifths of the
-    flights, kind="orth": none (orthogonal maps)."""
+    flights, kind="orth": none (orthogonal maps). `flight_xy`: `flight_pairs`' answer for this
+    teacher, when it is at hand (every kind and rank of a round shares it)."""
     if kind not in ("ridge", "orth"):
         raise ValueError(f"map kind must be ridge or orth, got {kind!r}")
-    x, y, flights = flight_pairs(centre, views, teacher)
+    x, y, flights = flight_xy or flight_pairs(centre, views, teacher)
     q = basis.axes[:, :min(rank, basis.axes.shape[1])].astype(np.float32)
     xq, yq = x @ q, y @ q
     lam = ridge_lambda(xq, yq, flights, seed, ridge_folds) / len(xq) if kind == "ridge" else None

@@ -2,8 +2,9 @@
 
 1. Before anything is fitted, whole train locations are held out (holdout.py: seeded regions of
    satellites with their flights; `holdout_by=flights`: a seeded fraction of the flights only).
-2. Every candidate is fitted on what is left (candidates.py; AGRA through a callback, so the
-   stage can checkpoint it).
+2. Every candidate is fitted on what is left (candidate_set.py, from candidates.py's pieces;
+   AGRA through a callback, so the stage can checkpoint it); with `other_map_ranks`, each kind's
+   map rank is the smallest within one standard error of the best among one map at each rank.
 3. The criterion of a candidate, in its own space (`criterion`): the seen flights claim
    satellites one-to-one and the held-out flights are assigned one-to-one to the unclaimed ones
    from half of their images (`held_pairing=seen_first`, the default; `joint`: all flights are
@@ -36,7 +37,8 @@ from ..config import ConfigError
 from . import candidates as cand
 from .confirmation import Gate, confirm, confirm_folds, decide_all, flight_se
 from .holdout import Holdout, flights_only, region_folds
-from .criterion import Rows, adjusted, read, seen_claims, stream_order
+from .candidate_set import candidates
+from .criterion import Rows, adjusted, read, stream_order
 from .turns import NULL_TURNS, Turns
 from .headset import Heads
 from .training import FitHeadsSection
@@ -54,6 +56,7 @@ class SelectionConfig(FitHeadsSection):
     margin_se: float
     min_gain: float
     map_rank: int
+    other_map_ranks: tuple
     rounds: int
     null_adjust: bool
     confirm_folds: int
@@ -72,7 +75,8 @@ class SelectionConfig(FitHeadsSection):
     KEYS_ADDED: ClassVar[dict] = {"null_adjust": False, "confirm_folds": 0, "holdout_by": "flights",
                                   "one_se_pool": "all", "held_pairing": "seen_first",
                                   "null_of": "all", "second_opinion": "none", "ridge_folds": 1,
-                                  "best_of_maps": False, "held_per_flight": 0}
+                                  "best_of_maps": False, "held_per_flight": 0,
+                                  "other_map_ranks": []}
     CHOICES: ClassVar[dict] = {"map_kinds": ("ridge", "orth"), "holdout_by": ("regions", "flights"),
                                "one_se_pool": ("family", "all"), "held_pairing": ("joint", "seen_first", "seen_on_seen"),
                                "null_of": ("all", "held"), "second_opinion": ("none", "joint_held")}
@@ -95,6 +99,9 @@ class SelectionConfig(FitHeadsSection):
         if not 1 <= self.ridge_folds <= 5:
             raise ConfigError(f"select.ridge_folds: how many of the flights' five fifths judge the ridge shrinkage, "
                               f"1 to 5, got {self.ridge_folds}")
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.other_map_ranks):
+            raise ConfigError("select.other_map_ranks: ranks >= 1 (4096: the whole descriptor), "
+                              f"got {list(self.other_map_ranks)}")
         if self.confirm_folds < 0 or not 0 < self.holdout < 1 or self.rounds < 1 or self.map_rank < 1:
             raise ConfigError("select: confirm_folds >= 0, 0 < holdout < 1, rounds >= 1 and map_rank >= 1 "
                               f"(got {self.confirm_folds}, {self.holdout}, {self.rounds}, {self.map_rank})")
@@ -132,83 +139,6 @@ def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.isin(groups, picked)
 
 
-def candidates(views: cand.TrainViews, cfg: SelectionConfig, seed: int,
-               train_agra: Callable | None, score, log: Callable, chain: list | None = None,
-               only: str | None = None):
-    """Fit every candidate on `views` (the seen flights). With `score` (heads -> criterion) the
-    best unpaired candidate becomes the teacher space that pairs flights with satellites, and
-    each further round pairs them again in the best map's space while that scores higher. A
-    refit passes the `chain` of pairing spaces found instead, and `only` the candidate it
-    needs. -> ({name: Heads}, chain)."""
-    centre = cand.centring(views)
-    basis = cand.principal_basis(centre, views)
-    out = {"centre": centre}
-    dim = basis.axes.shape[0]
-    for latent in sorted({min(L, dim) for L in cfg.latents}):
-        out[f"whiten({latent})"] = cand.whitening(centre, basis, latent)
-    if chain is None:
-        chain = [max(out, key=lambda n: score(out[n]))]
-        log(f"teacher space for the flight pairs: {chain[0]}")
-    rounds = cfg.rounds if score is not None else len(chain)
-    for round_ in range(rounds):
-        maps = {}
-        # a later round's maps are other models (paired in another space): other names, so the
-        # map that paired the flights is never overwritten by its refit
-        tag = "" if round_ == 0 else f" r{round_ + 1}"
-        for kind in cfg.map_kinds:
-            pairs = None   # the flight pairs and the shrinkage search, shared by every K
-            for k in cfg.n_maps:
-                names = {"lda": f"{kind}({k}){tag}", "subspace": f"{kind}({k}, subspace gate){tag}"}
-                if cfg.best_of_maps:
-                    names["best"] = f"{kind}({k}, best of maps){tag}"
-                if any(_needed(n, round_, rounds, chain, score, only) for n in names.values()):
-                    pairs = pairs or cand.map_pairs(centre, basis, views, out[chain[round_]], seed, kind,
-                                                    cfg.map_rank, cfg.ridge_folds)
-                    fitted = cand.maps(centre, views, pairs, k, seed)
-                    maps.update({names[gate]: heads for gate, heads in fitted.items() if gate in names})
-        out.update(maps)
-        if score is None or round_ + 1 == rounds:
-            continue
-        # the flights are paired again in one vector an image: a best-of-maps space has K
-        best = max((n for n in maps if maps[n].vectors("drone") == 1), key=lambda n: score(maps[n]))
-        if score(maps[best]) <= score(out[chain[-1]]):
-            break
-        chain.append(best)                                 # pair again in the best map's space
-        log(f"flight pairs rebuilt in the space of {best}")
-    if cfg.agra and train_agra is not None:
-        # AGRA learns from every satellite it is given, unpaired ones too: it gets only those
-        # the seen flights claim, so that a held-out flight's satellite is as new to it as a
-        # test location's (otherwise the criterion flatters it)
-        sub = views
-        if cfg.holdout_by == "flights":   # held-out regions' satellites are out of `views` already
-            claimed = seen_claims(out[chain[-1]], views, np.zeros(len(views.groups), bool))
-            sub = cand.TrainViews({k: v[claimed] for k, v in views.sat.items()}, views.drone, views.groups,
-                                  views.layers)
-        out["agra"] = train_agra(centre, out[chain[-1]], sub)
-    teacher = chain[0]
-    for name in [n for n in out if n.startswith((*cfg.map_kinds, "agra"))]:
-        for w in cfg.fusion_weights:
-            out[f"{w:g} {name} + {1 - w:g} {teacher}"] = out[name].with_streams(
-                out[name].streams + out[teacher].streams, [w, 1 - w])
-    return out, chain
-
-
-def _needed(name: str, round_: int, rounds: int, chain: list, score, only: str | None) -> bool:
-    """A refit fits only the maps that pair flights for a later round and those the candidate
-    it returns is made of (by name, exactly)."""
-    if score is not None or only is None:
-        return True
-    return (round_ + 1 < rounds and name == chain[round_ + 1]) or name in components(only)
-
-
-def components(name: str) -> set[str]:
-    """The candidates a fused candidate's name (`"w A + w' B"`) is made of; else the name."""
-    if " + " not in name:
-        return {name}
-    first, second = name.split(" + ", 1)
-    return {first.split(" ", 1)[1], second.split(" ", 1)[1]}
-
-
 def holdouts(views: cand.TrainViews, cfg: SelectionConfig, seed: int) -> tuple[Holdout, list[Holdout]]:
     """What the selection holds out and, for the gate's confirmation, the folds of the rest."""
     if cfg.holdout_by == "regions":
@@ -232,7 +162,14 @@ def select(views: cand.TrainViews, cfg: SelectionConfig, seed: int, train_agra: 
             readings[id(heads)] = (heads, reading, adjusted(reading))
         return readings[id(heads)][2][0]
 
-    fitted, chain = candidates(split.seen(views), cfg, seed, train_agra, score, log)
+    def smallest_near_best(options: dict) -> str:   # a kind's map rank (candidate_set.py)
+        for heads in options.values():
+            score(heads)
+        results = {n: readings[id(h)][2] for n, h in options.items()}
+        sizes = {n: h.size() for n, h in options.items()}
+        return _smallest_near_best(results, spread(results, rows.groups["held"], sizes))
+
+    fitted, chain = candidates(split.seen(views), cfg, seed, train_agra, score, log, choose=smallest_near_best)
     results = ranked(fitted, fitted[chain[-1]], rows, turns, {k: v[1] for k, v in readings.items()})
     readings.clear()   # the readings hold ~8 MB each at University-1652 size
     margins = spread(results, rows.groups["held"], {n: h.size() for n, h in fitted.items()})
@@ -306,11 +243,18 @@ def _pick(results: dict, margins: dict, pool: str = "family") -> tuple[str, str]
     `spread`'s. -> (pick, rule)"""
     best = max(results, key=lambda n: results[n][0])
     pooled = [n for n in results if pool == "all" or n == "centre" or family(n) == family(best)]
-    near = [n for n in pooled if results[n][0] >= results[best][0] - margins[n]["se_to_best"]]
-    pick = min(near, key=lambda n: (margins[n]["size"], -results[n][0]))
+    pick = _smallest_near_best({n: results[n] for n in pooled}, margins)
     if pick == "centre":
         return "centre", f"no candidate is estimated better than centring (best: {best})"
     return pick, "" if pick == best else f"; the smallest within one standard error of the best, {best}"
+
+
+def _smallest_near_best(results: dict, margins: dict) -> str:
+    """The candidate of `results` with the fewest fitted numbers whose criterion is within one
+    standard error (`margins`' se_to_best) of the best one's; the higher criterion on a tie."""
+    best = max(results[n][0] for n in results)
+    near = [n for n in results if results[n][0] >= best - margins[n]["se_to_best"]]
+    return min(near, key=lambda n: (margins[n]["size"], -results[n][0]))
 
 
 def family(name: str) -> str:
@@ -324,11 +268,13 @@ def family(name: str) -> str:
 
 def spread(results: dict, held_groups: np.ndarray, size: dict) -> dict:
     """For every candidate: its fitted numbers and the flight standard errors of its paired
-    differences with the best candidate and with centring (what `_pick` and the gate weigh)."""
+    differences with the best candidate and with centring (what `_pick` and the gate weigh;
+    None without centring among `results`: a kind's map ranks)."""
     _, flight = np.unique(held_groups, return_inverse=True)
     best = max(results, key=lambda n: results[n][0])
     return {n: {"size": int(size[n]), "se_to_best": flight_se(results[best][1] - r[1], flight),
-                "se_to_centre": flight_se(r[1] - results["centre"][1], flight)} for n, r in results.items()}
+                "se_to_centre": flight_se(r[1] - results["centre"][1], flight) if "centre" in results else None}
+            for n, r in results.items()}
 
 
 def _trained_once(name: str) -> bool:
