@@ -3,6 +3,8 @@ vectors, one a map; the criterion's similarities and flight means take the best 
 and loaded heads keep the rule, and banks saved before it keep their gate."""
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -24,9 +26,14 @@ def bank(rng, dim=12, rank=5, k=3, best_of=True):
     return MapBank.build(basis, maps, *gate), basis, maps
 
 
-def test_each_of_the_k_vectors_is_one_map_applied_with_the_identity_elsewhere():
+# rank 3 of 12: the maps' three factors; 12 (the whole descriptor) and 6: one dense D x D matrix each
+RANKS = pytest.mark.parametrize("rank", [3, 6, 12])
+
+
+@RANKS
+def test_each_of_the_k_vectors_is_one_map_applied_with_the_identity_elsewhere(rank):
     rng = np.random.default_rng(0)
-    mb, basis, maps = bank(rng)
+    mb, basis, maps = bank(rng, rank=rank)
     x = unit(rng.standard_normal((7, 12)).astype(np.float32))
     out = mb.embed(torch.from_numpy(x), "drone").numpy()
     assert out.shape == (7, 3, 12) and mb.vectors == 3
@@ -37,15 +44,36 @@ def test_each_of_the_k_vectors_is_one_map_applied_with_the_identity_elsewhere():
     np.testing.assert_allclose(mb.embed(torch.from_numpy(x), "satellite").numpy(), x, atol=1e-6)
 
 
-def test_a_gated_bank_picks_one_of_those_vectors_per_image():
+@RANKS
+@pytest.mark.parametrize("gate", ["linear", "subspace"])
+def test_a_gated_bank_picks_one_of_those_vectors_per_image(rank, gate):
     rng = np.random.default_rng(1)
-    gated, basis, maps = bank(rng, best_of=False)
+    gated, basis, maps = bank(rng, rank=rank, best_of=False)
+    if gate == "subspace":
+        axes = np.linalg.qr(rng.standard_normal((rank, 2)))[0].astype(np.float32)
+        gated = MapBank.build(basis, maps, gated.gate_weight.numpy(), gated.gate_bias.numpy(), axes)
     every = MapBank.build(basis, maps, best_of=True)
-    x = torch.from_numpy(unit(rng.standard_normal((9, 12)).astype(np.float32)))
+    x = torch.from_numpy(unit(rng.standard_normal((40, 12)).astype(np.float32)))
     picked = gated.choose(x @ gated.basis).numpy()
-    np.testing.assert_allclose(gated.embed(x, "drone").numpy(), every.embed(x, "drone").numpy()[np.arange(9), picked],
+    assert len(np.unique(picked)) > 1
+    np.testing.assert_allclose(gated.embed(x, "drone").numpy(), every.embed(x, "drone").numpy()[np.arange(40), picked],
                                atol=1e-5)
     assert gated.vectors == 1
+
+
+def test_a_whole_descriptor_bank_follows_its_maps_when_they_are_loaded_again():
+    """The dense D x D matrices are made from the buffers on first use: a bank whose maps are
+    loaded after it embedded must embed with the new maps, and pickling carries no copy."""
+    rng = np.random.default_rng(3)
+    mb, basis, _ = bank(rng, rank=12)
+    other, _, new_maps = bank(rng, rank=12)
+    x = torch.from_numpy(unit(rng.standard_normal((5, 12)).astype(np.float32)))
+    mb.embed(x, "drone")
+    mb.load_state_dict(other.state_dict())
+    c = x.numpy() @ other.basis.numpy()
+    want = unit(np.einsum("nr,krs->nks", c, new_maps) @ other.basis.numpy().T)
+    np.testing.assert_allclose(mb.embed(x, "drone").numpy(), want, atol=1e-5)
+    assert "_dense" not in pickle.loads(pickle.dumps(mb)).__dict__
 
 
 def test_heads_keep_the_rule_when_saved_and_banks_saved_before_it_keep_their_gate(tmp_path):

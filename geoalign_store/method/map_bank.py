@@ -10,6 +10,10 @@ c M_k) and is the identity elsewhere. Satellites pass unchanged. How a drone ima
 - `best_of` (the rule of a mixture): no gate, the image keeps all K mapped vectors, shape
   (n, K, D), and a (drone, satellite) pair scores as its best map: max_k cos(map_k(d), s). Every
   scorer of a 3-D embedding takes that max (method.turns, retrieval's metrics, indices, locate).
+
+A map of rank r above ~0.41 D (the whole descriptor's, `select.other_map_ranks`) is applied as one
+D x D matrix I + q (M_k - I) q^T, made from the buffers on first use and never saved: one product
+where the factors make three.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class MapBank(nn.Module):
         """(n, D) unit rows; drones under `best_of`: (n, K, D), one unit row per map."""
         if view in SATELLITE_VIEWS:
             return F.normalize(x, dim=-1)
+        dense = self._dense_maps()
+        if dense is not None:
+            return self._embed_dense(x, dense)
         coords = x @ self.basis
         if self.is_best_of:   # every map's move at once: (n, K, r) -> (n, K, D)
             moved = torch.einsum("nr,krs->nks", coords, self.maps) - coords[:, None, :]
@@ -82,3 +89,40 @@ class MapBank(nn.Module):
             if rows.numel():
                 moved[rows] = coords[rows] @ self.maps[k] - coords[rows]
         return F.normalize(x + moved @ self.basis.T, dim=-1)
+
+    def _embed_dense(self, x: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        if self.is_best_of:
+            return F.normalize(torch.einsum("nd,kde->nke", x, dense), dim=-1)
+        if len(self.maps) == 1:
+            return F.normalize(x @ dense[0], dim=-1)
+        if self.sat_axes.shape[1] == 0:   # the linear gate read straight from x: (D x r)(r x K) once
+            pick = (x @ (self.basis @ self.gate_weight.T) + self.gate_bias).argmax(1)
+        else:
+            pick = self.choose(x @ self.basis)
+        out = torch.empty_like(x)
+        for k in range(len(self.maps)):
+            rows = (pick == k).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out[rows] = x[rows] @ dense[k]
+        return F.normalize(out, dim=-1)
+
+    def _dense_maps(self) -> torch.Tensor | None:
+        """Each map as one D x D matrix I + q (M_k - I) q^T when the rank r is large enough that
+        one (n x D)(D x D) product costs less than the maps' three factors (2 n D r + n r^2:
+        r > 0.41 D; the whole descriptor's maps, issue 24), else None. Made on first use and
+        kept (not saved) while the buffers stay as they are."""
+        dim, rank = self.basis.shape
+        if 2 * rank * dim + rank * rank <= dim * dim:
+            return None
+        key = tuple((t.data_ptr(), t._version) for t in (self.basis, self.maps))
+        if getattr(self, "_dense", (None,))[0] != key:
+            eye = torch.eye(rank, dtype=self.maps.dtype, device=self.maps.device)
+            moves = self.basis @ (self.maps - eye) @ self.basis.T
+            dense = moves + torch.eye(dim, dtype=moves.dtype, device=moves.device)
+            self._dense = (key, dense)
+        return self._dense[1]
+
+    def __getstate__(self):   # the dense maps are remade from the buffers, never pickled
+        state = dict(self.__dict__)
+        state.pop("_dense", None)
+        return state

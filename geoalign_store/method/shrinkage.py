@@ -40,7 +40,7 @@ def ridge_lambda(x, y, flights, seed: int, folds: int = 1) -> float:
     cuts = [uniq[i * n_val:(i + 1) * n_val] if i < 4 else uniq[4 * n_val:] for i in range(min(folds, 5))]
     hits, lams = np.zeros(len(RIDGE_GRID)), []
     for held in (c for c in cuts if len(c)):
-        fold_hits, lam_of = _fold_hits(x, y, np.isin(flights, held))
+        fold_hits, lam_of = _fold_hits(x, y, flights, np.isin(flights, held))
         hits, lams = hits + fold_hits, lams + [lam_of]
     # the lambda is rescaled from the fold's rows to all rows, as the fit of every map uses all
     return float(np.mean([lam_of[int(np.argmax(hits))] for lam_of in lams]))
@@ -49,14 +49,21 @@ def ridge_lambda(x, y, flights, seed: int, folds: int = 1) -> float:
 RIDGE_GRID = np.logspace(-3, 1, 9)   # times the mean eigenvalue of x^T x: the data's own scale
 
 
-def _fold_hits(x, y, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per lambda of the grid, the held-out rows `val` retrieving their target among the
-    held-out targets, with ridge fitted on the other rows; and the grid in all rows' units."""
+def _fold_hits(x, y, flights, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per lambda of the grid, the held-out rows `val` retrieving their flight's target among the
+    held-out flights' targets, with ridge fitted on the other rows; and the grid in all rows' units."""
     fit_x = x[~val].astype(np.float64)
     evals, evecs, xty = _eigen_ridge(fit_x, y[~val].astype(np.float64))
     rotated = x[val].astype(np.float64) @ evecs   # the held-out rows in the eigenbasis, once for every lambda
-    lams = RIDGE_GRID * float(np.trace(fit_x.T @ fit_x)) / x.shape[1]
-    targets, target_of = np.unique(y[val], axis=0, return_inverse=True)
-    hits = [np.sum(np.argmax(l2n(((rotated / (evals + lam)) @ xty).astype(np.float32)) @ targets.T, 1)
-                   == target_of.ravel()) for lam in lams]
+    lams = RIDGE_GRID * float(np.einsum("ij,ij->", fit_x, fit_x)) / x.shape[1]   # trace of x^T x
+    # one target a held-out flight (its satellite, matched one-to-one), found by flight: the rows
+    # of one satellite in map coordinates differ in their last bits (a row's product depends on
+    # its place in the block), and told apart as rows they made each flight's satellite two
+    # near-equal targets, a coin flip between them counted as a miss half the time
+    _, first, target_of = np.unique(flights[val], return_index=True, return_inverse=True)
+    targets = y[val][first]
+    # a row's retrieval is the argmax of its mapped vector's scores, which its length does not
+    # change: the scores straight from the eigenbasis, (n x D)(D x m) a lambda, not (n x D)(D x D)
+    to_targets = xty @ targets.T.astype(np.float64)
+    hits = [np.sum(np.argmax((rotated / (evals + lam)) @ to_targets, 1) == target_of.ravel()) for lam in lams]
     return np.array(hits, np.float64), lams * len(x) / max(int((~val).sum()), 1)
