@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .headset import l2n
-
 
 def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     xt = x.T.astype(np.float64)
